@@ -1,0 +1,5 @@
+import sys
+
+from onepixel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,16 @@
+rule capture:
+    input:
+        checkpoint=rules.train.output.checkpoint,
+        test=dataset_file("test"),
+        attack=rules.attack.output[0],
+    output:
+        directory(f"{RESULTS}/cubes/{{model}}"),
+    log:
+        f"logs/{DATASET}/capture_{{model}}.log",
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    conda:
+        "../envs/onepixel.yaml"
+    script:
+        "../scripts/capture.py"

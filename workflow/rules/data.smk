@@ -1,0 +1,23 @@
+rule download_cifar10:
+    output:
+        directory("resources/raw/cifar10/cifar-10-batches-py"),
+    log:
+        "logs/download_cifar10.log",
+    conda:
+        "../envs/onepixel.yaml"
+    script:
+        "../scripts/download_cifar10.py"
+
+
+rule prepare_data:
+    input:
+        prepare_inputs,
+    output:
+        train="resources/datasets/{dataset}/train.nc",
+        test="resources/datasets/{dataset}/test.nc",
+    log:
+        "logs/{dataset}/prepare_data.log",
+    conda:
+        "../envs/onepixel.yaml"
+    script:
+        "../scripts/prepare_data.py"

@@ -1,0 +1,16 @@
+rule locality:
+    input:
+        checkpoint=rules.train.output.checkpoint,
+        test=dataset_file("test"),
+        attack=rules.attack.output[0],
+    output:
+        f"{RESULTS}/locality/{{model}}.nc",
+    log:
+        f"logs/{DATASET}/locality_{{model}}.log",
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    conda:
+        "../envs/onepixel.yaml"
+    script:
+        "../scripts/locality.py"

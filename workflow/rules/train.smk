@@ -1,0 +1,17 @@
+rule train:
+    input:
+        train=dataset_file("train"),
+        test=dataset_file("test"),
+        user_checkpoint=user_checkpoint,
+    output:
+        checkpoint=f"{RESULTS}/models/{{model}}.pt",
+        metrics=f"{RESULTS}/metrics/{{model}}.json",
+    log:
+        f"logs/{DATASET}/train_{{model}}.log",
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    conda:
+        "../envs/onepixel.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,17 @@
+"""Snakemake adapter: figures (onepixel.figures.run_figures_stage)."""
+from onepixel.figures import run_figures_stage
+from onepixel.utils import log_to
+
+cfg = snakemake.config["figures"]
+with log_to(snakemake.log[0]):
+    run_figures_stage(
+        snakemake.config["dataset"]["name"],
+        snakemake.params.models,
+        snakemake.input.test,
+        snakemake.params.attack,
+        snakemake.params.propagation,
+        snakemake.params.locality,
+        snakemake.params.out_dir,
+        examples=cfg["examples"],
+        formats=tuple(cfg["formats"]),
+    )

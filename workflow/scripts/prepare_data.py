@@ -1,0 +1,15 @@
+"""Snakemake adapter: write train.nc / test.nc (onepixel.data.prepare_dataset)."""
+from pathlib import Path
+
+from onepixel.data import prepare_dataset
+from onepixel.utils import log_to
+
+cfg = snakemake.config["dataset"]
+with log_to(snakemake.log[0]):
+    prepare_dataset(
+        snakemake.wildcards.dataset,
+        Path(snakemake.output.train).parent,
+        raw_root=Path(snakemake.input[0]).parent if snakemake.input else None,
+        test_fraction=cfg["test_fraction"],
+        seed=cfg["seed"],
+    )
