@@ -1,0 +1,107 @@
+"""The Snakemake + DVC workflow: lint, dry runs, bad config, and a real end-to-end run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A copy of the workflow's files, so runs never touch the repository's results/."""
+    root = tmp_path_factory.mktemp("repo")
+    for name in ("workflow", "config", "src"):
+        shutil.copytree(REPO / name, root / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    return root
+
+
+def test_lint_is_clean(workdir):
+    result = _run(["snakemake", "--lint"], workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_dry_run_shows_the_full_chain(workdir):
+    result = _run(["snakemake", "-n", "--quiet", "rules"], workdir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for rule in ("prepare_data", "train", "attack", "capture", "propagation", "locality", "figures", "summary"):
+        assert rule in out, f"{rule} missing from the dry run:\n{out}"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["models=[foo]"], "error: models[0]: 'foo' is not allowed; allowed values: lenet"),
+        (["attack={'population': -4}"], "error: attack.population: -4 is out of range; must be >= 4"),
+        (["train={'checkpoints': {'lenet': 'missing.pt'}}"], "error: train.checkpoints.lenet: file not found: missing.pt"),
+    ],
+)
+def test_bad_config_stops_before_any_work(workdir, override, expected):
+    result = _run(["snakemake", "--cores", "1", "--config", *override], workdir)
+    assert result.returncode != 0
+    assert expected in result.stderr, result.stderr
+    assert not (workdir / "results" / "digits").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_dvc_repro_dry_runs_snakemake(tmp_path):
+    repo = tmp_path / "dvcrepo"
+    shutil.copytree(REPO, repo, symlinks=True,
+                    ignore=shutil.ignore_patterns(".venv", "results", "resources", ".snakemake", "logs", "__pycache__"))
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    result = _run(["dvc", "repro", "--dry"], repo)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "snakemake --cores all --resources gpu=1" in result.stdout
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_test_config(workdir):
+    result = _run(["snakemake", "--cores", "2", "--resources", "gpu=1", "--configfile", "config/test.yaml"], workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = workdir / "results" / "digits"
+
+    summary = json.loads((results / "summary.json").read_text())
+    assert set(summary["models"]) == {"lenet", "resnet20"}
+    for model, row in summary["models"].items():
+        assert row["test_accuracy"] > 0.5, (model, row)
+        assert row["attacked"] == 12
+
+    attack = xr.open_dataset(results / "attack" / "lenet.nc")
+    assert attack.sizes["sample"] == 12
+    cubes = sorted((results / "cubes" / "lenet").glob("*.nc"))
+    assert len(cubes) >= 2
+    with xr.open_dataset(cubes[0]) as cube:
+        assert cube["clean"].dims == ("sample", "channel", "y", "x")
+        assert cube.sizes["sample"] == 12
+        # the attacked image differs from the clean one wherever the attack changed a pixel
+        assert np.isfinite(cube["clean"].values).all()
+    prop = xr.open_dataset(results / "propagation" / "lenet.nc")
+    assert "peak" in prop and prop.sizes["sample"] == 12
+    locality = xr.open_dataset(results / "locality" / "lenet.nc")
+    assert list(locality["distance"].values) == [1, 2]
+    for figure in ("locality.png", "pm_depth.png", "lenet/average_pm.png", "resnet20/average_pm.png"):
+        assert (results / "figures" / figure).stat().st_size > 10_000
+
+    again = _run(["snakemake", "-n", "--configfile", "config/test.yaml"], workdir)
+    assert "Nothing to be done" in again.stdout + again.stderr
