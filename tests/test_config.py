@@ -102,3 +102,17 @@ def test_default_config_file_spells_out_every_default():
 
 def test_workflow_schema_is_the_package_schema():
     assert (REPO / "workflow" / "schemas" / "config.schema.yaml").resolve() == SCHEMA_PATH.resolve()
+
+
+def test_strings_from_the_snakemake_command_line_are_converted():
+    """`--config attack="{population: 50}"` reaches the workflow as strings (YAML BaseLoader)."""
+    config = validate_config({"attack": {"population": "50", "F": "0.7", "targeted": "true"}})
+    assert config["attack"]["population"] == 50
+    assert config["attack"]["F"] == 0.7
+    assert config["attack"]["targeted"] is True
+    with pytest.raises(ConfigError, match="attack.population: 'many' has the wrong type; expected integer"):
+        validate_config({"attack": {"population": "many"}})
+    with pytest.raises(ConfigError, match="attack.population: 2 is out of range"):
+        validate_config({"attack": {"population": "2"}})
+    with pytest.raises(ConfigError, match="attack.targeted: '1' has the wrong type; expected boolean"):
+        validate_config({"attack": {"targeted": "1"}})

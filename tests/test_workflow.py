@@ -53,7 +53,7 @@ def test_dry_run_shows_the_full_chain(workdir):
     ("override", "expected"),
     [
         (["models=[foo]"], "error: models[0]: 'foo' is not allowed; allowed values: lenet"),
-        (["attack={'population': -4}"], "error: attack.population: -4 is out of range; must be >= 4"),
+        (["attack={'population': 2}"], "error: attack.population: 2 is out of range; must be >= 4"),
         (["train={'checkpoints': {'lenet': 'missing.pt'}}"], "error: train.checkpoints.lenet: file not found: missing.pt"),
     ],
 )

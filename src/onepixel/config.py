@@ -86,12 +86,42 @@ def validate_config(config: Mapping[str, Any] | None, check_files: bool = True) 
     Raises:
         ConfigError: one line naming the first offending key and what is allowed.
     """
-    filled = copy.deepcopy(dict(config or {}))
-    error = best_match(_DefaultFillingValidator(load_schema()).iter_errors(filled))
+    schema = load_schema()
+    filled = _coerce_scalars(copy.deepcopy(dict(config or {})), schema)
+    error = best_match(_DefaultFillingValidator(schema).iter_errors(filled))
     if error is not None:
         raise ConfigError(format_error(error))
     _check_semantics(filled, check_files)
     return filled
+
+
+_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
+
+
+def _coerce_scalars(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Turn strings into the numbers/booleans the schema asks for.
+
+    ``snakemake --config attack="{population: 50}"`` parses nested values with
+    YAML's BaseLoader, which keeps every scalar a string; a string that reads as
+    the expected type is converted, anything else is left for validation to report.
+    """
+    expected = _SCALAR_TYPES.get(schema.get("type", ""))
+    if expected is not None and isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        is_bool = isinstance(parsed, bool)
+        if isinstance(parsed, expected) and (is_bool == (schema["type"] == "boolean")):
+            return parsed
+        return value
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: _coerce_scalars(v, props.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce_scalars(item, schema["items"]) for item in value]
+    return value
 
 
 def _check_semantics(config: dict[str, Any], check_files: bool) -> None:

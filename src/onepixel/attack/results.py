@@ -1,0 +1,150 @@
+"""Attack results as self-describing netCDF (xarray) datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from onepixel.attack.de import AttackResult
+from onepixel.errors import DataError
+from onepixel.utils import open_netcdf, write_netcdf
+
+REQUIRED_VARIABLES = (
+    "success",
+    "queries",
+    "generations",
+    "pixel_x",
+    "pixel_y",
+    "color",
+    "true_class",
+    "target_class",
+    "adv_class",
+    "prob_clean",
+    "prob_adv",
+    "adversarial",
+    "sample_id",
+)
+
+_ATTRS: dict[str, dict[str, str]] = {
+    "success": {
+        "long_name": "attack success (re-evaluated on the final adversarial image)",
+        "units": "1",
+        "flag_values": "0 1",
+        "flag_meanings": "failure success",
+    },
+    "queries": {"long_name": "candidate images evaluated by the model", "units": "1"},
+    "generations": {"long_name": "differential evolution generations after the initial population", "units": "1"},
+    "pixel_x": {"long_name": "column of the perturbed pixel", "units": "pixel"},
+    "pixel_y": {"long_name": "row of the perturbed pixel", "units": "pixel"},
+    "color": {"long_name": "new value of the perturbed pixel (replaces the original)", "units": "1", "valid_range": "0 255"},
+    "true_class": {"long_name": "true class index", "units": "1"},
+    "target_class": {"long_name": "target class index (-1: untargeted)", "units": "1"},
+    "adv_class": {"long_name": "predicted class of the adversarial image", "units": "1"},
+    "prob_clean": {"long_name": "softmax probability on the clean image", "units": "1"},
+    "prob_adv": {"long_name": "softmax probability on the adversarial image", "units": "1"},
+    "adversarial": {"long_name": "adversarial image", "units": "1", "valid_range": "0 255"},
+    "sample_id": {"long_name": "index of the image in the test set", "units": "1"},
+}
+
+
+def result_to_dataset(
+    result: AttackResult,
+    sample_ids: np.ndarray,
+    config: dict[str, Any],
+    attrs: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """One row (dim ``sample``) per attack: per image untargeted, per (image, target) targeted.
+
+    Dims ``sample, pixel, channel, class, y, x``; coordinate ``sample_id`` (index
+    into the test set; repeated over targets in a targeted run). ``success`` is
+    stored as uint8 0/1 (netCDF has no bool); :func:`load_attack` turns it back
+    into bool. ``config`` is stored as the JSON attribute ``attack_config``;
+    ``attrs`` (provenance, model checksum, seed, device...) are added as they are
+    (values that are not str/int/float are JSON-encoded).
+    """
+    ids = np.asarray(sample_ids, dtype=np.int64)
+    n = len(result)
+    if ids.shape != (n,):
+        raise ValueError(f"sample_ids must have shape ({n},); got {ids.shape}")
+    r = {name: getattr(result, name).detach().cpu().numpy() for name in result.__dataclass_fields__}
+    data = {
+        "success": (("sample",), r["success"].astype(np.uint8)),
+        "queries": (("sample",), r["queries"].astype(np.int64)),
+        "generations": (("sample",), r["generations"].astype(np.int64)),
+        "pixel_x": (("sample", "pixel"), r["pixel_x"].astype(np.int64)),
+        "pixel_y": (("sample", "pixel"), r["pixel_y"].astype(np.int64)),
+        "color": (("sample", "pixel", "channel"), r["color"].astype(np.uint8)),
+        "true_class": (("sample",), r["true_class"].astype(np.int64)),
+        "target_class": (("sample",), r["target_class"].astype(np.int64)),
+        "adv_class": (("sample",), r["adv_class"].astype(np.int64)),
+        "prob_clean": (("sample", "class"), r["prob_clean"].astype(np.float32)),
+        "prob_adv": (("sample", "class"), r["prob_adv"].astype(np.float32)),
+        "adversarial": (("sample", "channel", "y", "x"), r["adversarial"].astype(np.uint8)),
+    }
+    ds = xr.Dataset(
+        {name: xr.Variable(dims, values, attrs=_ATTRS[name]) for name, (dims, values) in data.items()},
+        coords={"sample_id": xr.Variable(("sample",), ids, attrs=_ATTRS["sample_id"])},
+    )
+    ds.attrs["attack_config"] = json.dumps(config, sort_keys=True, default=str)
+    for key, value in (attrs or {}).items():
+        ds.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) and not isinstance(
+            value, bool
+        ) else json.dumps(value, sort_keys=True, default=str)
+    return ds
+
+
+def save_attack(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
+    """Write an attack dataset atomically (zlib-compressed adversarial images)."""
+    encoding = {"adversarial": {"zlib": True, "complevel": 4}}
+    write_netcdf(ds, path, encoding=encoding)
+
+
+def load_attack(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Load an attack file written by :func:`save_attack`; ``success`` comes back as bool."""
+    ds = open_netcdf(path, required=REQUIRED_VARIABLES)
+    attrs = dict(ds["success"].attrs)
+    ds["success"] = ds["success"].astype(bool)
+    ds["success"].attrs.update(attrs)
+    return ds
+
+
+def attack_config(ds: xr.Dataset) -> dict[str, Any]:
+    """The attack configuration stored in ``ds`` (empty dict when absent)."""
+    text = ds.attrs.get("attack_config")
+    return json.loads(text) if text else {}
+
+
+def merge_attacks(datasets: list[xr.Dataset], order: np.ndarray | None = None) -> xr.Dataset:
+    """Concatenate shards of one attack along ``sample``.
+
+    Rows keep the order of ``datasets`` (and within each shard), unless ``order``
+    (a sequence of test-set sample ids) is given: rows are then sorted by the
+    position of their ``sample_id`` in ``order`` (stable, so a targeted run's
+    targets stay in their order). All shards must share ``attack_config``; the
+    attributes of the first shard are kept. A repeated (sample_id, target_class)
+    row is an error.
+    """
+    if not datasets:
+        raise DataError("merge_attacks: no attack shards given")
+    configs = {ds.attrs.get("attack_config") for ds in datasets}
+    if len(configs) > 1:
+        raise DataError("merge_attacks: shards were made with different attack_config; re-run them with one config")
+    merged = xr.concat(datasets, dim="sample", data_vars="all", coords="different", compat="equals",
+                       combine_attrs="override")
+    pairs = np.stack([merged["sample_id"].values, merged["target_class"].values], 1)
+    if len(np.unique(pairs, axis=0)) != len(pairs):
+        raise DataError("merge_attacks: the shards overlap (a sample_id/target_class row appears twice)")
+    if order is not None:
+        order = np.asarray(order, dtype=np.int64)
+        position = {int(sid): i for i, sid in enumerate(order)}
+        missing = [int(s) for s in merged["sample_id"].values if int(s) not in position]
+        if missing:
+            raise DataError(f"merge_attacks: sample_id {missing[0]} is not in the given order")
+        rank = np.array([position[int(s)] for s in merged["sample_id"].values])
+        merged = merged.isel(sample=np.argsort(rank, kind="stable"))
+    merged.attrs = dict(datasets[0].attrs)
+    return merged

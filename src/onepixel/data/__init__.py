@@ -1,0 +1,59 @@
+"""Image data sets: digits (bundled with scikit-learn) and CIFAR-10, stored as netCDF."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import xarray as xr
+
+from onepixel.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, download_cifar10, read_cifar10_batches
+from onepixel.data.dataset import channel_stats, load_dataset, make_dataset, save_dataset, to_float
+from onepixel.data.digits import load_digits_split
+from onepixel.errors import ConfigError
+
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10")
+
+__all__ = [
+    "CIFAR10_MD5",
+    "CIFAR10_URL",
+    "DATASET_NAMES",
+    "channel_stats",
+    "download_cifar10",
+    "load_dataset",
+    "load_digits_split",
+    "make_dataset",
+    "prepare_dataset",
+    "read_cifar10_batches",
+    "save_dataset",
+    "to_float",
+]
+
+
+def prepare_dataset(
+    name: str,
+    out_dir: str | os.PathLike[str],
+    raw_root: str | os.PathLike[str] | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """Write ``out_dir/train.nc`` and ``out_dir/test.nc`` for data set ``name``.
+
+    "digits" is split with ``test_fraction`` and ``seed``; "cifar10" is downloaded into
+    ``raw_root`` (default ``out_dir/raw``) and keeps its official split.
+
+    Returns:
+        The paths of the train and test files.
+    """
+    out = Path(out_dir)
+    splits: tuple[xr.Dataset, xr.Dataset]
+    if name == "digits":
+        splits = load_digits_split(test_fraction=test_fraction, seed=seed)
+    elif name == "cifar10":
+        splits = read_cifar10_batches(download_cifar10(out / "raw" if raw_root is None else raw_root))
+    else:
+        raise ConfigError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    paths = (out / "train.nc", out / "test.nc")
+    for ds, path in zip(splits, paths, strict=True):
+        save_dataset(ds, path)
+    return paths

@@ -1,0 +1,279 @@
+"""Tests of onepixel.data: digits split, netCDF round trip, CIFAR-10 reader and downloader."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from sklearn.datasets import load_digits
+
+import onepixel.data.cifar10 as cifar10
+from onepixel.data import (
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    channel_stats,
+    download_cifar10,
+    load_dataset,
+    load_digits_split,
+    make_dataset,
+    prepare_dataset,
+    read_cifar10_batches,
+    save_dataset,
+    to_float,
+)
+from onepixel.errors import ConfigError, DataError
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PER_BATCH = 3
+
+
+# ---------------------------------------------------------------- digits
+
+
+def test_digits_split_sizes_and_stratification():
+    train, test = load_digits_split(test_fraction=0.25, seed=0)
+    assert train.sizes["sample"] + test.sizes["sample"] == 1797
+    assert test.sizes["sample"] == 450  # ceil(0.25 * 1797)
+    assert train["image"].shape[1:] == (1, 8, 8)
+    per_class = np.bincount(load_digits().target, minlength=10)
+    test_counts = np.bincount(test["label"].values, minlength=10)
+    assert np.all(np.abs(test_counts - 0.25 * per_class) <= 1)
+    assert list(train["class_name"].values) == [str(d) for d in range(10)]
+    assert train.attrs == {"dataset": "digits", "split": "train"}
+    np.testing.assert_array_equal(train["sample"].values, np.arange(train.sizes["sample"]))
+
+
+def test_digits_split_is_seeded():
+    first, _ = load_digits_split(seed=0)
+    again, _ = load_digits_split(seed=0)
+    other, _ = load_digits_split(seed=1)
+    xr.testing.assert_identical(first, again)
+    assert not np.array_equal(first["label"].values, other["label"].values)
+
+
+def test_digits_values_are_rescaled_originals():
+    train, test = load_digits_split()
+    images = np.concatenate([train["image"].values, test["image"].values])
+    assert images.dtype == np.uint8 and images.min() == 0 and images.max() == 255
+    back = np.round(images.astype(np.float64) * 16 / 255).reshape(len(images), -1)
+    original = load_digits().data
+    assert sorted(map(bytes, back.astype(np.uint8))) == sorted(map(bytes, original.astype(np.uint8)))
+    # the value 8 of 16 is 127.5 -> 128, the value 1 is 15.9 -> 16
+    assert set(np.unique(images)) == {round(v * 255 / 16 + 1e-9) for v in range(17)}
+
+
+def test_digits_bad_fraction():
+    with pytest.raises(ConfigError, match="test_fraction"):
+        load_digits_split(test_fraction=1.5)
+
+
+# ---------------------------------------------------------------- dataset files
+
+
+def _tiny_dataset() -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 3, 4, 6), dtype=np.uint8)
+    return make_dataset(images, np.array([0, 1, 2, 1, 0]), ["a", "b", "c"], "toy", "train")
+
+
+def test_make_dataset_layout():
+    ds = _tiny_dataset()
+    assert ds["image"].dims == ("sample", "channel", "y", "x")
+    assert ds["image"].dtype == np.uint8 and ds["label"].dtype == np.int64
+    assert ds["class_name"].dims == ("class",)
+    assert "long_name" in ds["image"].attrs and "units" in ds["label"].attrs
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        (np.zeros((2, 1, 4, 4), np.float32), [0, 1], "uint8"),
+        (np.zeros((2, 4, 4), np.uint8), [0, 1], "uint8"),
+        (np.zeros((2, 1, 4, 4), np.uint8), [0], "labels"),
+        (np.zeros((2, 1, 4, 4), np.uint8), [0, 3], r"\[0, 3\)"),
+    ],
+)
+def test_make_dataset_validates(images, labels, message):
+    with pytest.raises(DataError, match=message):
+        make_dataset(images, np.array(labels), ["a", "b", "c"], "toy", "test")
+
+
+def test_save_load_round_trip(tmp_path):
+    ds = _tiny_dataset()
+    path = tmp_path / "sub" / "train.nc"
+    save_dataset(ds, path)
+    loaded = load_dataset(path)
+    xr.testing.assert_identical(loaded, ds)
+    assert loaded["image"].dtype == np.uint8
+    assert loaded["image"].encoding.get("zlib") is True
+    assert [p.name for p in path.parent.iterdir()] == ["train.nc"]  # no temporary left behind
+
+
+def test_load_dataset_errors(tmp_path):
+    with pytest.raises(DataError, match="missing.nc: file not found"):
+        load_dataset(tmp_path / "missing.nc")
+    text = tmp_path / "notes.nc"
+    text.write_text("not a netCDF file")
+    with pytest.raises(DataError, match="notes.nc"):
+        load_dataset(text)
+    no_label = tmp_path / "no_label.nc"
+    _tiny_dataset().drop_vars("label").to_netcdf(no_label)
+    with pytest.raises(DataError, match="no_label.nc: missing variable.*label"):
+        load_dataset(no_label)
+    as_float = tmp_path / "float.nc"
+    _tiny_dataset().assign(image=lambda d: d["image"].astype(np.float32)).to_netcdf(as_float)
+    with pytest.raises(DataError, match="float.nc: variable image must be uint8"):
+        load_dataset(as_float)
+
+
+def test_to_float():
+    images = np.array([[[[0, 51], [255, 128]]]], dtype=np.uint8)
+    out = to_float(images)
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 2, 2)
+    np.testing.assert_allclose(out.numpy(), [[[[0.0, 0.2], [1.0, 128 / 255]]]], rtol=1e-6)
+    assert torch.equal(to_float(torch.from_numpy(images)), out)
+    with pytest.raises(TypeError, match="uint8"):
+        to_float(images.astype(np.float32))
+
+
+def test_channel_stats_match_numpy():
+    ds = _tiny_dataset()
+    mean, std = channel_stats(ds)
+    pixels = ds["image"].values.astype(np.float64) / 255
+    np.testing.assert_allclose(mean, pixels.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(std, pixels.std(axis=(0, 2, 3)), rtol=1e-12)
+    assert len(mean) == 3 and all(isinstance(v, float) for v in mean + std)
+
+
+def test_prepare_digits_and_unknown(tmp_path):
+    train_path, test_path = prepare_dataset("digits", tmp_path / "digits", test_fraction=0.2, seed=3)
+    train, test = load_digits_split(test_fraction=0.2, seed=3)
+    xr.testing.assert_identical(load_dataset(train_path), train)
+    xr.testing.assert_identical(load_dataset(test_path), test)
+    with pytest.raises(ConfigError, match="'mnist'; allowed: digits, cifar10"):
+        prepare_dataset("mnist", tmp_path)
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def _pixel(k: int, c: int, y: int, x: int) -> int:
+    """Known value of image k, channel c (0=R), row y, column x in the fixture."""
+    return (11 * k + 80 * c + 5 * y + x) % 256
+
+
+def _cifar_row(k: int) -> np.ndarray:
+    """One image in CIFAR-10's layout: 1024 R values, 1024 G, 1024 B, each plane row by row."""
+    planes = [[_pixel(k, c, y, x) for y in range(32) for x in range(32)] for c in range(3)]
+    return np.array(planes[0] + planes[1] + planes[2], dtype=np.uint8)
+
+
+def _write_pickle(path: Path, obj: object) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(obj, handle, protocol=2)
+
+
+def _write_cifar(root: Path) -> Path:
+    """A CIFAR-10 folder with PER_BATCH images per batch; image k of the train set has label k % 10."""
+    batch_dir = root / "cifar-10-batches-py"
+    batch_dir.mkdir(parents=True)
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for b, name in enumerate(files):
+        ks = range(b * PER_BATCH, (b + 1) * PER_BATCH)
+        batch = {
+            "batch_label": f"{name} of 6",
+            "labels": [k % 10 for k in ks],
+            "data": np.stack([_cifar_row(k) for k in ks]),
+            "filenames": [f"img_{k}.png" for k in ks],
+        }
+        _write_pickle(batch_dir / name, batch)
+    _write_pickle(batch_dir / "batches.meta", {"label_names": CIFAR_NAMES, "num_vis": 3072, "num_cases_per_batch": 3})
+    return batch_dir
+
+
+def test_read_cifar10_batches(tmp_path):
+    train, test = read_cifar10_batches(_write_cifar(tmp_path))
+    assert train["image"].shape == (5 * PER_BATCH, 3, 32, 32)
+    assert test["image"].shape == (PER_BATCH, 3, 32, 32)
+    assert list(train["class_name"].values) == CIFAR_NAMES
+    assert train.attrs == {"dataset": "cifar10", "split": "train"}
+    for k, c, y, x in [(0, 0, 0, 1), (1, 1, 2, 5), (4, 2, 31, 0), (14, 0, 7, 30)]:
+        assert train["image"].values[k, c, y, x] == _pixel(k, c, y, x)
+    assert test["image"].values[2, 2, 1, 3] == _pixel(5 * PER_BATCH + 2, 2, 1, 3)
+    np.testing.assert_array_equal(train["label"].values, np.arange(5 * PER_BATCH) % 10)
+
+
+def test_read_cifar10_errors_name_the_file(tmp_path):
+    batch_dir = _write_cifar(tmp_path)
+    (batch_dir / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3: CIFAR-10 batch file not found"):
+        read_cifar10_batches(batch_dir)
+    (batch_dir / "data_batch_3").write_bytes(b"\x80\x02}q\x00(garbage")
+    with pytest.raises(DataError, match="data_batch_3: not a readable CIFAR-10 pickle"):
+        read_cifar10_batches(batch_dir)
+    _write_pickle(batch_dir / "data_batch_3", {"labels": [0, 1], "data": np.zeros((2, 100), np.uint8)})
+    with pytest.raises(DataError, match=r"data_batch_3: 'data' must be an \(N, 3072\) array; got \(2, 100\)"):
+        read_cifar10_batches(batch_dir)
+    _write_pickle(batch_dir / "data_batch_3", {"labels": [0, 12], "data": np.zeros((2, 3072), np.uint8)})
+    with pytest.raises(DataError, match="data_batch_3: 'labels'"):
+        read_cifar10_batches(batch_dir)
+
+
+class _Payload:
+    """Unpickling this would run code (here: harmless os.getcwd)."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_read_cifar10_refuses_code(tmp_path):
+    batch_dir = _write_cifar(tmp_path)
+    _write_pickle(batch_dir / "test_batch", {"data": _Payload(), "labels": []})
+    with pytest.raises(DataError, match="test_batch: .*refusing global posix.getcwd"):
+        read_cifar10_batches(batch_dir)
+
+
+def test_download_cifar10_calls_torchvision(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(url, download_root, extract_root=None, filename=None, md5=None, remove_finished=False):
+        calls.append({"url": url, "root": Path(download_root), "filename": filename, "md5": md5})
+        (Path(download_root) / "cifar-10-batches-py").mkdir(parents=True)
+
+    monkeypatch.setattr(cifar10, "download_and_extract_archive", fake_download)
+    assert download_cifar10(tmp_path) == tmp_path / "cifar-10-batches-py"
+    assert calls == [{"url": CIFAR10_URL, "root": tmp_path, "filename": "cifar-10-python.tar.gz", "md5": CIFAR10_MD5}]
+    assert CIFAR10_MD5 == "c58f30108f718f92721af3b95e74349a"
+
+
+def test_download_cifar10_skips_verified_copy(tmp_path, monkeypatch):
+    checked = []
+    monkeypatch.setattr(cifar10, "check_integrity", lambda path, md5: checked.append((Path(path).name, md5)) or True)
+    monkeypatch.setattr(cifar10, "download_and_extract_archive", lambda *a, **k: pytest.fail("downloaded"))
+    assert download_cifar10(tmp_path) == tmp_path / "cifar-10-batches-py"
+    assert ("data_batch_1", "c99cafc152244af753f735de768cd75f") in checked
+    assert ("test_batch", "40351d587109b95175f43aff81a1287e") in checked
+    assert len(checked) == 7
+
+
+def test_download_cifar10_failure_is_data_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(cifar10, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match="could not download CIFAR-10 .*network unreachable"):
+        download_cifar10(tmp_path)
+
+
+def test_prepare_cifar10_from_raw(tmp_path, monkeypatch):
+    batch_dir = _write_cifar(tmp_path / "raw")
+    monkeypatch.setattr(cifar10, "check_integrity", lambda path, md5: Path(path).exists())
+    train_path, test_path = prepare_dataset("cifar10", tmp_path / "out", raw_root=tmp_path / "raw")
+    expected_train, expected_test = read_cifar10_batches(batch_dir)
+    xr.testing.assert_identical(load_dataset(train_path), expected_train)
+    xr.testing.assert_identical(load_dataset(test_path), expected_test)
