@@ -19,6 +19,7 @@ def test_atomic_path_renames_on_success(tmp_path):
         assert not target.exists()
     assert target.read_text() == "done"
     assert list(target.parent.iterdir()) == [target]
+    assert target.stat().st_mode & 0o644 == 0o644  # readable like any other file, not mkstemp's 0600
 
 
 def test_atomic_path_leaves_nothing_behind_when_interrupted(tmp_path):

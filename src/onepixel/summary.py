@@ -54,8 +54,8 @@ def model_summary(metrics_path: PathLike, attack_path: PathLike, propagation_pat
     succeeded = prop["success"].values.astype(bool)
     last = prop["peak"].isel(layer=-1).values[succeeded]
     spread = prop["spread"].isel(layer=-1).values[succeeded]
-    out["last_layer_peak"] = _finite(last.mean()) if last.size else None
-    out["last_layer_spread"] = _finite(spread.mean()) if spread.size else None
+    out["last_layer_peak"] = _finite(np.nanmean(last)) if np.isfinite(last).any() else None
+    out["last_layer_spread"] = _finite(np.nanmean(spread)) if np.isfinite(spread).any() else None
     return out
 
 

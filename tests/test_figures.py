@@ -1,0 +1,133 @@
+"""Tests of onepixel.figures: every figure is written as a real PNG of the expected size and a PDF."""
+
+from __future__ import annotations
+
+import struct
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from onepixel.capture import run_capture_stage
+from onepixel.errors import ConfigError
+from onepixel.figures import plot_average_pm, plot_locality, plot_pm_depth, plot_pm_grid, run_figures_stage
+from onepixel.locality import locality_analysis
+from onepixel.propagation import run_propagation_stage
+from onepixel.utils import open_netcdf, write_netcdf
+
+N = 6
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8 * 2 * 2, 3)
+        self.feature_layers = ["conv1", "conv2", "conv3"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = torch.relu(conv(x))
+        return self.fc(x.flatten(1))
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A fake run on 8x8 images: test set, attack file, cubes, propagation and locality files."""
+    tmp = tmp_path_factory.mktemp("run")
+    net = SmallNet().eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 1, 8, 8), dtype=np.uint8)
+    test = xr.Dataset(
+        {"image": (("sample", "channel", "y", "x"), images), "label": ("sample", np.zeros(10, np.int64))},
+        coords={"class_name": ("class", ["zero", "one", "two"])},
+    )
+    ids = np.arange(N) + 1
+    px, py = rng.integers(0, 8, (N, 1)), rng.integers(0, 8, (N, 1))
+    color = np.full((N, 1, 1), 255, np.uint8)
+    adversarial = images[ids].copy()
+    adversarial[np.arange(N), 0, py[:, 0], px[:, 0]] = 255
+    with torch.no_grad():
+        p_clean = torch.softmax(net(torch.from_numpy(images[ids]).float() / 255), 1).numpy()
+        p_adv = torch.softmax(net(torch.from_numpy(adversarial).float() / 255), 1).numpy()
+    attack = xr.Dataset(
+        {
+            "success": ("sample", np.array([True, False, True, True, False, True])),
+            "pixel_x": (("sample", "pixel"), px),
+            "pixel_y": (("sample", "pixel"), py),
+            "color": (("sample", "pixel", "channel"), color),
+            "true_class": ("sample", np.zeros(N, np.int64)),
+            "adv_class": ("sample", np.ones(N, np.int64)),
+            "target_class": ("sample", np.full(N, -1)),
+            "prob_clean": (("sample", "class"), p_clean),
+            "prob_adv": (("sample", "class"), p_adv),
+            "adversarial": (("sample", "channel", "y", "x"), adversarial),
+        },
+        coords={"sample_id": ("sample", ids)},
+    )
+    write_netcdf(test, tmp / "test.nc")
+    patch = pytest.MonkeyPatch()
+    patch.setitem(sys.modules, "onepixel.data", types.SimpleNamespace(load_dataset=open_netcdf))
+    patch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
+    patch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {})))
+    run_capture_stage("c.pt", tmp / "test.nc", "a.nc", tmp / "cubes", device="cpu")
+    prop = run_propagation_stage(tmp / "cubes", tmp / "prop.nc")
+    ok = attack["success"].values
+    loc = locality_analysis(net, torch.from_numpy(images[ids][ok]), np.zeros(ok.sum()), px[ok], py[ok], color[ok], max_distance=3)
+    write_netcdf(loc, tmp / "loc.nc")
+    yield types.SimpleNamespace(tmp=tmp, prop=prop, loc=loc, attack=attack, images=images)
+    patch.undo()
+
+
+def test_pm_grid_png_and_pdf(run, tmp_path) -> None:
+    paths = plot_pm_grid(run.prop, run.attack, run.images[1], 0, tmp_path / "grid", ["zero", "one", "two"])
+    assert [p.name for p in paths] == ["grid.png", "grid.pdf"]
+    # 3 layers + 2 images = 5 panels on one row: (5 * 1.85 + 1.4) in x (2.2 + 0.9) in at 200 dpi
+    assert png_size(paths[0]) == (2130, 620)
+    assert paths[0].stat().st_size > 20_000
+    assert paths[1].read_bytes()[:4] == b"%PDF"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_average_pm_locality_depth(run, tmp_path) -> None:
+    (avg,) = plot_average_pm(run.prop, tmp_path / "avg", "small net", formats=("png",))
+    (loc,) = plot_locality({"small": run.loc, "again": run.loc}, tmp_path / "loc", formats=("png",))
+    (depth,) = plot_pm_depth({"small": run.prop}, tmp_path / "depth", formats=("png",))
+    assert png_size(avg) == (round((3 * 1.85 + 1.4) * 200), round((2.2 + 1.1) * 200))
+    assert png_size(loc) == (1280, 1000)
+    assert png_size(depth) == (2000, 920)
+    for path in (avg, loc, depth):
+        assert path.stat().st_size > 20_000
+
+
+def test_run_figures_stage(run, tmp_path) -> None:
+    files = run_figures_stage(
+        "toy", ["small"], run.tmp / "test.nc", {"small": "a.nc"}, {"small": run.tmp / "prop.nc"},
+        {"small": run.tmp / "loc.nc"}, tmp_path / "fig", examples=5, formats=("png", "pdf"),
+    )
+    names = sorted(str(p.relative_to(tmp_path / "fig")) for p in files)
+    expected = [f"small/pm_grid_{k}.{ext}" for k in range(5) for ext in ("png", "pdf")]
+    expected += [f"small/average_pm.{ext}" for ext in ("png", "pdf")]
+    expected += [f"{name}.{ext}" for name in ("locality", "pm_depth") for ext in ("png", "pdf")]
+    assert names == sorted(expected)
+    assert all(p.is_file() for p in files)
+    # 4 successful attacks: example 4 is a placeholder saying so
+    assert png_size(tmp_path / "fig" / "small" / "pm_grid_4.png") == (1000, 300)
+
+
+def test_bad_format(run, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="figures.formats"):
+        plot_pm_depth({"small": run.prop}, tmp_path / "x", formats=("gif",))

@@ -1,0 +1,153 @@
+"""Tests of onepixel.locality on rings, the baseline and a model with a known vulnerable block."""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from onepixel.errors import ConfigError
+from onepixel.locality import bootstrap_ratio_ci, chebyshev_offsets, locality_analysis, random_shifts, ring_positions, run_locality_stage
+from onepixel.utils import open_netcdf, write_netcdf
+
+P_FOOLED = 1 / (math.exp(5) + 2)  # true-class probability when the block is hit: logits (0, 5, 0)
+P_CLEAN = math.exp(5) / (math.exp(5) + 2)  # logits (5, 0, 0)
+
+
+class BlockModel(nn.Module):
+    """3 classes; class 1 (logit 5) iff a pixel brighter than 0.9 lies in rows 3..5, columns 3..5; else class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hit = (x[:, 0, 3:6, 3:6] > 0.9).flatten(1).any(1).float()
+        return torch.stack([5 * (1 - hit), 5 * hit, torch.zeros_like(hit)], dim=1) + self.dummy
+
+
+def test_chebyshev_offsets() -> None:
+    for d in range(1, 5):
+        offsets = chebyshev_offsets(d)
+        assert len(offsets) == 8 * d == len({tuple(o) for o in offsets})
+        assert (np.abs(offsets).max(axis=1) == d).all()
+    np.testing.assert_array_equal(chebyshev_offsets(0), [[0, 0]])
+
+
+def test_ring_positions_inside_and_at_borders() -> None:
+    assert len(ring_positions(4, 4, 2, 9, 9)) == 16
+    assert {tuple(p) for p in ring_positions(0, 0, 1, 8, 8)} == {(1, 0), (0, 1), (1, 1)}
+    assert {tuple(p) for p in ring_positions(0, 0, 2, 8, 8)} == {(2, 0), (2, 1), (2, 2), (1, 2), (0, 2)}
+    assert len(ring_positions(0, 4, 1, 8, 8)) == 5  # left edge
+    assert len(ring_positions(7, 7, 3, 8, 8)) == 7  # corner, distance 3
+
+
+def test_random_shifts_exclude_original_and_are_seeded() -> None:
+    xs, ys = np.array([2]), np.array([5])
+    a = random_shifts(xs, ys, 63, 8, 8, np.random.default_rng(7))
+    assert len(a) == 63 == len({tuple(s) for s in a}) and not (a == 0).all(axis=1).any()
+    positions = a + [2, 5]
+    assert (positions >= 0).all() and (positions < 8).all()
+    b = random_shifts(xs, ys, 10, 8, 8, np.random.default_rng(7))
+    c = random_shifts(xs, ys, 10, 8, 8, np.random.default_rng(7))
+    np.testing.assert_array_equal(b, c)
+    assert len(random_shifts(xs, ys, 100, 8, 8, np.random.default_rng(0))) == 63
+    # a two-pixel pattern only moves where both pixels stay inside
+    two = random_shifts(np.array([0, 7]), np.array([0, 0]), 100, 8, 8, np.random.default_rng(0))
+    assert (two[:, 0] == 0).all() and len(two) == 7
+
+
+def test_known_block_rates() -> None:
+    # attack at (3, 3), the block's corner: ring 1 hits (4,3),(3,4),(4,4) = 3/8; ring 2 hits 5/16; ring 3 (24 cells, all inside) none.
+    # Sample 1 is targeted at class 2, which the model never predicts.
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    loc = locality_analysis(
+        BlockModel(), images, np.zeros(2), np.array([[3], [3]]), np.array([[3], [3]]),
+        np.full((2, 1, 1), 255, np.uint8), targets=np.array([-1, 2]), max_distance=3, random_positions=100, batch_size=7,
+    )
+    np.testing.assert_array_equal(loc["n_positions"].values, [[8, 16, 24]] * 2)
+    np.testing.assert_array_equal(loc["n_fooled"].values, [[3, 5, 0], [0, 0, 0]])
+    np.testing.assert_allclose(loc["rate"].values[0], [3 / 8, 5 / 16, 0])
+    np.testing.assert_allclose(loc["mean_true_prob"].values[0, 0], (3 * P_FOOLED + 5 * P_CLEAN) / 8, rtol=1e-5)
+    np.testing.assert_allclose(loc["mean_true_prob"].values[0, 2], P_CLEAN, rtol=1e-5)
+    np.testing.assert_array_equal(loc["baseline_n"].values, [63, 63])
+    np.testing.assert_array_equal(loc["baseline_fooled"].values, [8, 0])  # 9 block cells minus the original
+    np.testing.assert_allclose(loc["success_rate"].values, [3 / 16, 5 / 32, 0])
+    np.testing.assert_allclose(float(loc["baseline_success_rate"]), 8 / 126)
+    np.testing.assert_array_equal(loc["distance"].values, [1, 2, 3])
+
+
+def test_bootstrap_ci_contains_estimate_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    counts = rng.integers(5, 20, (40, 3))
+    fooled = rng.binomial(counts, [0.8, 0.5, 0.2])
+    ci = bootstrap_ratio_ci(fooled, counts, seed=3)
+    estimate = fooled.sum(0) / counts.sum(0)
+    assert ci.shape == (3, 2) and (ci[:, 0] <= estimate).all() and (estimate <= ci[:, 1]).all()
+    assert (ci[:, 1] - ci[:, 0] > 0).all()
+    np.testing.assert_array_equal(ci, bootstrap_ratio_ci(fooled, counts, seed=3))
+    assert np.isnan(bootstrap_ratio_ci(fooled[:0], counts[:0])).all()
+
+
+def test_locality_dataset_ci_and_seed() -> None:
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.integers(0, 200, (6, 1, 8, 8), dtype=np.uint8))
+    args = (BlockModel(), images, np.zeros(6), rng.integers(1, 7, (6, 1)), rng.integers(1, 7, (6, 1)), np.full((6, 1, 1), 255, np.uint8))
+    a = locality_analysis(*args, random_positions=5, seed=11)
+    b = locality_analysis(*args, random_positions=5, seed=11)
+    xr.testing.assert_identical(a, b)
+    ci = a["success_rate_ci"].values
+    assert ((ci[:, 0] <= a["success_rate"].values + 1e-12) & (a["success_rate"].values <= ci[:, 1] + 1e-12)).all()
+    assert list(a["bound"].values) == ["low", "high"] and a["baseline_n"].values.tolist() == [5] * 6
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ConfigError, match="max_distance"):
+        locality_analysis(BlockModel(), torch.zeros(1, 1, 8, 8, dtype=torch.uint8), [0], [[1]], [[1]], [[[255]]], max_distance=0)
+
+
+def fake_stage_inputs(tmp_path, monkeypatch, success):
+    n = len(success)
+    test = xr.Dataset(
+        {"image": (("sample", "channel", "y", "x"), np.zeros((10, 1, 8, 8), np.uint8)), "label": ("sample", np.zeros(10, np.int64))},
+        coords={"class_name": ("class", ["zero", "one", "two"])},
+    )
+    attack = xr.Dataset(
+        {
+            "success": ("sample", np.array(success)),
+            "pixel_x": (("sample", "pixel"), np.full((n, 1), 3)),
+            "pixel_y": (("sample", "pixel"), np.full((n, 1), 3)),
+            "color": (("sample", "pixel", "channel"), np.full((n, 1, 1), 255, np.uint8)),
+            "true_class": ("sample", np.zeros(n, np.int64)),
+            "target_class": ("sample", np.full(n, -1)),
+        },
+        coords={"sample_id": ("sample", np.arange(n) + 2)},
+    )
+    write_netcdf(test, tmp_path / "test.nc")
+    monkeypatch.setitem(sys.modules, "onepixel.data", types.SimpleNamespace(load_dataset=open_netcdf))
+    monkeypatch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
+    monkeypatch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (BlockModel(), {})))
+
+
+def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:
+    fake_stage_inputs(tmp_path, monkeypatch, [True, False, True])
+    ds = run_locality_stage("c.pt", tmp_path / "test.nc", "a.nc", tmp_path / "loc.nc", max_distance=2, device="cpu")
+    saved = open_netcdf(tmp_path / "loc.nc")
+    np.testing.assert_array_equal(saved["sample_id"].values, [2, 4])
+    np.testing.assert_allclose(saved["success_rate"].values, [3 / 8, 5 / 16])
+    np.testing.assert_allclose(saved["success_rate"].values, ds["success_rate"].values)
+
+
+def test_stage_without_successful_attacks(tmp_path, monkeypatch) -> None:
+    fake_stage_inputs(tmp_path, monkeypatch, [False, False])
+    run_locality_stage("c.pt", tmp_path / "test.nc", "a.nc", tmp_path / "loc.nc", device="cpu")
+    saved = open_netcdf(tmp_path / "loc.nc")
+    assert saved.sizes["sample"] == 0 and saved.sizes["distance"] == 3
+    assert np.isnan(saved["success_rate"].values).all() and np.isnan(float(saved["baseline_success_rate"]))
+    assert np.isnan(saved["success_rate_ci"].values).all()
