@@ -17,6 +17,7 @@ from typing import Any
 
 from onepixel.config import load_config, validate_config
 from onepixel.errors import OnePixelError
+from onepixel.utils import configure_logging
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``onepixel`` command."""
     args = _parser().parse_args(argv)
+    configure_logging()
     try:
         args.func(args)
     except OnePixelError as exc:

@@ -166,8 +166,18 @@ def log_to(path: str | os.PathLike[str] | None, threads: int | None = None) -> I
     if threads:
         torch.set_num_threads(max(1, int(threads)))
     if path is None:
+        configure_logging()
         yield
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", buffering=1) as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        configure_logging(handle)
         yield
+
+
+def configure_logging(stream: Any = None) -> None:
+    """Show the library's INFO messages (one line each, with the time) on ``stream`` (stderr)."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=stream, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)

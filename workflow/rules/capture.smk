@@ -7,7 +7,7 @@ rule capture:
         directory(f"{RESULTS}/cubes/{{model}}"),
     log:
         f"logs/{DATASET}/capture_{{model}}.log",
-    threads: workflow.cores
+    threads: config["threads"]
     resources:
         gpu=1,
     conda:

@@ -7,7 +7,7 @@ rule locality:
         f"{RESULTS}/locality/{{model}}.nc",
     log:
         f"logs/{DATASET}/locality_{{model}}.log",
-    threads: workflow.cores
+    threads: config["threads"]
     resources:
         gpu=1,
     conda:

@@ -8,7 +8,7 @@ rule train:
         metrics=f"{RESULTS}/metrics/{{model}}.json",
     log:
         f"logs/{DATASET}/train_{{model}}.log",
-    threads: workflow.cores
+    threads: config["threads"]
     resources:
         gpu=1,
     conda:
