@@ -23,15 +23,6 @@ PARAM_RANGES = {
 SHAPES = [((2, 3, 32, 32), 3, 32), ((2, 1, 8, 8), 1, 8), ((1, 3, 64, 64), 3, 64)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run faster single-threaded, and much faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_model_names():
     assert MODEL_NAMES == ("lenet", "allconv", "nin", "vgg16", "resnet20", "resnet32", "densenet", "wrn16_4")
     assert set(PARAM_RANGES) == set(MODEL_NAMES)

@@ -25,15 +25,6 @@ from onepixel.train import (
 QUIET = {"log": lambda line: None, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions run faster single-threaded, and much faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[xr.Dataset, xr.Dataset]:
     return load_digits_split(test_fraction=0.25, seed=0)
