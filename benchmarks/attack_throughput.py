@@ -2,7 +2,7 @@
 
 For a small CNN on 1x8x8 and 3x32x32 inputs, prints side by side: the plain
 forward rate (images/s) of the model on a prebuilt batch of ``--batch-size``
-images, the attack's candidate evaluations/s at the same batch size (building
+images (copies of the attacked images, as in the attack's batches), the attack's candidate evaluations/s at the same batch size (building
 candidates, DE bookkeeping, selection, final re-evaluation all included), and
 their ratio. Plain and attack timings are interleaved over ``--rounds`` rounds
 and the best of each is used (robust on a shared, busy machine). The attacked
@@ -10,6 +10,11 @@ class is one the model never predicts, so every image uses its full budget
 (no early stop, full batches). Runs on the CPU in well under a minute:
 
     PYTHONPATH=src python benchmarks/attack_throughput.py [--device cuda] [--batch-size 1000]
+
+``--model lenet`` (or any name of ``onepixel models``) measures a model of the
+registry (fresh weights) instead of the small CNN, e.g. the workflow's setting:
+
+    PYTHONPATH=src python benchmarks/attack_throughput.py --model lenet --batch-size 8192 --population 400
 """
 
 from __future__ import annotations
@@ -56,8 +61,25 @@ def plain_rate(model: nn.Module, x: torch.Tensor, calls: int) -> float:
         return calls * x.shape[0] / (time.perf_counter() - start)
 
 
-def bench(channels, size, args, device):
-    model = small_cnn(channels, width=args.width).to(device).eval()
+def make_model(name: str, channels: int, size: int, width: int) -> nn.Module:
+    """The small CNN (``name == "small"``) or a registry model with fresh (seeded) weights."""
+    if name == "small":
+        return small_cnn(channels, width=width)
+    from onepixel.models import build_model
+
+    torch.manual_seed(0)
+    return build_model(name, num_classes=10, in_channels=channels, image_size=size)
+
+
+def bench(channels, size, args, device, model=None):
+    """Best plain forward rate, best attack rate, forward batch and the attack's last stats.
+
+    ``model`` (default: ``make_model(args.model, ...)``) maps ``(N, channels, size, size)``
+    images to 10 logits.
+    """
+    if model is None:
+        model = make_model(getattr(args, "model", "small"), channels, size, args.width)
+    model = model.to(device).eval()
     batch, pop = args.batch_size, args.population
     slots = max(1, batch // pop)
     images = max(args.images, slots)
@@ -71,7 +93,10 @@ def bench(channels, size, args, device):
         print("warning: every class is predicted; some images may stop early")
     attack = OnePixelAttack(model, population=pop, generations=args.generations, batch_size=batch,
                             targeted=True, seed=0, device=device)
-    x = torch.rand(slots * pop if batch >= pop else batch, channels, size, size, device=device)
+    # the plain batch holds what the attack's batches hold: copies of the images in flight (the
+    # input data changes a CPU's speed: random noise runs ~15 % slower than such batches)
+    rows = slots * pop if batch >= pop else batch
+    x = imgs[:slots].to(device).float().div(255).repeat_interleave(pop, 0)[:rows].contiguous()
     forwards = -(-images * pop * (args.generations + 1) // x.shape[0])
     attack.run(imgs[:slots], labels[:slots], targets[:slots])  # warm-up (shapes, allocator)
     plain_rate(model, x, 1)
@@ -92,16 +117,20 @@ def main(argv=None) -> None:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--images", type=int, default=20, help="images attacked per input size")
     parser.add_argument("--width", type=int, default=8, help="CNN width (first conv channels)")
+    parser.add_argument("--model", default="small", help="small (the CNN above) or a registry name, e.g. lenet")
+    parser.add_argument("--inputs", nargs="+", default=["1x8", "3x32"], metavar="CxS",
+                        help="input shapes as channels x side (default: 1x8 3x32)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved plain/attack timing rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device={device} threads={torch.get_num_threads()} batch_size={args.batch_size} "
+    print(f"device={device} threads={torch.get_num_threads()} model={args.model} batch_size={args.batch_size} "
           f"population={args.population} generations={args.generations} images={args.images} width={args.width}")
     print(f"{'input':>8} {'batch':>6} {'forward img/s':>14} {'attack cand/s':>14} {'ratio':>6}")
-    for channels, size in ((1, 8), (3, 32)):
+    for shape in args.inputs:
+        channels, size = (int(v) for v in shape.lower().split("x"))
         plain, rate, batch, stats = bench(channels, size, args, device)
         print(f"{f'{channels}x{size}x{size}':>8} {batch:6d} {plain:14.0f} {rate:14.0f} {rate / plain:6.2f}"
               f"   ({stats['candidates']} candidates in {stats['seconds']:.2f} s per run)", flush=True)

@@ -177,6 +177,21 @@ def test_random_streams():
     assert counts[0] == 0 and (counts[1:] - 2000 / 9).abs().max() < 70
 
 
+@pytest.mark.parametrize("wraps", [True, False])
+def test_mul32_is_exact_mod_2_32(monkeypatch, wraps):
+    """Both forms of the 32-bit multiply (wrapping int64 product, overflow-free split) are exact."""
+    from onepixel.attack import de
+
+    monkeypatch.setitem(de._WRAPS, "cpu", wraps)
+    values = [0, 1, 2, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF]
+    values += torch.randint(0, 2**32, (200,), generator=torch.Generator().manual_seed(0)).tolist()
+    x = torch.tensor(values, dtype=torch.int64)
+    for c in (0x7FEB352D, 0x846CA68B, 0x9E3779B9, 0xFFFFFFFF, 3):
+        assert de._mul32(x, c).tolist() == [(v * c) % 2**32 for v in values]
+    assert torch.equal(x, torch.tensor(values))  # the input is left alone
+    assert de._int64_mul_wraps(torch.device("cpu")) is wraps
+
+
 def test_initial_population_follows_the_paper():
     attack = OnePixelAttack(Recorder(), population=4000, generations=1)
     elem = torch.arange(4000)[:, None] * 3 + torch.arange(3)[None, :]
@@ -346,6 +361,16 @@ def test_score_treats_non_finite_logits_as_worst():
     attack = OnePixelAttack(PixelRule(), targeted=True)
     fit, ok = attack._score(logits, torch.ones(4, dtype=torch.long))
     assert ok.tolist() == [True, False, False, False] and torch.isinf(fit[1:3]).all()
+
+
+def test_score_finite_logits_whose_sum_overflows():
+    """Huge but finite logits (their row sum overflows float32) are not treated as non-finite."""
+    attack = OnePixelAttack(PixelRule())
+    logits = torch.tensor([[3e38, 3e38, 0.0], [-3e38, -3e38, 1.0], [1.0, float("-inf"), 0.0]])
+    fit, ok = attack._score(logits, torch.tensor([2, 2, 0]))
+    assert ok.tolist() == [True, False, False]
+    torch.testing.assert_close(fit[:2], torch.tensor([-3e38, 0.0]))
+    assert torch.isinf(fit[2]) and fit[2] > 0  # a -inf logit makes the row non-finite: worst fitness
 
 
 def test_model_mode_restored():
@@ -557,7 +582,10 @@ def test_run_attack_stage(tmp_path: Path, monkeypatch, targeted):
     assert back["success"].values.all()
     assert back.attrs["model_sha256"] == __import__("hashlib").sha256(b"weights").hexdigest()
     assert back.attrs["seed"] == 0 and back.attrs["candidates_per_s"] > 0 and "torch_version" in back.attrs
-    assert json.loads(back.attrs["attack_config"]) == {**DEFAULT_ATTACK_CONFIG, **cfg}
+    # "shards" only says how the work is split: it is not part of the stored config
+    assert json.loads(back.attrs["attack_config"]) == {k: v for k, v in {**DEFAULT_ATTACK_CONFIG, **cfg}.items()
+                                                       if k != "shards"}
+    assert back.attrs["shards"] == 1 and "shard" not in back.attrs
     assert len(lines) == 1 and "successful" in lines[0]
     if targeted:
         assert back["target_class"].values.tolist() == [1, 2] * 4

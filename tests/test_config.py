@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_empty_config_gets_every_default():
     config = validate_config({})
-    assert config["dataset"] == {"name": "digits", "test_fraction": 0.25, "seed": 0}
+    assert config["dataset"] == {"name": "digits", "root": "", "test_fraction": 0.25, "seed": 0}
     assert config["models"] == ["lenet", "resnet20"]
     assert config["attack"]["population"] == 400
     assert config["attack"]["generations"] == 100

@@ -40,8 +40,10 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     from onepixel.data import prepare_dataset
 
     cfg = _config(args)["dataset"]
-    name = args.name or cfg["name"]
-    paths = prepare_dataset(name, args.out, raw_root=args.raw_root, test_fraction=cfg["test_fraction"], seed=cfg["seed"])
+    root = args.root or cfg["root"] or None
+    name = args.name or ("cifar10" if args.root else cfg["name"])
+    paths = prepare_dataset(name, args.out, raw_root=args.raw_root, test_fraction=cfg["test_fraction"], seed=cfg["seed"],
+                            root=root, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(str(p) for p in paths))
 
 
@@ -58,7 +60,21 @@ def _cmd_attack(args: argparse.Namespace) -> None:
     from onepixel.attack import run_attack_stage
 
     cfg = _config(args)
-    run_attack_stage(args.checkpoint, args.test, args.out, cfg["attack"], device=cfg["device"])
+    run_attack_stage(args.checkpoint, args.test, args.out, cfg["attack"], device=cfg["device"],
+                     shard=args.shard, shards=args.shards, selection_path=args.selection)
+
+
+def _cmd_select_images(args: argparse.Namespace) -> None:
+    from onepixel.attack import run_select_stage
+
+    cfg = _config(args)
+    run_select_stage(args.checkpoint, args.test, args.out, cfg["attack"], device=cfg["device"])
+
+
+def _cmd_merge_attack(args: argparse.Namespace) -> None:
+    from onepixel.attack import run_merge_stage
+
+    run_merge_stage(args.shards, args.out, selection_path=args.selection)
 
 
 def _cmd_capture(args: argparse.Namespace) -> None:
@@ -130,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="digits or cifar10 (default: dataset.name of the config)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--raw-root", type=Path, help="where downloads go (cifar10)")
+    p.add_argument("--root", type=Path, help="read CIFAR-10 from this pre-staged copy instead of downloading it: the "
+                   "cifar-10-batches-py folder, a folder holding it, or cifar-10-python.tar.gz (implies --name cifar10; "
+                   "default: dataset.root of the config)")
     p = add("train", _cmd_train, "train a model (or load a user's checkpoint) and write its test metrics")
     p.add_argument("--model", required=True)
     p.add_argument("--train", type=Path, required=True, help="train.nc")
@@ -141,6 +160,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--test", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="attack results (.nc)")
+    p.add_argument("--shard", type=int, default=0, help="attack only this shard, 0..SHARDS-1 (default 0)")
+    p.add_argument("--shards", type=int, default=1,
+                   help="split the selected images into this many disjoint shards (default 1: no split)")
+    p.add_argument("--selection", type=Path, help="selection file from `select-images` (default: select here)")
+    p = add("select-images", _cmd_select_images,
+            "select the test images of a sharded attack once (attack.num_images, attack.seed)")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--test", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="selection file (.json)")
+    p = add("merge-attack", _cmd_merge_attack, "merge the shard files of one attack into one attack file")
+    p.add_argument("--shards", type=Path, nargs="+", required=True, metavar="SHARD.nc", help="all shard files")
+    p.add_argument("--selection", type=Path, help="selection file: rows in its order, coverage checked")
+    p.add_argument("--out", type=Path, required=True, help="merged attack results (.nc)")
     p = add("capture", _cmd_capture, "capture per-layer activation cubes of clean and adversarial images")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--test", type=Path, required=True)

@@ -18,7 +18,8 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
-from onepixel.errors import ConfigError
+from onepixel.cifar10_layout import cifar10_root_files
+from onepixel.errors import ConfigError, DataError
 
 SCHEMA_PATH = Path(str(resources.files("onepixel") / "config.schema.yaml"))
 
@@ -125,6 +126,20 @@ def _coerce_scalars(value: Any, schema: Mapping[str, Any]) -> Any:
 
 
 def _check_semantics(config: dict[str, Any], check_files: bool) -> None:
+    dataset = config["dataset"]
+    if dataset["root"]:
+        if dataset["name"] != "cifar10":
+            raise ConfigError(
+                f"dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not {dataset['name']!r}"
+            )
+        if check_files and not Path(dataset["root"]).exists():
+            where = "" if Path(dataset["root"]).is_absolute() else f" (relative to the working directory {Path.cwd()})"
+            raise ConfigError(f"dataset.root: not found: {dataset['root']}{where}")
+        if check_files:
+            try:
+                cifar10_root_files(dataset["root"])
+            except DataError as exc:
+                raise ConfigError(f"dataset.root: {exc}") from exc
     checkpoints: dict[str, str] = config["train"]["checkpoints"]
     for model, path in checkpoints.items():
         if model not in config["models"]:

@@ -94,6 +94,17 @@ def _mark(ax: Axes, x: object, y: object) -> None:
     ax.plot(x, y, mec="#00e5ff", mew=1.3, **MARK)
 
 
+def _mark_edges(ax: Axes, x: object, y: object) -> None:
+    """Point at the attacked pixel's column and row with triangles on the panel's top and left edges.
+
+    Unlike a circle, these leave the map itself uncovered: in the first layers of a
+    32x32 network the perturbation fills only the few cells around the pixel.
+    """
+    style = {"ms": 7, "mfc": "#00e5ff", "mec": "black", "mew": 0.8, "ls": "none", "clip_on": False, "zorder": 5}
+    ax.plot(x, np.ones(np.shape(x)), marker="v", transform=ax.get_xaxis_transform(), **style)
+    ax.plot(np.zeros(np.shape(y)), y, marker=">", transform=ax.get_yaxis_transform(), **style)
+
+
 def _layer_title(prop: xr.Dataset, i: int) -> str:
     return f"{i}: {prop['layer'].values[i]}\n{int(prop['layer_height'][i])}×{int(prop['layer_width'][i])}"
 
@@ -112,7 +123,8 @@ def plot_pm_grid(
     Panels: the clean image, the adversarial image (attacked pixel circled), then
     every layer's normalised PMmax on one colour scale from 0 to 1 (values above 1,
     i.e. differences larger than the largest original activation, are clipped and
-    shown by the colour bar's arrow), the attacked pixel circled in each layer's grid.
+    shown by the colour bar's arrow), the attacked pixel's column and row in each
+    layer's grid shown by triangles on the map's edges (so the map stays uncovered).
 
     Args:
         prop: propagation dataset of :func:`onepixel.propagation.compute_propagation`.
@@ -139,9 +151,10 @@ def plot_pm_grid(
     image = None
     for i in range(n_layers):
         image = _show_map(axes[i + 2], prop[f"pm_max_norm_{i}"].values[sample], 1.0, _layer_title(prop, i))
-        _mark(axes[i + 2], prop["pixel_x_layer"].values[i, sample], prop["pixel_y_layer"].values[i, sample])
+        _mark_edges(axes[i + 2], prop["pixel_x_layer"].values[i, sample], prop["pixel_y_layer"].values[i, sample])
     fig.colorbar(image, ax=axes[2:], extend="max", shrink=0.9, label="normalised PMmax (clipped at 1)")
-    _add_caption(fig, _caption(prop) + ". Circle: the attacked pixel, mapped into each layer's grid as floor(x · W_l / W).")
+    _add_caption(fig, _caption(prop) + ". Triangles on the maps' edges: the attacked pixel's column and row, "
+                 "mapped into each layer's grid as floor(x · W_l / W).")
     outcome = "successful" if bool(row["success"]) else "failed"
     kind = "one-pixel" if attack.sizes.get("pixel", 1) == 1 else f"{attack.sizes['pixel']}-pixel"
     fig.suptitle(

@@ -1,15 +1,78 @@
-rule attack:
-    input:
-        checkpoint=rules.train.output.checkpoint,
-        test=dataset_file("test"),
-    output:
-        f"{RESULTS}/attack/{{model}}.nc",
-    log:
-        f"logs/{DATASET}/attack_{{model}}.log",
-    threads: workflow.cores
-    resources:
-        gpu=1,
-    conda:
-        "../envs/onepixel.yaml"
-    script:
-        "../scripts/attack.py"
+# attack.shards == 1: one job per model selects the images, attacks them and writes
+# attack/{model}.nc. attack.shards == n > 1: attack_select picks the images once,
+# n attack_shard jobs (one GPU each) attack disjoint parts of them, and rule
+# `attack` merges the shard files into the same attack/{model}.nc (so the rule
+# that makes the result is called `attack` either way). Shard files are written
+# atomically: an interrupted run resumes with the missing shards only.
+SHARDS = config["attack"]["shards"]
+
+if SHARDS == 1:
+
+    rule attack:
+        input:
+            checkpoint=rules.train.output.checkpoint,
+            test=dataset_file("test"),
+        output:
+            f"{RESULTS}/attack/{{model}}.nc",
+        log:
+            f"logs/{DATASET}/attack_{{model}}.log",
+        threads: config["threads"]
+        resources:
+            gpu=1,
+        conda:
+            "../envs/onepixel.yaml"
+        script:
+            "../scripts/attack.py"
+
+else:
+
+    rule attack_select:
+        input:
+            checkpoint=rules.train.output.checkpoint,
+            test=dataset_file("test"),
+        output:
+            f"{RESULTS}/attack/{{model}}/selection.json",
+        log:
+            f"logs/{DATASET}/attack_{{model}}_selection.log",
+        threads: config["threads"]
+        resources:
+            gpu=1,
+        conda:
+            "../envs/onepixel.yaml"
+        script:
+            "../scripts/attack_select.py"
+
+    rule attack_shard:
+        input:
+            checkpoint=rules.train.output.checkpoint,
+            test=dataset_file("test"),
+            selection=rules.attack_select.output[0],
+        output:
+            f"{RESULTS}/attack/{{model}}/shard_{{shard}}-of-{SHARDS}.nc",
+        log:
+            f"logs/{DATASET}/attack_{{model}}_shard_{{shard}}-of-{SHARDS}.log",
+        wildcard_constraints:
+            shard="[0-9]+",
+        threads: config["threads"]
+        resources:
+            gpu=1,
+        conda:
+            "../envs/onepixel.yaml"
+        script:
+            "../scripts/attack_shard.py"
+
+    rule attack:
+        input:
+            shards=expand(
+                f"{RESULTS}/attack/{{{{model}}}}/shard_{{shard}}-of-{SHARDS}.nc",
+                shard=range(SHARDS),
+            ),
+            selection=rules.attack_select.output[0],
+        output:
+            f"{RESULTS}/attack/{{model}}.nc",
+        log:
+            f"logs/{DATASET}/attack_{{model}}.log",
+        conda:
+            "../envs/onepixel.yaml"
+        script:
+            "../scripts/attack_merge.py"

@@ -1,3 +1,5 @@
+from onepixel.cifar10_layout import cifar10_root_files
+
 DATASET = config["dataset"]["name"]
 MODELS = config["models"]
 RESULTS = f"results/{DATASET}"
@@ -25,10 +27,17 @@ def all_targets():
     ]
 
 
+# dataset.root: a pre-staged CIFAR-10 copy (no download). Its files are the inputs of
+# prepare_data, so a changed or other copy reruns the study. Checked by validate_config.
+CIFAR10_ROOT = config["dataset"]["root"]
+CIFAR10_ROOT_FILES = [str(path) for path in cifar10_root_files(CIFAR10_ROOT)] if CIFAR10_ROOT else []
+
+
 def prepare_inputs(wildcards):
-    """The verified download for datasets that need one (the digits ship with scikit-learn)."""
+    """The files a dataset is made from: the pre-staged CIFAR-10 copy (dataset.root) or
+    the verified download (the digits ship with scikit-learn)."""
     if wildcards.dataset == "cifar10":
-        return "resources/raw/cifar10/cifar-10-batches-py"
+        return CIFAR10_ROOT_FILES or "resources/raw/cifar10/cifar-10-batches-py"
     return []
 
 

@@ -1,12 +1,14 @@
-rule download_cifar10:
-    output:
-        directory("resources/raw/cifar10/cifar-10-batches-py"),
-    log:
-        "logs/download_cifar10.log",
-    conda:
-        "../envs/onepixel.yaml"
-    script:
-        "../scripts/download_cifar10.py"
+if not CIFAR10_ROOT:  # with dataset.root, CIFAR-10 is read from there: no download
+
+    rule download_cifar10:
+        output:
+            directory("resources/raw/cifar10/cifar-10-batches-py"),
+        log:
+            "logs/download_cifar10.log",
+        conda:
+            "../envs/onepixel.yaml"
+        script:
+            "../scripts/download_cifar10.py"
 
 
 rule prepare_data:

@@ -9,7 +9,8 @@ with log_to(snakemake.log[0]):
     prepare_dataset(
         snakemake.wildcards.dataset,
         Path(snakemake.output.train).parent,
-        raw_root=Path(snakemake.input[0]).parent if snakemake.input else None,
+        raw_root=Path(snakemake.input[0]).parent if snakemake.input and not cfg["root"] else None,
         test_fraction=cfg["test_fraction"],
         seed=cfg["seed"],
+        root=cfg["root"] or None,
     )

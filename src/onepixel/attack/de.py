@@ -91,20 +91,48 @@ class AttackResult:
 # ---------------------------------------------------------------------------
 # counter-based random numbers (integer arithmetic only: identical on every device)
 # ---------------------------------------------------------------------------
+_WRAPS: dict[str, bool] = {}
+
+
+def _int64_mul_wraps(device: torch.device) -> bool:
+    """Whether int64 products on ``device`` keep their low 64 bits on overflow (two's complement).
+
+    Checked once per device type against Python integers; every known backend wraps,
+    and where one does not, :func:`_mul32` uses its overflow-free form.
+    """
+    kind = device.type
+    if kind not in _WRAPS:
+        values = [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x9E3779B9, 0xDEADBEEF]
+        consts = (0x7FEB352D, 0x846CA68B, 0x9E3779B9)
+        x = torch.tensor(values, dtype=torch.int64, device=device)
+        got = [((x * c) & _MASK32).tolist() for c in consts]
+        _WRAPS[kind] = got == [[(v * c) & _MASK32 for v in values] for c in consts]
+    return _WRAPS[kind]
+
+
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``(x * c) mod 2**32`` for int64 ``x`` in [0, 2**32) without int64 overflow."""
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & _MASK32
+    """``(x * c) mod 2**32`` for int64 ``x`` in [0, 2**32) and ``c`` < 2**32 (``x`` is not modified).
+
+    The low 32 bits of the wrapped 64-bit product where int64 products wrap (checked
+    by :func:`_int64_mul_wraps`), else a form whose products stay below 2**48.
+    """
+    if _int64_mul_wraps(x.device):
+        return (x * c).bitwise_and_(_MASK32)
+    hi = x * (c >> 16)
+    hi &= 0xFFFF
+    hi <<= 16
+    hi += x * (c & 0xFFFF)
+    return hi.bitwise_and_(_MASK32)
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
     """Bijective 32-bit integer mixer ("lowbias32", C. Wellons) on int64 tensors in [0, 2**32)."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
+    x ^= x >> 15
     x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    x ^= x >> 16
+    return x
 
 
 def _split32(value: int) -> tuple[int, int]:
@@ -112,43 +140,99 @@ def _split32(value: int) -> tuple[int, int]:
     return value & _MASK32, value >> 32
 
 
-def _bits(key: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """32 random bits for each ``(key, counter)`` (broadcast), as int64 in [0, 2**32)."""
-    h = _hash32((key + _mul32(counter, 0x9E3779B9)) & _MASK32)
-    return _hash32(h ^ key)
+_GOLDEN = 0x9E3779B9
 
 
-def _uniform(key: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
+def _mix_counter(counter: torch.Tensor) -> torch.Tensor:
+    """The counter's share of :func:`_bits`; precompute it for counters that are used again."""
+    return _mul32(counter, _GOLDEN)
+
+
+def _bits(key: torch.Tensor, counter: torch.Tensor, mixed: torch.Tensor | None = None) -> torch.Tensor:
+    """32 random bits for each ``(key, counter)`` (broadcast), as int64 in [0, 2**32).
+
+    ``mixed``: ``_mix_counter(counter)`` when already computed (``counter`` is then unused).
+    """
+    h = key + (_mix_counter(counter) if mixed is None else mixed)
+    h = _hash32(h.bitwise_and_(_MASK32))
+    h ^= key
+    return _hash32(h)
+
+
+def _uniform(key: torch.Tensor, counter: torch.Tensor, mixed: torch.Tensor | None = None) -> torch.Tensor:
     """Float64 uniform in (0, 1) for each ``(key, counter)``."""
-    return (_bits(key, counter).double() + 0.5) * (1.0 / 2**32)
+    return (_bits(key, counter, mixed).double() + 0.5) * (1.0 / 2**32)
 
 
-def _randint(key: torch.Tensor, counter: torch.Tensor, high: int | torch.Tensor) -> torch.Tensor:
+def _randint(key: torch.Tensor, counter: torch.Tensor, high: int | torch.Tensor,
+             mixed: torch.Tensor | None = None) -> torch.Tensor:
     """Uniform integers in ``[0, high)`` (Lemire's multiply-shift; ``high`` < 2**31)."""
-    return (_bits(key, counter) * high) >> 32
+    r = _bits(key, counter, mixed)
+    r *= high
+    r >>= 32
+    return r
 
 
-def _distinct_members(keys: torch.Tensor, member: torch.Tensor, count: int) -> list[torch.Tensor]:
+def _purpose_keys(keys: torch.Tensor, purposes: tuple[int, ...]) -> torch.Tensor:
+    """``_hash32(key ^ purpose)`` for every key ``(B,)`` and purpose: ``(B, len(purposes))``, one pass."""
+    return _hash32(keys[:, None] ^ torch.tensor(purposes, dtype=keys.dtype, device=keys.device))
+
+
+def _member_draws(pkeys: torch.Tensor, highs: tuple[int, ...], mixed: torch.Tensor) -> torch.Tensor:
+    """``_randint(pkeys[:, j], member, highs[j])`` for every stream j and member: ``(B, n, P)``.
+
+    ``pkeys`` ``(B, n)`` are purpose keys, ``mixed`` ``(P,)`` is ``_mix_counter(member)``;
+    the n draws run as one batch of integer operations.
+    """
+    bits = _bits(pkeys[:, :, None], None, mixed[None, None, :])
+    bits *= torch.tensor(highs, dtype=bits.dtype, device=bits.device)[None, :, None]
+    bits >>= 32
+    return bits
+
+
+def _skip_excluded(draws: torch.Tensor, member: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """Turn draws ``r_j`` in [0, P - 1 - j) (``draws[:, j]``) into distinct members != i.
+
+    r_j skips member i and the members already chosen, in increasing order, which
+    makes every admissible choice equally likely. ``draws`` is modified.
+    """
+    i = member[None, :]
+    out: list[torch.Tensor] = []
+    for j in range(count):
+        r = draws[:, j]
+        if j == 0:
+            ordered = [i]
+        elif j == 1:
+            ordered = [torch.minimum(i, out[0]), torch.maximum(i, out[0])]
+        else:  # the three excluded values i, a, b are distinct: sort them with min/max
+            a, b = out
+            low = torch.minimum(torch.minimum(i, a), b)
+            high = torch.maximum(torch.maximum(i, a), b)
+            ordered = [low, a + b + i - low - high, high]
+        for e in ordered:
+            r += r >= e
+        out.append(r)
+    return out
+
+
+def _distinct_members(keys: torch.Tensor, member: torch.Tensor, count: int,
+                      mixed: torch.Tensor | None = None, pkeys: torch.Tensor | None = None) -> list[torch.Tensor]:
     """For B images (stream ``keys`` (B,)) and each member i of ``member`` (P,): ``count``
     (<= 3) mutually distinct random members, all != i, each ``(B, P)`` int64.
 
     Draw r_j uniform in [0, P - 1 - j) and skip the already excluded indices in
     increasing order, which makes every admissible choice equally likely.
+    ``mixed`` (``_mix_counter(member)``) and ``pkeys`` (``_purpose_keys(keys,
+    (_P_A, _P_B, _P_C)[:count])``) may be passed when already computed.
     """
     P = member.numel()
-    kk = keys[:, None]
-    excluded = [member[None, :].expand(keys.numel(), P)]
-    out = []
-    for j, purpose in enumerate((_P_A, _P_B, _P_C)[:count]):
-        r = _randint(_hash32(kk ^ purpose), member[None, :], P - 1 - j)
-        ordered = torch.sort(torch.stack(excluded, -1), -1).values if len(excluded) > 1 else excluded[0][..., None]
-        for e in range(ordered.shape[-1]):
-            r = r + (r >= ordered[..., e])
-        out.append(r)
-        excluded.append(r)
-    if count < 3:
-        out += [None] * (3 - count)
-    return out
+    if mixed is None:
+        mixed = _mix_counter(member)
+    if pkeys is None:
+        pkeys = _purpose_keys(keys, (_P_A, _P_B, _P_C)[:count])
+    draws = _member_draws(pkeys[:, :count], tuple(P - 1 - j for j in range(count)), mixed)
+    out: list[torch.Tensor | None] = list(_skip_excluded(draws, member, count))
+    return out + [None] * (3 - count)
 
 
 # ---------------------------------------------------------------------------
@@ -398,6 +482,7 @@ class OnePixelAttack:
         member = torch.arange(P, device=dev)
         gene = torch.arange(D, device=dev)
         elem = member[:, None] * D + gene[None, :]  # (P, D) counters
+        member_mixed, elem_mixed = _mix_counter(member), _mix_counter(elem)  # their share of every draw
         buf = torch.empty(min(self.batch_size, S * P), c, h, w, dtype=torch.float32, device=dev)
 
         next_img = 0
@@ -410,16 +495,24 @@ class OnePixelAttack:
             if act.numel() == 0:
                 break
             A = act.numel()
-            gen = slot_gen[act]
-            keys = _hash32(slot_key[act] ^ (gen & _MASK32))  # (A,) key of (image, generation)
+            full = A == S  # every slot in flight (the usual case): use the slot tensors, no gathers
+            gen = slot_gen.clone() if full else slot_gen[act]
+            keys = _hash32((slot_key if full else slot_key[act]) ^ (gen & _MASK32))  # (A,) key of (image, gen.)
             is_init = gen == 0
-            cand = torch.empty(A, P, D, dtype=torch.float32, device=dev)
-            if bool(is_init.any()):
+            p_act = pop if full else pop[act]
+            f_act = fit if full else fit[act]
+            n_init = int(is_init.sum())
+            if n_init == 0:
+                cand = self._trials(p_act, f_act, keys, elem, member, D, lo, hi, member_mixed, elem_mixed)
+            elif n_init == A:
+                cand = self._init_population(keys, elem, k, G, w, h, elem_mixed)
+            else:
+                cand = torch.empty(A, P, D, dtype=torch.float32, device=dev)
                 ii = is_init.nonzero().squeeze(1)
-                cand[ii] = self._init_population(keys[ii], elem, k, G, w, h)
-            if not bool(is_init.all()):
                 tt = (~is_init).nonzero().squeeze(1)
-                cand[tt] = self._trials(pop[act[tt]], fit[act[tt]], keys[tt], elem, member, D, lo, hi)
+                cand[ii] = self._init_population(keys[ii], elem, k, G, w, h, elem_mixed)
+                cand[tt] = self._trials(p_act[tt], f_act[tt], keys[tt], elem, member, D, lo, hi,
+                                        member_mixed, elem_mixed)
 
             # evaluate all candidates of the active slots
             cf, cs = self._evaluate(cand.view(A * P, D), act, base, slot_cls, buf, k, c, h, w)
@@ -427,11 +520,14 @@ class OnePixelAttack:
             cs = cs.view(A, P)
 
             # selection (initial slots take the candidates as their population)
-            p_act = pop[act]
-            f_act = fit[act]
             take = (cf <= f_act) | is_init[:, None]
-            pop[act] = torch.where(take[..., None], cand, p_act)
-            fit[act] = torch.where(take, cf, f_act)
+            new_pop = torch.where(take[..., None], cand, p_act)
+            new_fit = torch.where(take, cf, f_act)
+            if full:
+                pop, fit = new_pop, new_fit
+            else:
+                pop[act] = new_pop
+                fit[act] = new_fit
 
             # early stopping: any evaluated candidate that succeeded
             hit = cs.any(1)
@@ -480,39 +576,65 @@ class OnePixelAttack:
         slot_key[slots] = key
         return next_img + m
 
-    def _init_population(self, keys, elem, k, G, w, h):
-        """Paper initialisation for B images: ``(B, P, D)`` float genes."""
-        kk = keys[:, None, None]
+    def _init_population(self, keys, elem, k, G, w, h, elem_mixed=None):
+        """Paper initialisation for B images: ``(B, P, D)`` float genes.
+
+        ``elem_mixed``: ``_mix_counter(elem)`` when already computed. Each gene only
+        draws the numbers it uses (positions: one integer; colours: two uniforms for
+        Box-Muller), all keyed by its own counter in ``elem``.
+        """
         P, D = elem.shape
-        pos_key = _hash32(kk ^ _P_INIT_POS)
-        gi = torch.arange(D, device=elem.device) % G  # gene kind within a pixel
-        high = torch.where(gi == 0, w, h)  # only used for gi < 2
-        pos = _randint(pos_key, elem, high[None, None, :].expand(1, P, D)).float()
-        u1 = _uniform(_hash32(kk ^ _P_INIT_U1), elem)
-        u2 = _uniform(_hash32(kk ^ _P_INIT_U2), elem)
+        dev = elem.device
+        if elem_mixed is None:
+            elem_mixed = _mix_counter(elem)
+        pk = _purpose_keys(keys, (_P_INIT_POS, _P_INIT_U1, _P_INIT_U2))[:, :, None, None]  # (B, 3, 1, 1)
+        gi = torch.arange(D, device=dev) % G  # gene kind within a pixel
+        pos_cols = (gi < 2).nonzero().squeeze(1)
+        col_cols = (gi >= 2).nonzero().squeeze(1)
+        high = torch.where(gi[pos_cols] == 0, w, h)[None, None, :]  # x in [0, w), y in [0, h)
+        pos = _randint(pk[:, 0], None, high, elem_mixed[:, pos_cols]).float()
+        mixed_col = elem_mixed[:, col_cols]
+        u1 = _uniform(pk[:, 1], None, mixed_col)
+        u2 = _uniform(pk[:, 2], None, mixed_col)
         normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
         col = torch.round(128.0 + 127.0 * normal).clamp(0, 255).float()
-        return torch.where((gi < 2)[None, None, :], pos, col)
+        out = torch.empty(keys.shape[0], P, D, dtype=torch.float32, device=dev)
+        out[..., pos_cols] = pos
+        out[..., col_cols] = col
+        return out
 
-    def _trials(self, pop, fit, keys, elem, member, D, lo, hi):
-        """Trial vectors ``(B, P, D)`` for B images from their populations and fitnesses."""
+    def _trials(self, pop, fit, keys, elem, member, D, lo, hi, member_mixed=None, elem_mixed=None):
+        """Trial vectors ``(B, P, D)`` for B images from their populations and fitnesses.
+
+        ``member_mixed`` / ``elem_mixed``: ``_mix_counter`` of ``member`` / ``elem`` when already computed.
+        """
         B, P, _ = pop.shape
-        kk = keys[:, None]
-        a, b, cc = _distinct_members(keys, member, 3 if self.strategy == "rand1" else 2)
-        idx = lambda t: t[..., None].expand(B, P, D)  # noqa: E731
-        pa = torch.gather(pop, 1, idx(a))
-        pb = torch.gather(pop, 1, idx(b))
+        if member_mixed is None:
+            member_mixed = _mix_counter(member)
         if self.strategy == "rand1":
-            pc = torch.gather(pop, 1, idx(cc))
+            pk = _purpose_keys(keys, (_P_A, _P_B, _P_C))
+            a, b, cc = _distinct_members(keys, member, 3, member_mixed, pk)
+        else:  # a, b and the forced crossover gene are drawn in one batch
+            pk = _purpose_keys(keys, (_P_A, _P_B, _P_FORCED, _P_CROSS))
+            draws = _member_draws(pk[:, :3], (P - 1, P - 2, D), member_mixed)
+            a, b = _skip_excluded(draws, member, 2)
+            forced = draws[:, 2]
+        rows = pop.reshape(B * P, D)
+        offset = (torch.arange(B, device=pop.device) * P)[:, None]
+        pick = lambda t: rows.index_select(0, (t + offset).view(-1)).view(B, P, D)  # noqa: E731  (member t of each image)
+        pa = pick(a)
+        pb = pick(b)
+        if self.strategy == "rand1":
+            pc = pick(cc)
             trial = pa + self.F * (pb - pc)
         else:  # best1bin
+            if elem_mixed is None:
+                elem_mixed = _mix_counter(elem)
             best = fit.argmin(1)
             pbest = pop[torch.arange(B, device=pop.device), best][:, None, :]
             mutant = pbest + self.F * (pa - pb)
-            kk3 = keys[:, None, None]
-            cross = _uniform(_hash32(kk3 ^ _P_CROSS), elem) < self.crossover
-            forced = _randint(_hash32(kk ^ _P_FORCED), member[None, :], D)
-            cross = cross | (torch.arange(D, device=pop.device)[None, None, :] == forced[..., None])
+            cross = _uniform(pk[:, 3, None, None], None, elem_mixed) < self.crossover
+            cross |= torch.arange(D, device=pop.device)[None, None, :] == forced[..., None]
             trial = torch.where(cross, mutant, pop)
         return torch.maximum(torch.minimum(trial, hi), lo)
 
@@ -556,18 +678,24 @@ class OnePixelAttack:
         resolution near 0 and 1. Non-finite logits give fitness +inf, no success.
         """
         logits = logits.float()
-        finite = torch.isfinite(logits).all(1)
+        # a row sum is finite only if every logit of the row is; the exact test runs only
+        # when some sum is not (a non-finite logit, or finite logits whose sum overflows)
+        finite = torch.isfinite(logits.sum(1))
+        if not bool(finite.all()):
+            finite = torch.isfinite(logits).all(1)
         z = logits.gather(1, cls[:, None]).squeeze(1)
         logp = z - torch.logsumexp(logits, 1)
         pred = logits.argmax(1)
         if self.targeted:
-            fit = -logp
+            fit = logp.neg_()
             ok = pred == cls
         else:
             fit = logp
             ok = pred != cls
-        fit = torch.where(finite & ~torch.isnan(fit), fit, torch.full_like(fit, math.inf))
-        return fit, ok & finite
+        # with finite logits log p is never NaN (logsumexp >= every logit, its sum is in [1, K])
+        fit.masked_fill_(~finite, math.inf)
+        ok &= finite
+        return fit, ok
 
     def _finalise(self, imgs, lab, tgt, genes, gens) -> AttackResult:
         """Build adversarial images and re-evaluate them (float32, no autocast)."""

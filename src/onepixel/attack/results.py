@@ -126,14 +126,15 @@ def merge_attacks(datasets: list[xr.Dataset], order: np.ndarray | None = None) -
     position of their ``sample_id`` in ``order`` (stable, so a targeted run's
     targets stay in their order). All shards must share ``attack_config``; the
     attributes of the first shard are kept. A repeated (sample_id, target_class)
-    row is an error.
+    row is an error. Shards without rows (more shards than images) are skipped.
     """
     if not datasets:
         raise DataError("merge_attacks: no attack shards given")
     configs = {ds.attrs.get("attack_config") for ds in datasets}
     if len(configs) > 1:
         raise DataError("merge_attacks: shards were made with different attack_config; re-run them with one config")
-    merged = xr.concat(datasets, dim="sample", data_vars="all", coords="different", compat="equals",
+    rows = [ds for ds in datasets if ds.sizes.get("sample", 0) > 0] or [datasets[0]]
+    merged = xr.concat(rows, dim="sample", data_vars="all", coords="different", compat="equals",
                        combine_attrs="override")
     pairs = np.stack([merged["sample_id"].values, merged["target_class"].values], 1)
     if len(np.unique(pairs, axis=0)) != len(pairs):

@@ -1,10 +1,20 @@
-"""The attack stage: pick correctly classified test images, attack them, write netCDF."""
+"""The attack stage: pick correctly classified test images, attack them, write netCDF.
+
+For scale the stage can be split into shards (``attack.shards`` of the workflow):
+:func:`run_select_stage` picks the images once and writes them to a selection
+file, :func:`run_attack_stage` with ``shard=i, shards=n`` attacks the i-th of n
+contiguous, disjoint parts of that selection (:func:`shard_indices`), and
+:func:`run_merge_stage` combines the shard files into the file an unsharded run
+writes. The random streams are keyed by test-set index (and target), so the
+merged result equals the unsharded one row for row.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +23,7 @@ import xarray as xr
 from torch import nn
 
 from onepixel.attack.de import OnePixelAttack
-from onepixel.attack.results import result_to_dataset, save_attack
+from onepixel.attack.results import load_attack, merge_attacks, result_to_dataset, save_attack
 from onepixel.errors import ConfigError, DataError
 
 #: defaults of the ``attack`` section of ``config.schema.yaml``
@@ -28,7 +38,14 @@ DEFAULT_ATTACK_CONFIG: dict[str, Any] = {
     "targeted": False,
     "seed": 0,
     "batch_size": 8192,
+    "shards": 1,
 }
+
+#: keys of the ``attack`` section that only say how the work is split, not what is
+#: computed; they are left out of the ``attack_config`` stored with the results
+EXECUTION_KEYS: tuple[str, ...] = ("shards",)
+
+SELECTION_FORMAT = "onepixel-attack-selection-1"
 
 
 def attack_settings(attack_cfg: dict[str, Any] | None) -> dict[str, Any]:
@@ -40,10 +57,34 @@ def attack_settings(attack_cfg: dict[str, Any] | None) -> dict[str, Any]:
             f"attack.{unknown[0]}: unknown key; allowed keys are {', '.join(DEFAULT_ATTACK_CONFIG)}"
         )
     full = {**DEFAULT_ATTACK_CONFIG, **cfg}
-    n = full["num_images"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"attack.num_images: {n!r} is not allowed; use an integer >= 1")
+    for key in ("num_images", "shards"):
+        n = full[key]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"attack.{key}: {n!r} is not allowed; use an integer >= 1")
     return full
+
+
+def stored_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a completed ``attack`` config that determines the results (no ``EXECUTION_KEYS``)."""
+    return {key: value for key, value in cfg.items() if key not in EXECUTION_KEYS}
+
+
+def shard_indices(num: int, shard: int, shards: int) -> np.ndarray:
+    """Positions ``(m,)`` of the ``shard``-th of ``shards`` contiguous parts of ``num`` items.
+
+    The parts are those of ``numpy.array_split``: disjoint, in order, their sizes
+    differ by at most one, and together they cover ``range(num)`` (a part is empty
+    when ``shards > num``).
+    """
+    _check_shard(shard, shards)
+    return np.array_split(np.arange(num, dtype=np.int64), shards)[shard]
+
+
+def _check_shard(shard: int, shards: int) -> None:
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ConfigError(f"shards: {shards!r} is not allowed; use an integer >= 1")
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards:
+        raise ConfigError(f"shard: {shard!r} is not allowed; use an integer in [0, {shards - 1}] for {shards} shard(s)")
 
 
 def make_attack(model: nn.Module, cfg: dict[str, Any], device: str | torch.device | None = None) -> OnePixelAttack:
@@ -124,25 +165,11 @@ def targets_for(labels, num_classes: int, targeted: bool) -> tuple[torch.Tensor,
     return labels[row_index], row_targets, row_index
 
 
-def run_attack_stage(
-    checkpoint_path: str | os.PathLike[str],
-    test_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    attack_cfg: dict[str, Any],
-    device: str = "auto",
-    log: Callable[[str], Any] = print,
-) -> xr.Dataset:
-    """Attack ``num_images`` correctly classified test images and write ``out_path`` (netCDF).
-
-    The random streams are keyed by test-set index (and target), so the rows of
-    any image do not depend on ``num_images`` or ``batch_size``.
-    """
+def _load_stage_inputs(checkpoint_path, test_path, dev):
+    """Model (on ``dev``), test images ``(N, C, H, W)`` uint8, labels ``(N,)`` and the class count."""
     from onepixel.data import load_dataset
     from onepixel.models import load_checkpoint
-    from onepixel.utils import file_sha256, provenance, resolve_device
 
-    cfg = attack_settings(attack_cfg)
-    dev = resolve_device(device)
     model, _meta = load_checkpoint(checkpoint_path, map_location=dev)
     test = load_dataset(test_path)
     images = torch.from_numpy(np.ascontiguousarray(test["image"].values))
@@ -152,11 +179,134 @@ def run_attack_stage(
     else:
         with torch.inference_mode():
             num_classes = int(model.eval()(images[:1].to(dev).float() / 255).shape[1])
-    attack = make_attack(model, cfg, dev)
+    return model, images, labels, num_classes
 
+
+def _select(model, images, labels, cfg, dev, log) -> np.ndarray:
     chosen = select_correct_images(model, images, labels, cfg["num_images"], cfg["seed"], device=dev)
     if len(chosen) < cfg["num_images"]:
         log(f"attack: only {len(chosen)} correctly classified test images (asked for {cfg['num_images']})")
+    return chosen
+
+
+def run_select_stage(
+    checkpoint_path: str | os.PathLike[str],
+    test_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    attack_cfg: dict[str, Any],
+    device: str = "auto",
+    log: Callable[[str], Any] = print,
+) -> np.ndarray:
+    """Select the images of a sharded attack once and write them to ``out_path`` (JSON).
+
+    The selection is :func:`select_correct_images` with ``num_images`` and ``seed``
+    (the same images an unsharded :func:`run_attack_stage` attacks, in the same
+    order). The file also records the seed, ``num_images``, the class count and
+    the checkpoint's SHA-256, which :func:`read_selection` checks.
+
+    Returns:
+        The selected test-set indices ``(n,)`` int64.
+    """
+    from onepixel.utils import file_sha256, resolve_device, write_json
+
+    cfg = attack_settings(attack_cfg)
+    dev = resolve_device(device)
+    model, images, labels, num_classes = _load_stage_inputs(checkpoint_path, test_path, dev)
+    chosen = _select(model, images, labels, cfg, dev, log)
+    write_json(
+        {
+            "format": SELECTION_FORMAT,
+            "sample_ids": chosen.tolist(),
+            "num_images": int(cfg["num_images"]),
+            "seed": int(cfg["seed"]),
+            "num_classes": num_classes,
+            "model_sha256": file_sha256(checkpoint_path),
+        },
+        out_path,
+    )
+    log(f"attack selection: {len(chosen)} correctly classified test images (seed {cfg['seed']})")
+    return chosen
+
+
+def read_selection(
+    path: str | os.PathLike[str],
+    attack_cfg: dict[str, Any] | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """Test-set indices ``(n,)`` int64 of a selection file written by :func:`run_select_stage`.
+
+    With ``attack_cfg`` the file's ``seed`` and ``num_images`` must equal the
+    config's; with ``checkpoint_path`` it must have been made with that checkpoint.
+    A mismatch is a :class:`~onepixel.errors.DataError` (re-run the selection).
+    """
+    import json
+
+    from onepixel.utils import file_sha256
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: selection file not found")
+    try:
+        sel = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}: not a selection file (invalid JSON: {exc.msg})") from exc
+    if not isinstance(sel, dict) or sel.get("format") != SELECTION_FORMAT or not isinstance(sel.get("sample_ids"), list):
+        raise DataError(f"{file}: not a selection file written by onepixel (format {SELECTION_FORMAT})")
+    if attack_cfg is not None:
+        cfg = attack_settings(attack_cfg)
+        for key in ("seed", "num_images"):
+            if sel.get(key) != cfg[key]:
+                raise DataError(f"{file}: made with attack.{key} = {sel.get(key)!r}, the config has {cfg[key]!r}; "
+                                "re-run the selection")
+    if checkpoint_path is not None and sel.get("model_sha256") != file_sha256(checkpoint_path):
+        raise DataError(f"{file}: made with another model than {checkpoint_path}; re-run the selection")
+    ids = np.asarray(sel["sample_ids"], dtype=np.int64).reshape(-1)
+    if len(np.unique(ids)) != len(ids) or (ids < 0).any():
+        raise DataError(f"{file}: sample_ids must be distinct test-set indices >= 0")
+    return ids
+
+
+def run_attack_stage(
+    checkpoint_path: str | os.PathLike[str],
+    test_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    attack_cfg: dict[str, Any],
+    device: str = "auto",
+    log: Callable[[str], Any] = print,
+    shard: int = 0,
+    shards: int = 1,
+    selection_path: str | os.PathLike[str] | None = None,
+) -> xr.Dataset:
+    """Attack ``num_images`` correctly classified test images and write ``out_path`` (netCDF).
+
+    The random streams are keyed by test-set index (and target), so the rows of
+    any image do not depend on ``num_images``, ``batch_size`` or sharding.
+
+    Sharding: with ``shards = n > 1`` only the ``shard``-th part
+    (:func:`shard_indices`) of the selected images is attacked; the selection is
+    read from ``selection_path`` (written once by :func:`run_select_stage`) or,
+    without it, made here exactly as :func:`run_select_stage` makes it. The
+    ``shards`` setting of ``attack_cfg`` is ignored here (it tells the workflow
+    how many jobs to start); pass ``shard``/``shards``. The file records the
+    attribute ``shards`` (and ``shard`` when ``shards > 1``); :func:`run_merge_stage`
+    combines the shard files.
+    """
+    from onepixel.utils import file_sha256, provenance, resolve_device
+
+    cfg = attack_settings(attack_cfg)
+    _check_shard(shard, shards)
+    dev = resolve_device(device)
+    model, images, labels, num_classes = _load_stage_inputs(checkpoint_path, test_path, dev)
+    attack = make_attack(model, cfg, dev)
+
+    if selection_path is not None:
+        chosen = read_selection(selection_path, cfg, checkpoint_path)
+        if len(chosen) and int(chosen.max()) >= images.shape[0]:
+            raise DataError(f"{selection_path}: sample_id {int(chosen.max())} is outside the test set "
+                            f"({images.shape[0]} images); re-run the selection")
+    else:
+        chosen = _select(model, images, labels, cfg, dev, log)
+    chosen = chosen[shard_indices(len(chosen), shard, shards)]
     row_labels, row_targets, row_index = targets_for(labels[chosen], num_classes, cfg["targeted"])
     sample_ids = torch.from_numpy(chosen)[row_index]
     ids = sample_ids * num_classes + row_targets if cfg["targeted"] else sample_ids
@@ -174,11 +324,62 @@ def run_attack_stage(
         "wall_time_s": float(wall),
         "candidates_per_s": float(rate),
         "num_images": int(len(chosen)),
+        "shards": int(shards),
+        **({"shard": int(shard)} if shards > 1 else {}),
     }
-    ds = result_to_dataset(result, sample_ids.numpy(), cfg, attrs)
+    ds = result_to_dataset(result, sample_ids.numpy(), stored_config(cfg), attrs)
     save_attack(ds, out_path)
-    log(summary_line(ds, rate))
+    where = f" (shard {shard} of {shards})" if shards > 1 else ""
+    log(summary_line(ds, rate) + where)
     return ds
+
+
+def run_merge_stage(
+    shard_paths: list[str | os.PathLike[str]],
+    out_path: str | os.PathLike[str],
+    selection_path: str | os.PathLike[str] | None = None,
+    log: Callable[[str], Any] = print,
+) -> xr.Dataset:
+    """Merge the shard files of one attack (:func:`run_attack_stage` with ``shards = n``) into ``out_path``.
+
+    Every shard ``0 .. n-1`` must be given exactly once (in any order). Rows come
+    in the order of the selection (shard order when there is no selection file),
+    so the merged file equals the one an unsharded run writes, except for the
+    timing attributes: ``wall_time_s`` is the sum over the shards and
+    ``candidates_per_s`` the total candidates over that sum. With
+    ``selection_path`` the shards must cover exactly the selected images.
+    """
+    paths = [Path(p) for p in shard_paths]
+    if not paths:
+        raise DataError("merge-attack: no shard files given")
+    shards = [load_attack(p) for p in paths]
+    counts = {int(ds.attrs.get("shards", 1)) for ds in shards}
+    index = [int(ds.attrs.get("shard", 0)) for ds in shards]
+    if len(counts) != 1 or sorted(index) != list(range(len(paths))) or counts != {len(paths)}:
+        got = ", ".join(f"{p.name} (shard {i} of {ds.attrs.get('shards', 1)})" for p, i, ds in zip(paths, index, shards))
+        raise DataError(f"merge-attack: expected shards 0..{len(paths) - 1} of {len(paths)}, each once; got {got}")
+    shards = [shards[i] for i in np.argsort(index)]
+    order = read_selection(selection_path) if selection_path is not None else None
+    merged = merge_attacks(shards, order=order)
+    ids = np.unique(merged["sample_id"].values)
+    if order is not None and (len(ids) != len(order) or not np.isin(order, ids).all()):
+        raise DataError(f"merge-attack: the shards hold {len(ids)} images but {selection_path} selects {len(order)}; "
+                        "were they made with another selection?")
+    wall = float(sum(float(ds.attrs.get("wall_time_s", 0.0)) for ds in shards))
+    candidates = int(merged["queries"].values.sum())
+    rate = candidates / wall if wall > 0 else float("nan")
+    attrs = dict(merged.attrs)
+    attrs.pop("shard", None)
+    attrs.update(wall_time_s=wall, candidates_per_s=float(rate), num_images=int(len(ids)), shards=len(paths))
+    success_attrs = dict(merged["success"].attrs)
+    merged = merged.assign(success=merged["success"].astype(np.uint8))
+    merged["success"].attrs.update(success_attrs)
+    merged.attrs = attrs
+    for var in merged.variables.values():
+        var.encoding = {}
+    save_attack(merged, out_path)
+    log(summary_line(merged, rate) + f" (merged {len(paths)} shards)")
+    return merged
 
 
 def summary_line(ds: xr.Dataset, candidates_per_s: float) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import xarray as xr
 
-from onepixel.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, download_cifar10, read_cifar10_batches
+from onepixel.cifar10_layout import cifar10_root_files, locate_cifar10
+from onepixel.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, download_cifar10, read_cifar10_batches, read_cifar10_root
 from onepixel.data.dataset import channel_stats, load_dataset, make_dataset, save_dataset, to_float
 from onepixel.data.digits import load_digits_split
 from onepixel.errors import ConfigError
@@ -19,12 +22,15 @@ __all__ = [
     "CIFAR10_URL",
     "DATASET_NAMES",
     "channel_stats",
+    "cifar10_root_files",
     "download_cifar10",
     "load_dataset",
     "load_digits_split",
+    "locate_cifar10",
     "make_dataset",
     "prepare_dataset",
     "read_cifar10_batches",
+    "read_cifar10_root",
     "save_dataset",
     "to_float",
 ]
@@ -36,19 +42,28 @@ def prepare_dataset(
     raw_root: str | os.PathLike[str] | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
+    root: str | os.PathLike[str] | None = None,
+    log: Callable[[str], Any] | None = print,
 ) -> tuple[Path, Path]:
     """Write ``out_dir/train.nc`` and ``out_dir/test.nc`` for data set ``name``.
 
-    "digits" is split with ``test_fraction`` and ``seed``; "cifar10" is downloaded into
-    ``raw_root`` (default ``out_dir/raw``) and keeps its official split.
+    "digits" is split with ``test_fraction`` and ``seed``. "cifar10" keeps its own
+    split; it is read from ``root`` when given (a pre-staged copy: the
+    ``cifar-10-batches-py`` folder, a folder holding it, or the official tar.gz; see
+    :func:`read_cifar10_root`, which reports to ``log`` whether it is the official
+    set), else downloaded into ``raw_root`` (default ``out_dir/raw``).
 
     Returns:
         The paths of the train and test files.
     """
     out = Path(out_dir)
     splits: tuple[xr.Dataset, xr.Dataset]
+    if root and name == "digits":
+        raise ConfigError("dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not 'digits'")
     if name == "digits":
         splits = load_digits_split(test_fraction=test_fraction, seed=seed)
+    elif name == "cifar10" and root:
+        splits = read_cifar10_root(root, log=log)
     elif name == "cifar10":
         splits = read_cifar10_batches(download_cifar10(out / "raw" if raw_root is None else raw_root))
     else:

@@ -1,0 +1,71 @@
+"""The benchmarks run and report finite numbers (no speed thresholds: the machine may be busy)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_attack_throughput_runs(capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import attack_throughput
+    finally:
+        sys.path.remove(str(BENCH))
+    attack_throughput.main(["--batch-size", "120", "--population", "20", "--generations", "1", "--images", "3",
+                            "--rounds", "1", "--inputs", "1x8"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("1x8x8"))
+    ratio = float(row.split()[4])
+    assert math.isfinite(ratio) and ratio > 0
+
+
+@pytest.mark.slow
+def test_compare_tools_quick(tmp_path):
+    out_json = tmp_path / "compare.json"
+    result = subprocess.run([sys.executable, str(BENCH / "compare_tools.py"), "--quick", "--json", str(out_json)],
+                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    if out.startswith("skipped:"):
+        pytest.skip(out.strip())
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header[:2] == ["tool", "population"] and "evals/s" in header and "peak MiB" in header
+    assert "evals/s / plain" in header and "success %" in header and "succ/s" in header
+    rows = {line.strip("|").split("|")[0].strip(): line for line in table[1:]}
+    assert set(rows) == {"onepixel rand1", "onepixel best1bin", "torchattacks", "ART"}
+
+    report = json.loads(out_json.read_text())
+    by_tool = {row["tool"]: row for row in report["rows"]}
+    installed = {"torchattacks": importlib.util.find_spec("torchattacks") is not None,
+                 "ART": importlib.util.find_spec("art") is not None}
+    for tool, row in by_tool.items():
+        if not installed.get(tool, True):
+            assert row["skipped"] == "not installed"
+            continue
+        assert "skipped" not in row, row
+        for key in ("evals", "wall s", "evals/s", "succ/s", "success %", "peak MiB", "plain img/s", "evals/s / plain"):
+            assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), (tool, key, row[key])
+        assert row["evals"] > 0 and row["wall s"] > 0 and 0 <= row["success %"] <= 100 and row["peak MiB"] >= 0
+        assert row["population"] == report["setup"]["population"], tool  # the same budget for every tool
+        assert row["one_pixel_violations"] == 0, tool
+    throughput = report["throughput"]
+    assert math.isfinite(throughput["ratio"]) and throughput["ratio"] > 0
+    assert "onepixel full-batch throughput" in out

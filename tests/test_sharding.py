@@ -1,0 +1,330 @@
+"""Sharded attacks: select once, attack disjoint shards, merge == one unsharded run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from onepixel.attack import (
+    load_attack,
+    read_selection,
+    run_attack_stage,
+    run_merge_stage,
+    run_select_stage,
+    select_correct_images,
+    shard_indices,
+)
+from onepixel.cli import main
+from onepixel.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+#: attributes that measure the run rather than describe the result
+TIMING_ATTRS = ("wall_time_s", "candidates_per_s", "shards", "shard")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A LeNet checkpoint and a 40-image test set of 3 classes (8x8 grey), in project formats."""
+    models = pytest.importorskip("onepixel.models")
+    data = pytest.importorskip("onepixel.data")
+    root = tmp_path_factory.mktemp("toy")
+    torch.manual_seed(0)
+    model = models.build_model("lenet", num_classes=3, in_channels=1, image_size=8).eval()
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (40, 1, 8, 8), generator=gen, dtype=torch.uint8)
+    with torch.inference_mode():
+        pred = model(images.float() / 255).argmax(1)
+    labels = pred.clone()
+    labels[::4] = (pred[::4] + 1) % 3  # a quarter misclassified: never selected
+    data.save_dataset(data.make_dataset(images.numpy(), labels.numpy(), ["a", "b", "c"], "toy", "test"),
+                      root / "test.nc")
+    models.save_checkpoint(root / "lenet.pt", model, "lenet", {"num_classes": 3, "in_channels": 1, "image_size": 8})
+    return root
+
+
+def _same_result(a: xr.Dataset, b: xr.Dataset) -> None:
+    """The same rows: every variable and coordinate with the same dims, dtype and attributes; every
+    integer variable (success, queries, pixel, colour, classes, adversarial image, sample_id) exactly
+    equal; the softmax probabilities equal to float32 rounding (1e-6); dataset attributes equal but
+    the timings.
+
+    The probabilities are the only values a shard can change, by at most a few float32 ulps: the
+    final re-evaluation runs the model on batches of the shard's images, and the CPU's matrix
+    products round differently for other batch sizes.
+    """
+    assert set(a.variables) == set(b.variables)
+    for name in a.variables:
+        x, y = a[name].variable, b[name].variable
+        assert x.dims == y.dims and x.dtype == y.dtype and x.attrs == y.attrs, name
+        if np.issubdtype(x.dtype, np.floating):
+            np.testing.assert_allclose(x.values, y.values, rtol=0, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(x.values, y.values, err_msg=name)
+    keep = lambda ds: {k: v for k, v in ds.attrs.items() if k not in TIMING_ATTRS}  # noqa: E731
+    assert keep(a) == keep(b)
+
+
+def test_shard_indices_partition():
+    for num in (0, 1, 5, 12, 13):
+        for shards in (1, 2, 3, 7):
+            parts = [shard_indices(num, i, shards) for i in range(shards)]
+            np.testing.assert_array_equal(np.concatenate(parts), np.arange(num))
+            sizes = [len(p) for p in parts]
+            assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ConfigError, match="^shard:"):
+        shard_indices(10, 3, 3)
+    with pytest.raises(ConfigError, match="^shards:"):
+        shard_indices(10, 0, 0)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_sharded_equals_unsharded(toy, tmp_path, targeted):
+    cfg = {"num_images": 11, "population": 20, "generations": 6, "batch_size": 45, "seed": 3, "targeted": targeted}
+    quiet = lambda line: None  # noqa: E731
+    whole = run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "whole.nc", cfg, device="cpu", log=quiet)
+
+    selection = tmp_path / "selection.json"
+    chosen = run_select_stage(toy / "lenet.pt", toy / "test.nc", selection, {**cfg, "shards": 3}, device="cpu", log=quiet)
+    assert len(chosen) == 11 and len(set(chosen.tolist())) == 11
+    np.testing.assert_array_equal(read_selection(selection, {**cfg, "shards": 3}, toy / "lenet.pt"), chosen)
+    np.testing.assert_array_equal(np.unique(whole["sample_id"].values), np.sort(chosen))
+
+    # shards run in another order and with another batch size than the whole: results must not care
+    paths = []
+    for shard in (2, 0, 1):
+        path = tmp_path / f"shard_{shard}-of-3.nc"
+        ds = run_attack_stage(toy / "lenet.pt", toy / "test.nc", path, {**cfg, "batch_size": 20, "shards": 3},
+                              device="cpu", log=quiet, shard=shard, shards=3, selection_path=selection)
+        assert ds.attrs["shard"] == shard and ds.attrs["shards"] == 3
+        paths.append(path)
+    ids = [set(load_attack(p)["sample_id"].values.tolist()) for p in paths]
+    assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])  # disjoint
+    assert set().union(*ids) == set(chosen.tolist())  # covering
+
+    merged = run_merge_stage(paths, tmp_path / "merged.nc", selection_path=selection, log=quiet)
+    # batch_size differs between the runs, but it is part of the stored config: compare without it
+    on_disk_whole, on_disk_merged = load_attack(tmp_path / "whole.nc"), load_attack(tmp_path / "merged.nc")
+    for ds in (on_disk_whole, on_disk_merged, whole, merged):
+        cfg_attr = json.loads(ds.attrs["attack_config"])
+        assert "shards" not in cfg_attr  # how the work was split is not part of the result's config
+        ds.attrs["attack_config"] = json.dumps({k: v for k, v in cfg_attr.items() if k != "batch_size"})
+    _same_result(whole, merged)
+    _same_result(on_disk_whole, on_disk_merged)
+    assert on_disk_merged.attrs["shards"] == 3 and "shard" not in on_disk_merged.attrs
+    assert on_disk_merged.attrs["num_images"] == 11
+    wall = sum(load_attack(p).attrs["wall_time_s"] for p in paths)
+    assert on_disk_merged.attrs["wall_time_s"] == pytest.approx(wall)
+
+    # without a selection file each shard selects by itself, with the same result
+    shard_paths = []
+    for shard in range(3):
+        path = tmp_path / f"self_{shard}.nc"
+        run_attack_stage(toy / "lenet.pt", toy / "test.nc", path, cfg, device="cpu", log=quiet, shard=shard, shards=3)
+        shard_paths.append(path)
+    run_merge_stage(shard_paths[::-1], tmp_path / "merged2.nc", log=quiet)
+    _same_result(load_attack(tmp_path / "whole.nc"), load_attack(tmp_path / "merged2.nc"))
+
+
+def test_more_shards_than_images(toy, tmp_path):
+    cfg = {"num_images": 2, "population": 12, "generations": 2, "seed": 1}
+    quiet = lambda line: None  # noqa: E731
+    whole = run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "whole.nc", cfg, device="cpu", log=quiet)
+    paths = []
+    for shard in range(4):
+        path = tmp_path / f"s{shard}.nc"
+        ds = run_attack_stage(toy / "lenet.pt", toy / "test.nc", path, cfg, device="cpu", log=quiet,
+                              shard=shard, shards=4)
+        assert ds.sizes["sample"] == (1 if shard in (0, 1) else 0)
+        paths.append(path)
+    merged = run_merge_stage(paths, tmp_path / "merged.nc", log=quiet)
+    _same_result(whole, merged)
+
+
+def test_merge_refuses_incomplete_or_foreign_shards(toy, tmp_path):
+    cfg = {"num_images": 6, "population": 12, "generations": 2, "seed": 1}
+    quiet = lambda line: None  # noqa: E731
+    selection = tmp_path / "sel.json"
+    run_select_stage(toy / "lenet.pt", toy / "test.nc", selection, cfg, device="cpu", log=quiet)
+    paths = []
+    for shard in range(3):
+        paths.append(tmp_path / f"s{shard}.nc")
+        run_attack_stage(toy / "lenet.pt", toy / "test.nc", paths[-1], cfg, device="cpu", log=quiet,
+                         shard=shard, shards=3, selection_path=selection)
+    with pytest.raises(DataError, match="expected shards 0..1 of 2"):
+        run_merge_stage(paths[:2], tmp_path / "m.nc", log=quiet)
+    with pytest.raises(DataError, match="expected shards"):
+        run_merge_stage([paths[0], paths[0], paths[1]], tmp_path / "m.nc", log=quiet)
+    other = tmp_path / "other.json"
+    run_select_stage(toy / "lenet.pt", toy / "test.nc", other, {**cfg, "num_images": 7}, device="cpu", log=quiet)
+    with pytest.raises(DataError, match="selects 7"):
+        run_merge_stage(paths, tmp_path / "m.nc", selection_path=other, log=quiet)
+    assert not (tmp_path / "m.nc").exists()
+    # a selection made with another seed is refused by the shard
+    with pytest.raises(DataError, match="attack.seed"):
+        run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "x.nc", {**cfg, "seed": 2}, device="cpu",
+                         log=quiet, shard=0, shards=3, selection_path=selection)
+    with pytest.raises(DataError, match="selection file not found"):
+        read_selection(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="^shard:"):
+        run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "x.nc", cfg, device="cpu", shard=3, shards=3)
+
+
+def test_cli_shards_and_merge(toy, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("device: cpu\nattack:\n  num_images: 5\n  population: 12\n  generations: 2\n")
+    common = ["--config", str(config), "--checkpoint", str(toy / "lenet.pt"), "--test", str(toy / "test.nc")]
+    assert main(["attack", *common, "--out", str(tmp_path / "whole.nc")]) == 0
+    assert main(["select-images", *common, "--out", str(tmp_path / "sel.json")]) == 0
+    for shard in range(2):
+        assert main(["attack", *common, "--shard", str(shard), "--shards", "2", "--selection", str(tmp_path / "sel.json"),
+                     "--out", str(tmp_path / f"s{shard}.nc")]) == 0
+    assert main(["merge-attack", "--shards", str(tmp_path / "s1.nc"), str(tmp_path / "s0.nc"),
+                 "--selection", str(tmp_path / "sel.json"), "--out", str(tmp_path / "merged.nc")]) == 0
+    assert "merged 2 shards" in capsys.readouterr().out
+    _same_result(load_attack(tmp_path / "whole.nc"), load_attack(tmp_path / "merged.nc"))
+    assert main(["attack", *common, "--shard", "2", "--shards", "2", "--out", str(tmp_path / "bad.nc")]) == 2
+    assert capsys.readouterr().err.startswith("error: shard: 2 is not allowed")
+
+
+def test_selection_matches_select_correct_images(toy, tmp_path):
+    data = pytest.importorskip("onepixel.data")
+    models = pytest.importorskip("onepixel.models")
+    cfg = {"num_images": 9, "seed": 4}
+    chosen = run_select_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "s.json", cfg, device="cpu",
+                              log=lambda line: None)
+    test = data.load_dataset(toy / "test.nc")
+    model, _ = models.load_checkpoint(toy / "lenet.pt")
+    expected = select_correct_images(model, torch.from_numpy(test["image"].values),
+                                     torch.from_numpy(test["label"].values), 9, 4)
+    np.testing.assert_array_equal(chosen, expected)
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["sample_ids"] == expected.tolist() and saved["num_classes"] == 3 and saved["seed"] == 4
+
+
+# ---------------------------------------------------------------------------
+# the workflow: shard jobs + merge, and resuming from finished shards
+# ---------------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _jobs(stdout: str) -> dict[str, int]:
+    """The ``job count`` table of a Snakemake dry run as {rule: count}."""
+    counts: dict[str, int] = {}
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["job", "count"])
+    for line in lines[start + 1:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+            if parts[:1] == ["total"]:
+                break
+            continue
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("wf")
+    for name in ("workflow", "config", "src"):
+        shutil.copytree(REPO / name, root / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _dry_run(workdir: Path, *args: str) -> dict[str, int]:
+    result = subprocess.run(["snakemake", "-n", "--quiet", "rules", *args], cwd=workdir, env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return _jobs(result.stdout + "\n" + result.stderr)
+
+
+def test_workflow_schedules_shards_and_a_merge(workdir):
+    jobs = _dry_run(workdir, "--config", "models=[lenet]", 'attack={shards: 3}', "--", "results/digits/attack/lenet.nc")
+    assert jobs == {"prepare_data": 1, "train": 1, "attack_select": 1, "attack_shard": 3, "attack": 1}
+    jobs = _dry_run(workdir, "--config", "models=[lenet]", "--", "results/digits/attack/lenet.nc")
+    assert jobs == {"prepare_data": 1, "train": 1, "attack": 1}  # shards: 1 is one job, as before
+    full = _dry_run(workdir, "--config", 'attack={shards: 3}')
+    assert full["attack_shard"] == 6 and full["attack"] == 2 and full["capture"] == 2
+
+
+def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
+    """With finished upstream files and shards 0 and 2 done, only shard 1 and the merge are left.
+
+    The files are placeholders without Snakemake's metadata, so only the mtime trigger is
+    used here; the slow test below interrupts a real run instead.
+    """
+    root = tmp_path / "resume"
+    shutil.copytree(workdir, root, symlinks=True)
+    files = [
+        "resources/datasets/digits/train.nc", "resources/datasets/digits/test.nc",
+        "results/digits/models/lenet.pt", "results/digits/metrics/lenet.json",
+        "results/digits/attack/lenet/selection.json",
+        "results/digits/attack/lenet/shard_0-of-3.nc", "results/digits/attack/lenet/shard_2-of-3.nc",
+    ]
+    now = time.time() - 100
+    for i, name in enumerate(files):  # oldest first, so nothing looks out of date
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("placeholder")
+        os.utime(path, (now + i, now + i))
+    jobs = _dry_run(root, "--rerun-triggers", "mtime", "--config", "models=[lenet]", 'attack={shards: 3}', "--",
+                    "results/digits/attack/lenet.nc")
+    assert jobs == {"attack_shard": 1, "attack": 1}
+
+
+@pytest.mark.slow
+def test_workflow_sharded_run_resumes_and_matches_unsharded(workdir, tmp_path):
+    """A real sharded run; after losing one shard only that shard and the merge run again, and the
+    merged file equals an unsharded attack of the same model."""
+    root = tmp_path / "run"
+    shutil.copytree(workdir, root, symlinks=True)
+    config = ["--configfile", "config/test.yaml", "--config", "models=[lenet]", "train={epochs: 2}",
+              "attack={shards: 3, num_images: 7, population: 20, generations: 4}"]
+    target = "results/digits/attack/lenet.nc"
+
+    def run() -> str:
+        result = subprocess.run(["snakemake", "--cores", "2", "--resources", "gpu=1", *config, "--", target],
+                                cwd=root, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result.stdout + "\n" + result.stderr
+
+    first = _jobs(run())
+    assert first == {"prepare_data": 1, "train": 1, "attack_select": 1, "attack_shard": 3, "attack": 1}
+    shard_dir = root / "results/digits/attack/lenet"
+    assert sorted(p.name for p in shard_dir.iterdir()) == [
+        "selection.json", "shard_0-of-3.nc", "shard_1-of-3.nc", "shard_2-of-3.nc"]
+    # as if shard 1's job had been killed: no shard file (they are written atomically), no merge
+    (shard_dir / "shard_1-of-3.nc").unlink()
+    (root / target).unlink()
+    assert _jobs(run()) == {"attack_shard": 1, "attack": 1}
+
+    unsharded = tmp_path / "unsharded.nc"
+    cfg = {"num_images": 7, "population": 20, "generations": 4}
+    run_attack_stage(root / "results/digits/models/lenet.pt", root / "resources/datasets/digits/test.nc", unsharded,
+                     cfg, device="cpu", log=lambda line: None)
+    merged = load_attack(root / target)
+    whole = load_attack(unsharded)
+    for ds in (merged, whole):
+        ds.attrs.pop("git_commit", None)  # the scratch copy is not a git checkout
+    _same_result(whole, merged)
+    assert merged.attrs["shards"] == 3 and merged.sizes["sample"] == 7

@@ -1,0 +1,10 @@
+"""Snakemake adapter: merge the shard files of an attack (onepixel.attack.run_merge_stage)."""
+from onepixel.attack import run_merge_stage
+from onepixel.utils import log_to
+
+with log_to(snakemake.log[0]):
+    run_merge_stage(
+        list(snakemake.input.shards),
+        snakemake.output[0],
+        selection_path=snakemake.input.selection,
+    )

@@ -1,0 +1,12 @@
+"""Snakemake adapter: select the images of a sharded attack once (onepixel.attack.run_select_stage)."""
+from onepixel.attack import run_select_stage
+from onepixel.utils import log_to
+
+with log_to(snakemake.log[0], snakemake.threads):
+    run_select_stage(
+        snakemake.input.checkpoint,
+        snakemake.input.test,
+        snakemake.output[0],
+        snakemake.config["attack"],
+        device=snakemake.config["device"],
+    )
