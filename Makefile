@@ -1,12 +1,14 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run   - set up .venv and run the whole study on the embedded digits
 #   make test  - set up .venv and run the test suite
+#   make push / make pull - share models and results through DVC's default remote
+#   make report - the HTML report of the last run (results/report.html)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean push pull report
 
 setup: $(STAMP)
 
@@ -21,6 +23,17 @@ run: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
+
+push: setup
+	$(BIN)/dvc push
+
+# dvc pull, then touch the pulled results in DAG order so Snakemake takes them as
+# up to date (DVC gives pulled files new modification times in any order)
+pull: setup
+	$(BIN)/python -m onepixel.sharing
+
+report: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --report results/report.html
 
 lint: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --lint

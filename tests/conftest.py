@@ -1,7 +1,20 @@
-"""Shared test settings."""
+"""Shared test settings, and one real run of the study shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(autouse=True)
@@ -11,3 +24,97 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for snakemake / dvc / git in tests: this interpreter's tools first,
+    no profile chosen by the caller's shell, a git identity for commits in temporary repos."""
+    env = {key: value for key, value in os.environ.items() if key != "SNAKEMAKE_PROFILE"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    for who in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{who}_NAME"] = "onepixel tests"
+        env[f"GIT_{who}_EMAIL"] = "tests@onepixel.invalid"
+    env.update(extra)
+    return env
+
+
+def run_tool(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def check_tool(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess[str]:
+    result = run_tool(args, cwd, timeout, **env)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def copy_working_tree(dest: Path) -> Path:
+    """Copy the repository as git sees it (tracked and untracked files, not ignored ones),
+    without results: a clean checkout of the working tree, uncommitted changes included."""
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if name.split("/")[0] in ("results", "resources") or not source.is_file():
+            continue  # results of the main checkout; files deleted but not yet committed
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+    return dest
+
+
+def git_commit_all(repo: Path, message: str) -> str:
+    check_tool(["git", "add", "-A"], repo)
+    check_tool(["git", "commit", "-q", "-m", message], repo)
+    return check_tool(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+def smoke_config() -> dict:
+    """config/config.yaml with config/test.yaml's values on top (the smoke-test study, every key
+    spelled out), and a different seed per stage."""
+    def merge(base: dict, over: dict) -> dict:
+        return {key: merge(base[key], over[key]) if isinstance(over.get(key), dict) and isinstance(base.get(key), dict)
+                else over.get(key, base.get(key)) for key in {**base, **over}}
+
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = merge(base, yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
+    # distinct seeds, so that a test can tell which seed a result records
+    for section, seed in (("dataset", 0), ("train", 1), ("attack", 2), ("locality", 3)):
+        config[section]["seed"] = seed
+    return config
+
+
+@dataclass(frozen=True)
+class Study:
+    """A git repository holding one finished `dvc repro` of the smoke-test study."""
+
+    root: Path  # parent folder: other clones and the default DVC remote (../onepixel-dvc-store) go here
+    repo: Path
+    config: dict
+    commit: str  # the commit the study was run at (what the results record as git_commit)
+    repro: subprocess.CompletedProcess[str]
+
+    @property
+    def results(self) -> Path:
+        return self.repo / "results" / self.config["dataset"]["name"]
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory) -> Study:
+    """The smoke-test study run once per session, as a user runs it: a clean copy of the
+    working tree made a git repository, config/config.yaml set to the test values
+    (config/test.yaml), then `dvc repro` (whose stage runs `snakemake` with the workflow
+    profile profiles/default), and its dvc.lock, metrics and plot tables committed.
+    About 1.5 minutes on 2 CPU cores. Tests must not change it: copy or clone it."""
+    root = tmp_path_factory.mktemp("study")
+    repo = copy_working_tree(root / "origin")
+    config = smoke_config()
+    (repo / "config" / "config.yaml").write_text(
+        "# config/config.yaml with the values of config/test.yaml (tests/conftest.py)\n"
+        + yaml.safe_dump(config, sort_keys=False))
+    check_tool(["git", "init", "-q", "-b", "main"], repo)
+    commit = git_commit_all(repo, "study at the smoke-test config")
+    repro = check_tool(["dvc", "repro"], repo, timeout=1800)
+    git_commit_all(repo, "results of the smoke-test study")
+    return Study(root=root, repo=repo, config=config, commit=commit, repro=repro)

@@ -30,15 +30,6 @@ from onepixel.errors import ConfigError, DataError
 from onepixel.perturb import apply_pixels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is much faster (and robust on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------
 # models whose decision is known
 # ---------------------------------------------------------------------------
@@ -354,21 +345,24 @@ def test_nan_logits_do_not_crash():
 def test_score_treats_non_finite_logits_as_worst():
     attack = OnePixelAttack(PixelRule())
     logits = torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [float("inf"), 0.0], [2.0, 0.0]])
-    fit, ok = attack._score(logits, torch.zeros(4, dtype=torch.long))
+    fit, ok, finite = attack._score(logits, torch.zeros(4, dtype=torch.long))
     assert ok.tolist() == [True, False, False, False]
+    assert finite.tolist() == [True, False, False, True]
     assert torch.isinf(fit[1]) and fit[1] > 0 and torch.isinf(fit[2]) and fit[2] > 0
     torch.testing.assert_close(fit[[0, 3]], torch.log_softmax(logits[[0, 3]], 1)[:, 0])
     attack = OnePixelAttack(PixelRule(), targeted=True)
-    fit, ok = attack._score(logits, torch.ones(4, dtype=torch.long))
+    fit, ok, finite = attack._score(logits, torch.ones(4, dtype=torch.long))
     assert ok.tolist() == [True, False, False, False] and torch.isinf(fit[1:3]).all()
+    assert finite.tolist() == [True, False, False, True]
 
 
 def test_score_finite_logits_whose_sum_overflows():
     """Huge but finite logits (their row sum overflows float32) are not treated as non-finite."""
     attack = OnePixelAttack(PixelRule())
     logits = torch.tensor([[3e38, 3e38, 0.0], [-3e38, -3e38, 1.0], [1.0, float("-inf"), 0.0]])
-    fit, ok = attack._score(logits, torch.tensor([2, 2, 0]))
+    fit, ok, finite = attack._score(logits, torch.tensor([2, 2, 0]))
     assert ok.tolist() == [True, False, False]
+    assert finite.tolist() == [True, True, False]
     torch.testing.assert_close(fit[:2], torch.tensor([-3e38, 0.0]))
     assert torch.isinf(fit[2]) and fit[2] > 0  # a -inf logit makes the row non-finite: worst fitness
 
@@ -597,8 +591,10 @@ def test_run_attack_stage(tmp_path: Path, monkeypatch, targeted):
     k = 2 * (2 if targeted else 1)
     for name in ("pixel_x", "pixel_y", "color", "queries", "sample_id"):
         np.testing.assert_array_equal(ds2[name].values, ds[name].values[:k])
-    with pytest.raises(ConfigError, match="^attack.popsize:"):
+    with pytest.raises(ConfigError, match="^unknown key attack.popsize = 3; allowed keys: F, batch_size"):
         run_attack_stage(ckpt, tmp_path / "test.nc", out, {"popsize": 3}, device="cpu")
+    with pytest.raises(ConfigError, match=r"^attack.population: 3 is out of range; must be >= 4"):
+        run_attack_stage(ckpt, tmp_path / "test.nc", out, {"population": 3}, device="cpu")
 
 
 def test_run_attack_stage_with_project_models(tmp_path: Path):

@@ -69,3 +69,21 @@ def test_compare_tools_quick(tmp_path):
     throughput = report["throughput"]
     assert math.isfinite(throughput["ratio"]) and throughput["ratio"] > 0
     assert "onepixel full-batch throughput" in out
+
+
+def test_capture_throughput_runs(capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import capture_throughput
+    finally:
+        sys.path.remove(str(BENCH))
+    report = capture_throughput.main(["--model", "lenet", "--images", "12", "--batch-size", "5", "--rounds", "1",
+                                      "--memory", "6,24"])
+    out = capsys.readouterr().out
+    assert "(capture + PM) / forward" in out and "peak ratio 24 / 6 samples" in out
+    assert [row["codec"] for row in report["rows"]] == ["zstd", "zlib", "none"]
+    for row in report["rows"]:
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0 and row["write_mib_s"] > 0
+    sizes = {row["codec"]: row["size_ratio"] for row in report["rows"]}
+    assert sizes["zstd"] < sizes["none"] and sizes["zlib"] < sizes["none"]
+    assert all(peak > 0 for peak in report["peak_rss_mib"].values())

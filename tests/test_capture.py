@@ -12,7 +12,8 @@ import torch
 import xarray as xr
 from torch import nn
 
-from onepixel.capture import capture_activations, feature_layer_names, run_capture_stage
+from onepixel.capture import FeatureExtractor, capture_activations, feature_layer_names, run_capture_stage
+from onepixel.cubes import CubeWriter, layer_namespace, open_cubes
 from onepixel.errors import ConfigError
 from onepixel.utils import open_netcdf, write_netcdf
 
@@ -102,30 +103,75 @@ def fake_run(tmp_path, monkeypatch, n: int = 5):
     return net, test, attack
 
 
-def test_capture_stage_files(tmp_path, monkeypatch) -> None:
+def _expected_maps(net, test, attack):
+    """Per layer, the manual forward's ``clean`` feature maps and their ``delta`` under the attack."""
+    clean_f = torch.from_numpy(test["image"].values[attack["sample_id"].values]).float() / 255
+    adv_f = torch.from_numpy(attack["adversarial"].values).float() / 255
+    return [{"clean": c, "delta": a - c} for c, a in zip(manual_forward(net, clean_f), manual_forward(net, adv_f))]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "zlib", "none"])
+def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
     net, test, attack = fake_run(tmp_path, monkeypatch)
-    files = run_capture_stage("ckpt.pt", tmp_path / "test.nc", "attack.nc", tmp_path / "cubes", device="cpu")
+    files = run_capture_stage("ckpt.pt", tmp_path / "test.nc", "attack.nc", tmp_path / "cubes", batch_size=2,
+                              device="cpu", compression=compression, attrs={"config_digest": "abc"})
     # depth order comes from the forward pass, not from feature_layers' order
     assert [f.name for f in files] == ["00_conv1.nc", "01_conv2.nc"]
     index = json.loads((tmp_path / "cubes" / "layers.json").read_text())
     assert [e["file"] for e in index["layers"]] == ["00_conv1.nc", "01_conv2.nc"]
-    clean_f = torch.from_numpy(test["image"].values[attack["sample_id"].values]).float() / 255
-    adv_f = torch.from_numpy(attack["adversarial"].values).float() / 255
-    expected = [dict(zip(("clean", "adversarial"), pair)) for pair in zip(manual_forward(net, clean_f), manual_forward(net, adv_f))]
+    # conv1: 3x3, stride 1; conv2: 3x3 stride 2 on top -> 3 + 2 * 1 = 5 pixels, jump 2
+    assert [(e["receptive_field"], e["stride"]) for e in index["layers"]] == [(3, 1.0), (5, 2.0)]
+    expected = _expected_maps(net, test, attack)
     for k, path in enumerate(files):
         with xr.open_dataset(path) as ds:
             ds.load()
-            for var in ("clean", "adversarial"):
+            for var in ("clean", "delta"):
                 assert ds[var].dtype == np.float32 and ds[var].dims == ("sample", "channel", "y", "x")
                 np.testing.assert_allclose(ds[var].values, expected[k][var], atol=1e-6)
-                assert ds[var].encoding["zlib"] and ds[var].encoding["chunksizes"][0] == 1
+                assert ds[var].encoding["chunksizes"][0] == 1 and ds[var].attrs["units"] == "1"
+                assert ds[var].encoding.get("zstd", False) == (compression == "zstd")
+                assert ds[var].encoding.get("zlib", False) == (compression == "zlib")
             np.testing.assert_array_equal(ds["sample_id"].values, [7, 2, 9, 0, 4])
             np.testing.assert_array_equal(ds["success"].values, [True, False, True, True, False])
             stride = 8 // ds.sizes["x"]
             assert ds.attrs["stride"] == stride and ds.attrs["layer_index"] == k
+            assert ds.attrs["receptive_field"] == [3, 5][k] and ds.attrs["config_digest"] == "abc"
+            assert ds.attrs["Conventions"].startswith("CF") and "git_commit" in ds.attrs
             np.testing.assert_array_equal(ds["pixel_x_layer"].values, attack["pixel_x"].values[:, 0] // stride)
             np.testing.assert_array_equal(ds["pixel_y_layer"].values, attack["pixel_y"].values[:, 0] // stride)
-    assert files[0].parent.joinpath("00_conv1.nc").stat().st_size > 0
+    assert not list((tmp_path / "cubes").glob(".*tmp"))
+
+
+def test_cubes_open_as_one_dataset_across_layers(tmp_path, monkeypatch) -> None:
+    net, test, attack = fake_run(tmp_path, monkeypatch)
+    files = run_capture_stage("ckpt.pt", tmp_path / "test.nc", "attack.nc", tmp_path / "cubes", device="cpu")
+    expected = _expected_maps(net, test, attack)
+    with xr.open_mfdataset(files, preprocess=layer_namespace) as merged, open_cubes(tmp_path / "cubes") as cubes:
+        for ds in (merged, cubes):
+            assert ds["clean_1"].dims == ("sample", "channel_1", "y_1", "x_1")
+            assert ds["delta_0"].attrs["layer"] == "conv1" and ds["delta_1"].attrs["receptive_field"] == 5
+            for k in range(2):
+                np.testing.assert_allclose(ds[f"delta_{k}"].values, expected[k]["delta"], atol=1e-6)
+                np.testing.assert_allclose(ds[f"clean_{k}"].values, expected[k]["clean"], atol=1e-6)
+            np.testing.assert_array_equal(ds["sample_id"].values, [7, 2, 9, 0, 4])
+            np.testing.assert_array_equal(ds["pixel_x_layer_1"].values, attack["pixel_x"].values[:, 0] // 2)
+
+
+def test_interrupted_capture_leaves_no_cube(tmp_path, monkeypatch) -> None:
+    fake_run(tmp_path, monkeypatch)
+    calls = []
+
+    def write_then_interrupt(self, start, clean, delta, maps):
+        calls.append(start)
+        if len(calls) == 3:  # second batch of the first layer: one batch of every layer is on disk
+            raise KeyboardInterrupt
+        original(self, start, clean, delta, maps)
+
+    original = CubeWriter.write
+    monkeypatch.setattr(CubeWriter, "write", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_capture_stage("ckpt.pt", tmp_path / "test.nc", "attack.nc", tmp_path / "cubes", batch_size=2, device="cpu")
+    assert list((tmp_path / "cubes").iterdir()) == []
 
 
 def test_capture_stage_unknown_layer(tmp_path, monkeypatch) -> None:
@@ -133,3 +179,44 @@ def test_capture_stage_unknown_layer(tmp_path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="capture.layers"):
         run_capture_stage("ckpt.pt", tmp_path / "test.nc", "a.nc", tmp_path / "cubes", layers=["fc9"], device="cpu")
     assert not (tmp_path / "cubes" / "layers.json").exists()
+
+
+class FunctionalNet(nn.Module):
+    """Outputs that are no module's: a functional ReLU, and a residual sum changed in place afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.relu(self.conv1(x), inplace=True)  # overwrites conv1's output
+        z = self.conv2(y) + y
+        z.mul_(-1.0)  # in place, after the sum is produced
+        return self.head(z)
+
+
+def test_fx_nodes_capture_functional_outputs_before_inplace_ops() -> None:
+    net = FunctionalNet().eval()
+    x = torch.rand(5, 1, 6, 6)
+    acts = capture_activations(net, x, ["add", "relu", "conv1", "head.0"], batch_size=2)
+    with torch.no_grad():
+        conv1 = net.conv1(x)
+        relu = torch.relu(conv1)
+        added = net.conv2(relu) + relu
+    assert list(acts) == ["add", "relu", "conv1", "head.0"]
+    np.testing.assert_allclose(acts["relu"], relu.numpy(), atol=1e-6)
+    np.testing.assert_allclose(acts["conv1"], conv1.numpy(), atol=1e-6)
+    np.testing.assert_allclose(acts["add"], added.numpy(), atol=1e-6)  # not the negated sum
+    np.testing.assert_allclose(acts["head.0"], -added.mean(dim=(2, 3), keepdim=True).numpy(), atol=1e-6)
+    assert (acts["add"] > 0).any() and (acts["conv1"] < 0).any()
+
+
+def test_fx_extractor_orders_by_depth_and_names_unknown_nodes() -> None:
+    net = FunctionalNet().eval()
+    extractor = FeatureExtractor(net, ["add", "relu"])
+    assert list(extractor(torch.rand(1, 1, 6, 6))) == ["relu", "add"]
+    with pytest.raises(ConfigError, match=r"'relu9'.*torch.fx nodes"):
+        FeatureExtractor(net, ["relu9", "relu"])

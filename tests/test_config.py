@@ -51,8 +51,8 @@ def test_input_is_not_modified():
         ({"attack": {"generations": 0}}, "attack.generations: 0 is out of range; must be >= 1"),
         ({"attack": {"pixels": 0}}, "attack.pixels: 0 is out of range; must be >= 1"),
         ({"locality": {"max_distance": 0}}, "locality.max_distance: 0 is out of range; must be >= 1"),
-        ({"attack": {"popsize": 10}}, "unknown key attack.popsize; allowed keys: F, batch_size"),
-        ({"colour": 1}, "unknown key colour; allowed keys: attack, capture"),
+        ({"attack": {"popsize": 10}}, "unknown key attack.popsize = 10; allowed keys: F, batch_size"),
+        ({"colour": 1}, "unknown key colour = 1; allowed keys: attack, capture"),
         ({"dataset": {"name": "mnist"}}, "dataset.name: 'mnist' is not allowed; allowed values: digits, cifar10"),
         ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' has the wrong type; expected integer"),
         ({"attack": {"strategy": "best2bin"}}, "attack.strategy: 'best2bin' is not allowed; allowed values: rand1, best1bin"),
@@ -88,9 +88,22 @@ def test_load_config_errors_name_the_file(tmp_path):
         load_config(listing)
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml", "paper-targeted.yaml"])
 def test_shipped_configs_are_valid(name):
     load_config(REPO / "config" / name)
+
+
+def test_paper_configs_are_the_papers_setting():
+    """CIFAR-10, the zoo of PAPER.md in our registry, 1 pixel, population 400, 100 generations, >= 500 images;
+    untargeted and targeted in two studies with their own results directories."""
+    untargeted, targeted = (load_config(REPO / "config" / name) for name in ("paper.yaml", "paper-targeted.yaml"))
+    for config in (untargeted, targeted):
+        assert config["dataset"]["name"] == "cifar10"
+        assert config["models"] == ["lenet", "allconv", "nin", "vgg16", "resnet32", "densenet", "wrn16_4"]
+        assert (config["attack"]["pixels"], config["attack"]["population"], config["attack"]["generations"]) == (1, 400, 100)
+        assert config["attack"]["num_images"] >= 500 and config["attack"]["strategy"] == "rand1"
+    assert (untargeted["attack"]["targeted"], targeted["attack"]["targeted"]) == (False, True)
+    assert untargeted["study"] != targeted["study"]
 
 
 def test_default_config_file_spells_out_every_default():
@@ -116,3 +129,161 @@ def test_strings_from_the_snakemake_command_line_are_converted():
         validate_config({"attack": {"population": "2"}})
     with pytest.raises(ConfigError, match="attack.targeted: '1' has the wrong type; expected boolean"):
         validate_config({"attack": {"targeted": "1"}})
+
+
+# ---------------------------------------------------------------------------
+# audit: every key of the schema is checked, with one line naming key, value and what is allowed
+# ---------------------------------------------------------------------------
+def _leaves(schema=None, prefix=""):
+    """(dotted key, subschema) of every scalar/list key of the schema's sections."""
+    schema = load_schema() if schema is None else schema
+    for name, sub in schema.get("properties", {}).items():
+        key = f"{prefix}.{name}" if prefix else name
+        if sub.get("type") == "object" and "properties" in sub:
+            yield from _leaves(sub, key)
+        else:
+            yield key, sub
+
+
+def _nest(key, value):
+    out = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def _bad_cases():
+    """(config, expected message) for every key: below its minimum, out of its enum, of the wrong type."""
+    cases = []
+    for key, sub in _leaves():
+        kind = sub.get("type")
+        if "minimum" in sub:
+            low = sub["minimum"] - 1
+            cases.append((key, low, f"{key}: {low!r} is out of range; must be >= {sub['minimum']}"))
+        if "exclusiveMinimum" in sub:
+            low = sub["exclusiveMinimum"]
+            cases.append((key, low, f"{key}: {low!r} is out of range; must be > {sub['exclusiveMinimum']}"))
+        if "maximum" in sub:
+            high = sub["maximum"] + 1
+            cases.append((key, high, f"{key}: {high!r} is out of range; must be <= {sub['maximum']}"))
+        if "exclusiveMaximum" in sub:
+            high = sub["exclusiveMaximum"]
+            cases.append((key, high, f"{key}: {high!r} is out of range; must be < {sub['exclusiveMaximum']}"))
+        if "enum" in sub:
+            cases.append((key, "bogus", f"{key}: 'bogus' is not allowed; allowed values: {', '.join(sub['enum'])}"))
+        if kind == "array" and "enum" in sub.get("items", {}):
+            allowed = ", ".join(sub["items"]["enum"])
+            cases.append((key, ["bogus"], f"{key}[0]: 'bogus' is not allowed; allowed values: {allowed}"))
+        wrong = {"integer": "many", "number": "lots", "boolean": "maybe", "string": 7, "array": 7, "object": 7}[kind]
+        expected = {"integer": "integer", "number": "number", "boolean": "boolean (true or false)", "string": "string",
+                    "array": "list", "object": "mapping of keys"}[kind]
+        cases.append((key, wrong, f"{key}: {wrong!r} has the wrong type; expected {expected}"))
+    return cases
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), _bad_cases(), ids=lambda v: str(v)[:40])
+def test_every_key_is_validated(key, value, expected):
+    with pytest.raises(ConfigError) as info:
+        validate_config(_nest(key, value))
+    assert str(info.value) == expected or str(info.value).startswith(expected), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("section", sorted(k for k, v in load_schema()["properties"].items() if v.get("type") == "object"))
+def test_unknown_key_in_every_section(section):
+    allowed = ", ".join(sorted(load_schema()["properties"][section]["properties"]))
+    with pytest.raises(ConfigError) as info:
+        validate_config({section: {"no_such_key": 1}})
+    assert str(info.value) == f"unknown key {section}.no_such_key = 1; allowed keys: {allowed}"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"attack": {"population": 3.0}}, "attack.population: 3 is out of range; must be >= 4"),
+        ({"attack": {"population": 4.5}}, "attack.population: 4.5 has the wrong type; expected integer"),
+        ({"attack": {"generations": 0}}, "attack.generations: 0 is out of range; must be >= 1"),
+        ({"attack": {"pixels": 0}}, "attack.pixels: 0 is out of range; must be >= 1"),
+        ({"attack": {"targeted": 1}}, "attack.targeted: 1 has the wrong type; expected boolean (true or false)"),
+        ({"attack": {"F": True}}, "attack.F: True has the wrong type; expected number"),
+        ({"train": {"lr": float("nan")}}, "train.lr: nan is not allowed; must be a finite number"),
+        ({"train": {"lr": float("inf")}}, "train.lr: inf is not allowed; must be a finite number"),
+        ({"attack": {"F": float("nan")}}, "attack.F: nan is not allowed; must be a finite number"),
+        ({"dataset": {"test_fraction": ".nan"}}, "dataset.test_fraction: nan is not allowed; must be a finite number"),
+        ({"models": "lenet"}, "models: 'lenet' has the wrong type; expected list"),
+        ({"models": ["lenet", "lenet"]}, "models: items must be unique; got ['lenet', 'lenet']"),
+        ({"figures": {"formats": []}}, "figures.formats: needs at least 1 item(s); got []"),
+        ({"train": {"checkpoints": {"lenet": ""}}}, "train.checkpoints.lenet: '' is too short"),
+        ({"train": {"checkpoints": {"lenet": 3}}}, "train.checkpoints.lenet: 3 has the wrong type; expected string"),
+        ({"dataset": {"name": "imagenet"}}, "dataset.name: 'imagenet' is not allowed; allowed values: digits, cifar10"),
+        ({"attack": "fast"}, "attack: 'fast' has the wrong type; expected mapping of keys"),
+    ],
+    ids=lambda v: str(v)[:50],
+)
+def test_more_bad_values(config, expected):
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    assert str(info.value).startswith(expected), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_integral_floats_become_integers():
+    """JSON Schema accepts 50.0 as an integer; the engine would not: it is converted before any job starts."""
+    config = validate_config({"attack": {"population": 50.0, "num_images": "12"}, "threads": 2.0})
+    assert config["attack"]["population"] == 50 and type(config["attack"]["population"]) is int
+    assert config["attack"]["num_images"] == 12 and type(config["threads"]) is int
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(ConfigError, match=r"^<config>: the top level must be a mapping of keys, got list$"):
+        validate_config([1, 2])
+
+
+def test_schema_enums_match_the_registries():
+    """The schema's names are the code's names: a model or data set the code has is allowed, no other."""
+    from onepixel.data import DATASET_NAMES
+    from onepixel.models import MODEL_NAMES
+
+    props = load_schema()["properties"]
+    assert props["models"]["items"]["enum"] == list(MODEL_NAMES)
+    assert props["dataset"]["properties"]["name"]["enum"] == list(DATASET_NAMES)
+
+
+def test_validate_section_and_defaults():
+    from onepixel.attack import DEFAULT_ATTACK_CONFIG
+    from onepixel.config import section_defaults, validate_section
+
+    schema_defaults = {k: v["default"] for k, v in load_schema()["properties"]["attack"]["properties"].items()}
+    assert section_defaults("attack") == schema_defaults == DEFAULT_ATTACK_CONFIG
+    assert validate_section("attack", {"population": "8"})["population"] == 8
+    with pytest.raises(ConfigError, match=r"^attack.population: 3 is out of range; must be >= 4$"):
+        validate_section("attack", {"population": 3})
+    with pytest.raises(ConfigError, match=r"^unknown key attack.popsize = 3; allowed keys: F, batch_size"):
+        validate_section("attack", {"popsize": 3})
+    with pytest.raises(ConfigError, match=r"^attack.F: nan is not allowed"):
+        validate_section("attack", {"F": float("nan")})
+    with pytest.raises(ConfigError, match=r"^attacks: not a section of the config; sections: attack, capture"):
+        validate_section("attacks", {})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("attack:\n  population: 2\n", "error: attack.population: 2 is out of range; must be >= 4\n"),
+        ("attack:\n  popsize: 10\n", "error: unknown key attack.popsize = 10; allowed keys: F, batch_size"),
+        ("models: [lenet, alexnet]\n", "error: models[1]: 'alexnet' is not allowed; allowed values: lenet"),
+        ("locality:\n  max_distance: 0\n", "error: locality.max_distance: 0 is out of range; must be >= 1\n"),
+        ("train:\n  lr: .nan\n", "error: train.lr: nan is not allowed; must be a finite number\n"),
+        ("attack: [1, 2\n", "error: "),
+    ],
+    ids=["range", "unknown", "model", "distance", "nan", "yaml"],
+)
+def test_cli_reports_config_errors_in_one_line(tmp_path, capsys, text, expected):
+    from onepixel.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    assert main(["validate-config", "--config", str(config)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(expected) and captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err and captured.out == ""

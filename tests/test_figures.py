@@ -107,7 +107,7 @@ def test_average_pm_locality_depth(run, tmp_path) -> None:
     (loc,) = plot_locality({"small": run.loc, "again": run.loc}, tmp_path / "loc", formats=("png",))
     (depth,) = plot_pm_depth({"small": run.prop}, tmp_path / "depth", formats=("png",))
     assert png_size(avg) == (round((3 * 1.85 + 1.4) * 200), round((2.2 + 1.1) * 200))
-    assert png_size(loc) == (1280, 1000)
+    assert png_size(loc) == (2300, 1000)  # (a) success rate and (b) true-class probability change, 11.5 x 5 in
     assert png_size(depth) == (2000, 920)
     for path in (avg, loc, depth):
         assert path.stat().st_size > 20_000

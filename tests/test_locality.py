@@ -13,7 +13,18 @@ import xarray as xr
 from torch import nn
 
 from onepixel.errors import ConfigError
-from onepixel.locality import bootstrap_ratio_ci, chebyshev_offsets, locality_analysis, random_shifts, ring_positions, run_locality_stage
+from onepixel.locality import (
+    bootstrap_ratio_ci,
+    chebyshev_offsets,
+    euclidean_offsets,
+    locality_analysis,
+    locality_table,
+    random_shifts,
+    ring_distance,
+    ring_positions,
+    run_locality_stage,
+    write_locality_table,
+)
 from onepixel.utils import open_netcdf, write_netcdf
 
 P_FOOLED = 1 / (math.exp(5) + 2)  # true-class probability when the block is hit: logits (0, 5, 0)
@@ -151,3 +162,74 @@ def test_stage_without_successful_attacks(tmp_path, monkeypatch) -> None:
     assert saved.sizes["sample"] == 0 and saved.sizes["distance"] == 3
     assert np.isnan(saved["success_rate"].values).all() and np.isnan(float(saved["baseline_success_rate"]))
     assert np.isnan(saved["success_rate_ci"].values).all()
+
+
+def test_euclidean_rings_by_hand() -> None:
+    # ring d: offsets with d - 0.5 <= sqrt(dx^2 + dy^2) < d + 0.5
+    ring1 = {(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)} - {(0, 0)}  # 1 and sqrt(2) = 1.41
+    ring2 = {(2, 0), (-2, 0), (0, 2), (0, -2)} | {(sx * a, sy * b) for a, b in ((2, 1), (1, 2)) for sx in (1, -1) for sy in (1, -1)}  # 2, 2.24
+    ring3 = ({(3, 0), (-3, 0), (0, 3), (0, -3)} | {(sx * 2, sy * 2) for sx in (1, -1) for sy in (1, -1)}  # 3, 2.83
+             | {(sx * a, sy * b) for a, b in ((3, 1), (1, 3)) for sx in (1, -1) for sy in (1, -1)})  # 3.16
+    for d, expected in ((1, ring1), (2, ring2), (3, ring3)):
+        offsets = euclidean_offsets(d)
+        assert {tuple(o) for o in offsets} == expected and len(offsets) == len(expected)
+    assert [len(euclidean_offsets(d)) for d in (1, 2, 3)] == [8, 12, 16]
+    np.testing.assert_array_equal(euclidean_offsets(0), [[0, 0]])
+
+
+def test_ring_distance_brute_force() -> None:
+    dx, dy = np.meshgrid(np.arange(-6, 7), np.arange(-6, 7))
+    expected = [[round(math.sqrt(a * a + b * b)) for a, b in zip(row_x, row_y)] for row_x, row_y in zip(dx, dy)]
+    np.testing.assert_array_equal(ring_distance(dx, dy, "euclidean"), expected)
+    np.testing.assert_array_equal(ring_distance(dx, dy), np.maximum(abs(dx), abs(dy)))
+    with pytest.raises(ConfigError, match="locality.rings: 'manhattan'"):
+        ring_distance(dx, dy, "manhattan")
+    # every offset of a 13x13 window belongs to exactly one ring
+    for rings in ("chebyshev", "euclidean"):
+        counted = sum(len(ring_positions(6, 6, d, 13, 13, rings)) for d in range(10))
+        assert counted == 13 * 13
+
+
+def test_euclidean_block_rates() -> None:
+    # attack at (3, 3): Euclidean ring 2 = 12 offsets; block cells (rows/cols 3..5) among them: (5,3),(3,5),(5,4),(4,5) -> 4
+    loc = locality_analysis(
+        BlockModel(), torch.zeros(1, 1, 9, 9, dtype=torch.uint8), np.zeros(1), np.array([[3]]), np.array([[3]]),
+        np.full((1, 1, 1), 255, np.uint8), max_distance=3, random_positions=5, rings="euclidean",
+    )
+    np.testing.assert_array_equal(loc["n_positions"].values, [[8, 12, 16]])
+    np.testing.assert_array_equal(loc["n_fooled"].values, [[3, 4, 1]])  # ring 3 holds (5, 5) = offset (2, 2)
+    assert loc.attrs["rings"] == "euclidean" and "Euclidean" in loc["distance"].attrs["long_name"]
+
+
+def test_true_prob_change_per_distance() -> None:
+    # two untargeted images, attack at (3, 3); the clean images are classified as class 0 with P_CLEAN.
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    loc = locality_analysis(
+        BlockModel(), images, np.zeros(2), np.array([[3], [3]]), np.array([[3], [3]]),
+        np.array([[[255]], [[0]]], np.uint8), max_distance=2, random_positions=63,
+    )
+    np.testing.assert_allclose(loc["clean_true_prob"].values, [P_CLEAN, P_CLEAN], rtol=1e-6)
+    # image 0: ring 1 has 3 of 8 fooled, ring 2 5 of 16; image 1 (colour 0) changes nothing
+    ring_mean = np.array([(3 * P_FOOLED + 5 * P_CLEAN) / 8, (5 * P_FOOLED + 11 * P_CLEAN) / 16])
+    expected = (ring_mean - P_CLEAN + 0.0) / 2
+    np.testing.assert_allclose(loc["true_prob_change"].values, expected, rtol=1e-5)
+    baseline = ((8 * P_FOOLED + 55 * P_CLEAN) / 63 - P_CLEAN) / 2
+    np.testing.assert_allclose(float(loc["baseline_true_prob_change"]), baseline, rtol=1e-5)
+    ci = loc["true_prob_change_ci"].values
+    assert ((ci[:, 0] <= loc["true_prob_change"].values + 1e-12) & (loc["true_prob_change"].values <= ci[:, 1] + 1e-12)).all()
+
+
+def test_locality_table(tmp_path) -> None:
+    images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    loc = locality_analysis(
+        BlockModel(), images, np.zeros(2), np.array([[3], [3]]), np.array([[3], [3]]),
+        np.full((2, 1, 1), 255, np.uint8), max_distance=2, random_positions=63,
+    )
+    rows = locality_table({"block": loc})
+    assert rows[0]["model"] == "block" and rows[0]["attacks"] == 2
+    assert rows[0]["d1"] == pytest.approx(3 / 8) and rows[0]["d2"] == pytest.approx(5 / 16) and rows[0]["d3"] is None
+    assert rows[0]["random"] == pytest.approx(8 / 63)
+    write_locality_table({"block": loc}, tmp_path / "t.csv", tmp_path / "t.html")
+    text = (tmp_path / "t.csv").read_text().splitlines()
+    assert text[0].startswith("model,rings,attacks,d1,d1_low,d1_high") and text[1].startswith("block,chebyshev,2,0.375,")
+    assert "37.5 % [37.5, 37.5]" in (tmp_path / "t.html").read_text()

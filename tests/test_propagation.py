@@ -69,7 +69,7 @@ def test_normalise_zero_scale() -> None:
 
 
 def write_cubes(directory, rng, n=4, success=(True, False, True, True)):
-    """Two layer cubes (4x4 and 2x2) with known activations, plus layers.json."""
+    """Two layer cubes (4x4 and 2x2) with known activations, plus layers.json; returned with ``adversarial`` too."""
     shapes = [(3, 4, 4), (2, 2, 2)]
     cubes = []
     px, py = np.array([0, 3, 1, 2]), np.array([3, 0, 1, 2])
@@ -78,7 +78,7 @@ def write_cubes(directory, rng, n=4, success=(True, False, True, True)):
         adv = (clean + rng.normal(size=clean.shape) * 0.3).astype(np.float32)
         stride = 4 // shape[1]
         ds = xr.Dataset(
-            {"clean": (("sample", "channel", "y", "x"), clean), "adversarial": (("sample", "channel", "y", "x"), adv)},
+            {"clean": (("sample", "channel", "y", "x"), clean), "delta": (("sample", "channel", "y", "x"), adv - clean)},
             coords={
                 "sample_id": ("sample", np.array([5, 1, 8, 3])),
                 "success": ("sample", np.array(success)),
@@ -88,7 +88,7 @@ def write_cubes(directory, rng, n=4, success=(True, False, True, True)):
             attrs={"layer": f"block{i}", "layer_index": i, "stride": float(stride)},
         )
         write_netcdf(ds, directory / f"{i:02d}_block{i}.nc")
-        cubes.append(ds)
+        cubes.append(ds.assign(adversarial=(("sample", "channel", "y", "x"), adv)))
     (directory / "layers.json").write_text(json.dumps({"layers": [{"file": f"{i:02d}_block{i}.nc"} for i in range(2)]}))
     return cubes
 
@@ -147,3 +147,43 @@ def test_errors(tmp_path) -> None:
     (tmp_path / "layers.json").write_text('{"layers": []}')
     with pytest.raises(DataError, match="no layers"):
         run_propagation_stage(tmp_path, tmp_path / "p.nc")
+
+
+def test_cubes_read_in_steps_give_the_same_maps(tmp_path, monkeypatch) -> None:
+    import onepixel.propagation as propagation
+
+    write_cubes(tmp_path, np.random.default_rng(5))
+    whole = compute_propagation(sorted(tmp_path.glob("0*.nc")))
+    monkeypatch.setattr(propagation, "READ_BUDGET", 1)  # one sample per read
+    stepped = compute_propagation(sorted(tmp_path.glob("0*.nc")))
+    for name in whole.data_vars:
+        np.testing.assert_array_equal(stepped[name].values, whole[name].values, err_msg=name)
+
+
+def test_stored_raw_maps_are_used_and_agree(tmp_path) -> None:
+    """Cubes of the capture stage carry pm_max/pm_avg/scale; they must equal the maps computed from the cube."""
+    cubes = write_cubes(tmp_path, np.random.default_rng(6))
+    from_cubes = compute_propagation(sorted(tmp_path.glob("0*.nc")))
+    for i, cube in enumerate(cubes):
+        pm_max, pm_avg, scale = brute_force(cube["clean"].values, cube["adversarial"].values)
+        stored = cube.drop_vars("adversarial").assign(
+            pm_max=(("sample", "y", "x"), pm_max.astype(np.float32)),
+            pm_avg=(("sample", "y", "x"), pm_avg.astype(np.float32)),
+            scale=("sample", scale.astype(np.float32)),
+        )
+        write_netcdf(stored, tmp_path / f"{i:02d}_block{i}.nc")
+    with_maps = compute_propagation(sorted(tmp_path.glob("0*.nc")))
+    for name in from_cubes.data_vars:
+        np.testing.assert_allclose(with_maps[name].values, from_cubes[name].values, rtol=1e-6, err_msg=name)
+    with xr.open_dataset(tmp_path / "00_block0.nc") as cube:
+        marked = cube.load().assign(pm_max=cube["pm_max"] * 0 + 7)
+    write_netcdf(marked, tmp_path / "00_block0.nc")
+    assert (compute_propagation(sorted(tmp_path.glob("0*.nc")))["pm_max_0"].values == 7).all()  # read, not recomputed
+
+
+def test_foreign_netcdf_is_not_a_cube(tmp_path) -> None:
+    write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}), tmp_path / "00_x.nc")
+    (tmp_path / "layers.json").write_text(json.dumps({"layers": [{"file": "00_x.nc"}]}))
+    with pytest.raises(DataError, match=r"00_x.nc: missing variable\(s\) clean, delta"):
+        run_propagation_stage(tmp_path, tmp_path / "p.nc")
+    assert not (tmp_path / "p.nc").exists()

@@ -32,14 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 TIMING_ATTRS = ("wall_time_s", "candidates_per_s", "shards", "shard")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """A LeNet checkpoint and a 40-image test set of 3 classes (8x8 grey), in project formats."""
@@ -271,7 +263,7 @@ def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
     """With finished upstream files and shards 0 and 2 done, only shard 1 and the merge are left.
 
     The files are placeholders without Snakemake's metadata, so only the mtime trigger is
-    used here; the slow test below interrupts a real run instead.
+    used here; test_reliability.py interrupts a real run instead.
     """
     root = tmp_path / "resume"
     shutil.copytree(workdir, root, symlinks=True)
@@ -292,39 +284,5 @@ def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
     assert jobs == {"attack_shard": 1, "attack": 1}
 
 
-@pytest.mark.slow
-def test_workflow_sharded_run_resumes_and_matches_unsharded(workdir, tmp_path):
-    """A real sharded run; after losing one shard only that shard and the merge run again, and the
-    merged file equals an unsharded attack of the same model."""
-    root = tmp_path / "run"
-    shutil.copytree(workdir, root, symlinks=True)
-    config = ["--configfile", "config/test.yaml", "--config", "models=[lenet]", "train={epochs: 2}",
-              "attack={shards: 3, num_images: 7, population: 20, generations: 4}"]
-    target = "results/digits/attack/lenet.nc"
-
-    def run() -> str:
-        result = subprocess.run(["snakemake", "--cores", "2", "--resources", "gpu=1", *config, "--", target],
-                                cwd=root, env=_env(), capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-4000:]
-        return result.stdout + "\n" + result.stderr
-
-    first = _jobs(run())
-    assert first == {"prepare_data": 1, "train": 1, "attack_select": 1, "attack_shard": 3, "attack": 1}
-    shard_dir = root / "results/digits/attack/lenet"
-    assert sorted(p.name for p in shard_dir.iterdir()) == [
-        "selection.json", "shard_0-of-3.nc", "shard_1-of-3.nc", "shard_2-of-3.nc"]
-    # as if shard 1's job had been killed: no shard file (they are written atomically), no merge
-    (shard_dir / "shard_1-of-3.nc").unlink()
-    (root / target).unlink()
-    assert _jobs(run()) == {"attack_shard": 1, "attack": 1}
-
-    unsharded = tmp_path / "unsharded.nc"
-    cfg = {"num_images": 7, "population": 20, "generations": 4}
-    run_attack_stage(root / "results/digits/models/lenet.pt", root / "resources/datasets/digits/test.nc", unsharded,
-                     cfg, device="cpu", log=lambda line: None)
-    merged = load_attack(root / target)
-    whole = load_attack(unsharded)
-    for ds in (merged, whole):
-        ds.attrs.pop("git_commit", None)  # the scratch copy is not a git checkout
-    _same_result(whole, merged)
-    assert merged.attrs["shards"] == 3 and merged.sizes["sample"] == 7
+# A real sharded run that is interrupted and resumed, and whose merged result equals an unsharded
+# attack, is tests/test_reliability.py::test_an_interrupted_workflow_resumes_without_redoing_finished_shards.

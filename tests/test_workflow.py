@@ -1,28 +1,20 @@
 """The Snakemake + DVC workflow: lint, dry runs, bad config, and a real end-to-end run."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import run_tool
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return run_tool(args, cwd, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,8 @@ def test_dry_run_shows_the_full_chain(workdir):
     result = _run(["snakemake", "-n", "--quiet", "rules"], workdir)
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    for rule in ("prepare_data", "train", "attack", "capture", "propagation", "locality", "figures", "summary"):
+    for rule in ("prepare_data", "train", "attack", "capture", "propagation", "locality", "vulnerability",
+                 "figures", "locality_figures", "summary"):
         assert rule in out, f"{rule} missing from the dry run:\n{out}"
 
 
@@ -72,14 +65,22 @@ def test_dvc_repro_dry_runs_snakemake(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     result = _run(["dvc", "repro", "--dry"], repo)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "snakemake --cores all --resources gpu=1" in result.stdout
+    # plain `snakemake`: the workflow profile profiles/default adds --cores all --resources gpu=1
+    assert "> snakemake\n" in result.stdout, result.stdout
+
+
+def test_default_profile_runs_locally_on_all_cores_with_one_gpu(workdir):
+    shutil.copytree(REPO / "profiles", workdir / "profiles", dirs_exist_ok=True)
+    result = _run(["snakemake", "-n", "--quiet", "rules"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "Using workflow specific profile profiles/default" in result.stderr
 
 
 @pytest.mark.slow
-def test_end_to_end_on_the_test_config(workdir):
-    result = _run(["snakemake", "--cores", "2", "--resources", "gpu=1", "--configfile", "config/test.yaml"], workdir)
-    assert result.returncode == 0, result.stderr[-4000:]
-    results = workdir / "results" / "digits"
+def test_end_to_end_on_the_test_config(study):
+    """The smoke-test study (tests/conftest.py: `dvc repro` on config/test.yaml's values)."""
+    assert "Running stage 'study'" in study.repro.stdout
+    results = study.results
 
     summary = json.loads((results / "summary.json").read_text())
     assert set(summary["models"]) == {"lenet", "resnet20"}
@@ -102,6 +103,13 @@ def test_end_to_end_on_the_test_config(workdir):
     assert list(locality["distance"].values) == [1, 2]
     for figure in ("locality.png", "pm_depth.png", "lenet/average_pm.png", "resnet20/average_pm.png"):
         assert (results / "figures" / figure).stat().st_size > 10_000
+    vulnerability = xr.open_dataset(results / "vulnerability" / "lenet.nc")
+    assert vulnerability["fooled"].shape == (12, 8, 8) and list(vulnerability["rf_size"].values) == [5, 14]
+    for figure in ("receptive_fields.png", "erf.png", "lenet/vulnerability_maps.png", "resnet20/vulnerability_maps.png"):
+        assert (results / "figures" / figure).stat().st_size > 10_000
+    assert "lenet" in (results / "figures" / "locality_table.html").read_text()
 
-    again = _run(["snakemake", "-n", "--configfile", "config/test.yaml"], workdir)
+    again = _run(["snakemake", "-n"], study.repo)
     assert "Nothing to be done" in again.stdout + again.stderr
+    status = _run(["dvc", "status", "--json"], study.repo)
+    assert json.loads(status.stdout) == {}, status.stdout

@@ -2,32 +2,39 @@
 
 The propagation maps of Vargas & Su (arXiv 1902.02947) compare, layer by layer,
 the feature maps ``F_l(x)`` of a clean image with ``F_l(x_adv)`` of its one-pixel
-adversarial version. This module records those feature maps with forward hooks
-and stores them as one netCDF "cube" per layer.
+adversarial version. :class:`FeatureExtractor` records them and
+:func:`run_capture_stage` streams them, a batch at a time, into one netCDF cube
+per layer (:mod:`onepixel.cubes`).
+
+A layer is named by its module name (``model.named_modules()``, recorded with a
+forward hook) or, for outputs that are no module's (a functional ``F.relu``, a
+residual ``add``), by its ``torch.fx`` node name as
+``torchvision.models.feature_extraction.get_graph_node_names`` lists it. Either
+way a *copy* of the output is taken the moment it is produced, so in-place
+operations later in the network (``ReLU(inplace=True)``, ``x.add_``) cannot
+alter what is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from onepixel.cubes import DEFAULT_COMPRESSION, CubeWriter, check_compression, sample_coords, write_layer_index
 from onepixel.errors import ConfigError
-from onepixel.utils import provenance, resolve_device, write_json, write_netcdf
+from onepixel.utils import provenance, resolve_device
 
 log = logging.getLogger(__name__)
-
-#: Largest amount of activations (clean + adversarial, bytes) held in memory at once
-#: by :func:`run_capture_stage`; layers are captured in groups that fit.
-MEMORY_BUDGET = 512 * 2**20
-#: zlib level of the cube files, with the byte-shuffle filter. Measured on 32x32
-#: conv/block outputs: level 1 gives 72-84 % of the raw size, level 4 only 1-2 %
-#: less at a similar speed, level 9 3 % less but ten times slower.
-COMPLEVEL = 1
 
 
 def feature_layer_names(model: nn.Module) -> list[str]:
@@ -42,16 +49,142 @@ def feature_layer_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
 
 
-def _resolve_modules(model: nn.Module, layers: list[str]) -> dict[str, nn.Module]:
-    modules = dict(model.named_modules())
-    unknown = [name for name in layers if name not in modules or name == ""]
-    if unknown:
-        valid = feature_layer_names(model) or [name for name in modules if name]
-        shown = ", ".join(valid[:8]) + (", ..." if len(valid) > 8 else "")
-        raise ConfigError(f"capture.layers: unknown layer(s) {', '.join(map(repr, unknown))}; valid names include {shown}")
-    if not layers:
-        raise ConfigError("capture.layers: no layers to capture (the model has no feature layers or Conv2d modules)")
-    return {name: modules[name] for name in layers}
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+
+def _check_4d(name: str, output: object) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ConfigError(
+            f"capture.layers: layer {name!r} outputs {shape}, not a (N, C, H, W) feature map; choose conv/block outputs"
+        )
+    return output
+
+
+class FeatureExtractor:
+    """Feature maps of named layers: ``extractor(images) -> {layer: (N, C, H, W) tensor}``.
+
+    The result is ordered by when the layers run in the forward pass (depth
+    order); each tensor is a float32 copy on the model's device. The model is
+    used as given (put it in eval mode first).
+
+    Args:
+        model: network taking float images in [0, 1].
+        layers: module names, or ``torch.fx`` node names for outputs of
+            functional operations (then the model must be traceable).
+
+    Raises:
+        ConfigError: an empty list, or a name that is neither a module nor a node.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str]) -> None:
+        if not layers:
+            raise ConfigError("capture.layers: no layers to capture (the model has no feature layers or Conv2d modules)")
+        self.model = model
+        self.layers = list(dict.fromkeys(layers))
+        modules = dict(model.named_modules())
+        if all(name in modules and name for name in self.layers):
+            self._run = self._hooks_runner({name: modules[name] for name in self.layers})
+        else:
+            self._run = self._fx_runner(model, self.layers)
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            return self._run(images)
+
+    def _hooks_runner(self, modules: dict[str, nn.Module]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+        def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            captured: dict[str, torch.Tensor] = {}
+
+            def hook_for(name: str):
+                def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+                    captured.pop(name, None)  # a module that runs twice: keep its last output, in its last position
+                    captured[name] = _check_4d(name, output).detach().to(torch.float32, copy=True)
+
+                return hook
+
+            handles = [module.register_forward_hook(hook_for(name)) for name, module in modules.items()]
+            try:
+                self.model(images)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            unused = [name for name in self.layers if name not in captured]
+            if unused:
+                raise ConfigError(f"capture.layers: layer(s) {', '.join(map(repr, unused))} not used in the model's forward pass")
+            return captured
+
+        return run
+
+    @staticmethod
+    def _fx_runner(model: nn.Module, layers: list[str]) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+        graph_module, nodes = _trace_with_node_names(model, layers)
+        unknown = [name for name in layers if _node_for(name, nodes) is None]
+        if unknown:
+            names = list(nodes.values())
+            raise ConfigError(
+                f"capture.layers: unknown layer(s) {', '.join(map(repr, unknown))}; valid names include "
+                f"{_shown(feature_layer_names(model) or names)} (modules) and {_shown(names)} (torch.fx nodes)"
+            )
+        wanted: dict[Any, list[str]] = {}
+        for name in layers:
+            wanted.setdefault(_node_for(name, nodes), []).append(name)
+
+        def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            return _run_recording(graph_module, wanted, images)
+
+        return run
+
+
+def _trace_with_node_names(model: nn.Module, layers: list[str]) -> tuple[Any, dict[Any, str]]:
+    """The model's full ``torch.fx`` graph and its nodes' qualified names (``layer1.0.relu_1``).
+
+    The names are those of ``torchvision.models.feature_extraction.get_graph_node_names``.
+    Unlike ``create_feature_extractor``, the graph is not pruned: pruning drops
+    in-place method calls whose result is unused (``x.mul_(2)``), which would
+    change what later layers compute.
+    """
+    import math
+
+    from torch import fx
+    from torchvision.models.feature_extraction import NodePathTracer
+
+    tracer = NodePathTracer(autowrap_modules=(math,))
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # tracing errors come as many exception types
+        raise ConfigError(
+            f"capture.layers: {', '.join(layers)} are not all module names, and the model cannot be traced "
+            f"with torch.fx to find other nodes ({exc.__class__.__name__}: {exc}); name modules instead"
+        ) from exc
+    return fx.GraphModule(tracer.root, graph), dict(tracer.node_to_qualname)
+
+
+def _node_for(name: str, nodes: dict[Any, str]) -> Any:
+    """The node named ``name``, or for a module traced through, the last node inside it."""
+    exact = [node for node, qualname in nodes.items() if qualname == name]
+    if exact:
+        return exact[0]
+    inside = [node for node, qualname in nodes.items() if qualname.startswith(name + ".")]
+    return inside[-1] if inside else None
+
+
+def _run_recording(graph_module: Any, wanted: dict[Any, list[str]], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run a traced graph node by node, copying the outputs of the ``wanted`` nodes (to their names) as they are made."""
+    from torch import fx
+
+    captured: dict[str, torch.Tensor] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, node: Any) -> Any:
+            out = super().run_node(node)
+            for name in wanted.get(node, ()):
+                captured[name] = _check_4d(name, out).detach().to(torch.float32, copy=True)
+            return out
+
+    Recorder(graph_module).run(images)
+    return captured
 
 
 def capture_activations(
@@ -61,120 +194,111 @@ def capture_activations(
     batch_size: int = 64,
     device: torch.device | str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Feature maps of ``layers`` for ``images``, as float32 ``(N, C, H, W)`` arrays.
+    """Feature maps of ``layers`` for ``images``, as float32 ``(N, C, H, W)`` arrays in memory.
 
-    Each hook stores a *copy* of the module output, so in-place operations later in
-    the network (e.g. ``ReLU(inplace=True)`` on a conv output) cannot alter what is
-    recorded. If a module runs several times per forward pass, its last output is
-    kept. The model is used as given (put it in eval mode first).
+    For many images use :func:`run_capture_stage`, which streams to disk.
 
     Args:
-        model: network taking float images in [0, 1].
+        model: network taking float images in [0, 1] (in eval mode).
         images: ``(N, C, H, W)`` float tensor in [0, 1].
-        layers: module names (``model.named_modules()``).
+        layers: module or ``torch.fx`` node names (see :class:`FeatureExtractor`).
         batch_size: images per forward pass.
         device: where to run; default: the device of the model's parameters.
 
     Raises:
         ConfigError: unknown layer name, or a layer whose output is not a 4-D tensor.
     """
-    modules = _resolve_modules(model, layers)
+    extractor = FeatureExtractor(model, layers)
     if device is None:
         device = next(model.parameters(), torch.empty(0)).device
-    current: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise ConfigError(
-                    f"capture.layers: layer {name!r} outputs {shape}, not a (N, C, H, W) feature map; "
-                    "choose conv/block outputs"
-                )
-            current[name] = output.detach().to("cpu", dtype=torch.float32, copy=True)
-
-        return hook
-
-    handles = [module.register_forward_hook(hook_for(name)) for name, module in modules.items()]
-    collected: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    try:
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                current.clear()
-                model(images[start : start + batch_size].to(device, dtype=torch.float32))
-                for name in layers:
-                    if name not in current:
-                        raise ConfigError(f"capture.layers: layer {name!r} is not used in the model's forward pass")
-                    collected[name].append(current[name])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: torch.cat(parts).numpy() if parts else np.zeros((0, 0, 0, 0), np.float32) for name, parts in collected.items()}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    for start in range(0, len(images), batch_size):
+        for name, value in extractor(images[start : start + batch_size].to(device, dtype=torch.float32)).items():
+            parts[name].append(value.cpu().numpy())
+    return {name: np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, 0), np.float32) for name, chunks in parts.items()}
 
 
-def _depth_order(model: nn.Module, probe: torch.Tensor, layers: list[str], device: torch.device) -> list[tuple[str, tuple[int, ...]]]:
-    """``(name, (C, H, W))`` of ``layers`` sorted by when they run in a forward pass of ``probe``."""
-    modules = _resolve_modules(model, layers)
-    order: list[str] = []
-    handles = [
-        module.register_forward_hook(lambda _m, _i, _o, name=name: order.append(name) if name not in order else None)
-        for name, module in modules.items()
-    ]
-    try:
-        with torch.no_grad():
-            model(probe.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    shapes = capture_activations(model, probe, layers, device=device)
-    return [(name, tuple(shapes[name].shape[1:])) for name in order]
+def raw_maps(clean: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Raw propagation maps of a batch, where the feature maps are (see :data:`onepixel.cubes.MAP_VARIABLES`).
 
+    Args:
+        clean: ``(n, C, H, W)`` feature maps ``F_l(x)``.
+        delta: ``(n, C, H, W)`` ``F_l(x_adv) - F_l(x)``.
 
-def _layer_groups(shapes: list[tuple[str, tuple[int, ...]]], n: int, budget: int) -> list[list[int]]:
-    """Split layer indices into consecutive groups whose activations (x2, float32) fit ``budget``."""
-    groups: list[list[int]] = [[]]
-    used = 0
-    for index, (_name, shape) in enumerate(shapes):
-        size = 2 * 4 * n * int(np.prod(shape))
-        if groups[-1] and used + size > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append(index)
-        used += size
-    return groups
-
-
-def _cube_dataset(name: str, index: int, clean: np.ndarray, adversarial: np.ndarray, attack, input_hw: tuple[int, int]):
-    """The netCDF dataset of one layer (see :func:`run_capture_stage`)."""
-    import xarray as xr
-
-    height, width = input_hw
-    h_l, w_l = clean.shape[2:]
-    px = attack["pixel_x"].values[:, 0].astype(np.int64)
-    py = attack["pixel_y"].values[:, 0].astype(np.int64)
-    dims = ("sample", "channel", "y", "x")
-    coords = {
-        "sample_id": ("sample", attack["sample_id"].values.astype(np.int64)),
-        "true_class": ("sample", attack["true_class"].values.astype(np.int64)),
-        "adv_class": ("sample", attack["adv_class"].values.astype(np.int64)),
-        "success": ("sample", attack["success"].values.astype(bool)),
-        "pixel_x": ("sample", px, {"long_name": "column of the (first) attacked pixel in the input image"}),
-        "pixel_y": ("sample", py, {"long_name": "row of the (first) attacked pixel in the input image"}),
-        "pixel_x_layer": ("sample", px * w_l // width, {"long_name": "attacked pixel's column in this layer's grid, floor(x * W_l / W)"}),
-        "pixel_y_layer": ("sample", py * h_l // height, {"long_name": "attacked pixel's row in this layer's grid, floor(y * H_l / H)"}),
+    Returns:
+        float32 ``pm_max`` and ``pm_avg`` ``(n, H, W)`` (channel max and mean of
+        ``|delta|``) and ``scale`` ``(n,)`` = ``max |clean|``.
+    """
+    diff = delta.abs()
+    return {
+        "pm_max": diff.amax(dim=1),
+        "pm_avg": diff.mean(dim=1),
+        "scale": clean.abs().amax(dim=(1, 2, 3)),
     }
-    data_vars = {
-        "clean": (dims, clean, {"long_name": f"feature maps of layer {name} for the clean image", "units": "1"}),
-        "adversarial": (dims, adversarial, {"long_name": f"feature maps of layer {name} for the adversarial image", "units": "1"}),
-    }
-    attrs = {
-        "layer": name,
+
+
+def layer_geometry(model: nn.Module, extractor: FeatureExtractor, image_shape: tuple[int, int, int],
+                   device: torch.device) -> list[dict[str, Any]]:
+    """Depth-ordered ``{"layer", "shape", "stride", "receptive_field", "receptive_field_start"}`` of the extractor's layers.
+
+    ``stride`` is the input height over the layer's height; the receptive field
+    (side in input pixels, and the input coordinate of unit 0's centre) comes
+    from :func:`onepixel.receptive_field.theoretical_receptive_fields`, or is -1
+    (and ``None``) where the model's structure does not define one.
+    """
+    from onepixel.receptive_field import theoretical_receptive_fields
+
+    probe = extractor(torch.zeros(1, *image_shape, device=device))
+    try:
+        fields = theoretical_receptive_fields(model, image_shape, list(probe))
+    except ConfigError as exc:
+        log.warning("no theoretical receptive fields (%s)", exc)
+        fields = {}
+    geometry = []
+    for name, value in probe.items():
+        field = fields.get(name)
+        geometry.append({
+            "layer": name,
+            "shape": tuple(int(s) for s in value.shape[1:]),
+            "stride": image_shape[1] / value.shape[2],
+            "receptive_field": int(field.size) if field else -1,
+            "receptive_field_start": float(field.start) if field else None,
+        })
+    return geometry
+
+
+def _cube_attrs(entry: dict[str, Any], index: int, image_shape: tuple[int, int, int]) -> dict[str, Any]:
+    return {
+        "Conventions": "CF-1.10",
+        "title": f"activation cube of layer {entry['layer']}",
+        "layer": entry["layer"],
         "layer_index": index,
-        "input_size": np.array([height, width], dtype=np.int64),
-        "stride": height / h_l,
-        "description": "activations F_l(x) and F_l(x_adv) for propagation maps (Vargas & Su, arXiv 1902.02947)",
+        "input_size": np.array(image_shape[1:], dtype=np.int64),
+        "stride": entry["stride"],
+        "receptive_field": entry["receptive_field"],
+        "receptive_field_start": np.nan if entry["receptive_field_start"] is None else entry["receptive_field_start"],
+        "description": "F_l(x) (clean) and F_l(x_adv) - F_l(x) (delta) for propagation maps (Vargas & Su, arXiv 1902.02947)",
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _capture_batch(extractor: FeatureExtractor, clean_u8: np.ndarray, adversarial_u8: np.ndarray,
+                   geometry: list[dict[str, Any]], device: torch.device) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """Per layer ``(clean, delta, raw maps)`` of one batch, as CPU arrays."""
+    clean = torch.from_numpy(clean_u8).to(device).float().div_(255)
+    adversarial = torch.from_numpy(adversarial_u8).to(device).float().div_(255)
+    acts_clean, acts_adv = extractor(clean), extractor(adversarial)
+    out = []
+    for entry in geometry:
+        clean_maps = acts_clean[entry["layer"]]
+        delta = acts_adv[entry["layer"]] - clean_maps
+        maps = {name: value.cpu().numpy() for name, value in raw_maps(clean_maps, delta).items()}
+        out.append((clean_maps.cpu().numpy(), delta.cpu().numpy(), maps))
+    return out
+
+
+def _write_batch(writers: list[CubeWriter], start: int, batch: list[tuple[np.ndarray, np.ndarray, dict]]) -> None:
+    for writer, (clean, delta, maps) in zip(writers, batch):
+        writer.write(start, clean, delta, maps)
 
 
 def run_capture_stage(
@@ -185,17 +309,22 @@ def run_capture_stage(
     layers: list[str] | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    compression: str = DEFAULT_COMPRESSION,
+    attrs: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Capture clean and adversarial feature maps of every attacked image, one file per layer.
+    """Capture clean feature maps and their change under the attack, for every attacked image.
 
     The clean images are the test images at the attack file's ``sample_id``; the
-    adversarial ones are its ``adversarial`` variable. Writes
-    ``out_dir/{index:02d}_{layer}.nc`` (variables ``clean`` and ``adversarial``,
-    float32 ``(sample, channel, y, x)``, zlib-compressed, one chunk per sample) in
-    depth order, each as soon as it is captured, then ``out_dir/layers.json``.
+    adversarial ones are its ``adversarial`` variable. One pass over the samples,
+    ``batch_size`` at a time (two forward passes per batch, every layer at
+    once), appends to ``out_dir/{index:02d}_{layer}.nc`` for every layer (see
+    :mod:`onepixel.cubes`), so memory does not grow with the number of samples;
+    ``out_dir/layers.json`` is written last and marks the cubes complete.
 
     Args:
-        layers: module names; ``None`` or empty: the model's feature layers.
+        layers: module or node names; ``None`` or empty: the model's feature layers.
+        compression: a key of :data:`onepixel.cubes.COMPRESSIONS`.
+        attrs: extra global attributes for every cube (e.g. the config digest).
 
     Returns:
         The layer files, in depth order.
@@ -206,34 +335,50 @@ def run_capture_stage(
 
     if batch_size < 1:
         raise ConfigError(f"capture.batch_size: {batch_size} must be >= 1")
+    check_compression(compression)
     dev = resolve_device(device)
     attack = load_attack(attack_path)
     test = load_dataset(test_path)
     model, _meta = load_checkpoint(checkpoint_path, map_location=dev)
-    names = list(layers) if layers else feature_layer_names(model)
+    model.eval()
+    extractor = FeatureExtractor(model, list(layers) if layers else feature_layer_names(model))
     clean_u8 = test["image"].values[attack["sample_id"].values]
-    clean = torch.from_numpy(clean_u8).float() / 255
-    adversarial = torch.from_numpy(attack["adversarial"].values).float() / 255
-    shapes = _depth_order(model, clean[:1] if len(clean) else torch.zeros(1, *clean.shape[1:]), names, dev)
+    adversarial_u8 = attack["adversarial"].values
+    image_shape = tuple(int(s) for s in clean_u8.shape[1:])
+    geometry = layer_geometry(model, extractor, image_shape, dev)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    entries = []
-    for group in _layer_groups(shapes, len(clean), MEMORY_BUDGET):
-        group_names = [shapes[i][0] for i in group]
-        acts_clean = capture_activations(model, clean, group_names, batch_size, dev)
-        acts_adv = capture_activations(model, adversarial, group_names, batch_size, dev)
-        for index in group:
-            name, shape = shapes[index]
-            ds = _cube_dataset(name, index, acts_clean.pop(name).reshape(-1, *shape),
-                               acts_adv.pop(name).reshape(-1, *shape), attack, tuple(clean.shape[2:]))
-            ds.attrs.update(provenance(dev))
-            enc = {"zlib": True, "shuffle": True, "complevel": COMPLEVEL, "chunksizes": (1, *shape)} if len(clean) else {}
-            path = out / f"{index:02d}_{name}.nc"
-            write_netcdf(ds, path, encoding={"clean": enc, "adversarial": enc})
-            log.info("captured layer %s %s for %d images -> %s", name, shape, len(clean), path)
-            files.append(path)
-            entries.append({"index": index, "layer": name, "file": path.name, "shape": list(shape)})
-    write_json({"layers": entries}, out / "layers.json")
-    return files
+    common = {**provenance(dev), **(attrs or {})}
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(CubeWriter(
+                out / f"{i:02d}_{entry['layer']}.nc", entry["shape"],
+                sample_coords(attack, entry["shape"][1:], image_shape[1:]),
+                {**_cube_attrs(entry, i, image_shape), **common}, compression,
+            ))
+            for i, entry in enumerate(geometry)
+        ]
+        # One background thread compresses and writes batch k while batch k + 1 is computed
+        # (netCDF4 releases the GIL); at most one batch waits, so memory stays bounded.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cube-writer") as pool:
+            pending = None
+            for start in range(0, len(clean_u8), batch_size):
+                batch = _capture_batch(extractor, clean_u8[start : start + batch_size],
+                                       adversarial_u8[start : start + batch_size], geometry, dev)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(_write_batch, writers, start, batch)
+            if pending is not None:
+                pending.result()
+    seconds = time.perf_counter() - started
+    written = sum(writer.bytes_written for writer in writers)
+    on_disk = sum(writer.path.stat().st_size for writer in writers)
+    log.info("captured %d layers for %d images in %.1f s: %.1f MiB of activations (%.1f MiB/s), %.1f MiB on disk (%s)",
+             len(writers), len(clean_u8), seconds, written / 2**20, written / 2**20 / max(seconds, 1e-9),
+             on_disk / 2**20, compression)
+    entries = [{"index": i, "file": writer.path.name, **{k: (list(v) if k == "shape" else v) for k, v in entry.items()}}
+               for i, (writer, entry) in enumerate(zip(writers, geometry))]
+    write_layer_index(out, entries)
+    return [writer.path for writer in writers]

@@ -83,7 +83,8 @@ def _cmd_capture(args: argparse.Namespace) -> None:
     cfg = _config(args)
     layers = args.layers or cfg["capture"]["layers"] or None
     run_capture_stage(args.checkpoint, args.test, args.attack, args.out, layers=layers,
-                      batch_size=cfg["capture"]["batch_size"], device=cfg["device"])
+                      batch_size=cfg["capture"]["batch_size"], device=cfg["device"],
+                      compression=cfg["capture"]["compression"])
 
 
 def _cmd_propagation(args: argparse.Namespace) -> None:
@@ -100,7 +101,44 @@ def _cmd_locality(args: argparse.Namespace) -> None:
     cfg = _config(args)
     loc = cfg["locality"]
     run_locality_stage(args.checkpoint, args.test, args.attack, args.out, max_distance=loc["max_distance"],
-                       random_positions=loc["random_positions"], seed=loc["seed"], device=cfg["device"])
+                       random_positions=loc["random_positions"], seed=loc["seed"], device=cfg["device"],
+                       rings=loc["rings"])
+
+
+def _cmd_vulnerability(args: argparse.Namespace) -> None:
+    from onepixel.vulnerability import run_vulnerability_stage
+
+    cfg = _config(args)
+    vul = cfg["vulnerability"]
+    run_vulnerability_stage(args.checkpoint, args.test, args.attack, args.out, max_attacks=vul["max_attacks"],
+                            batch_size=vul["batch_size"], rings=cfg["locality"]["rings"], erf_layer=vul["erf_layer"],
+                            seed=cfg["locality"]["seed"], device=cfg["device"])
+
+
+def _cmd_receptive_fields(args: argparse.Namespace) -> None:
+    from onepixel.models import build_model, load_checkpoint
+    from onepixel.receptive_field import theoretical_receptive_fields
+
+    if args.checkpoint:
+        model, meta = load_checkpoint(args.checkpoint)
+        channels, size = meta["build_kwargs"].get("in_channels", 3), args.size or meta["build_kwargs"].get("image_size", 32)
+    else:
+        channels, size = args.channels, args.size or 32
+        model = build_model(args.model, in_channels=channels, image_size=size)
+    fields = theoretical_receptive_fields(model, (channels, size, size), args.layers or None)
+    print(f"{'layer':24s} {'size':>6s} {'stride':>6s} {'start':>6s}   ({channels}x{size}x{size} input; size unclipped)")
+    for layer, rf in fields.items():
+        print(f"{layer:24s} {rf.size:6d} {rf.stride:6d} {rf.start:6g}")
+
+
+def _cmd_locality_figures(args: argparse.Namespace) -> None:
+    from onepixel.figures import run_locality_figures_stage
+
+    cfg = _config(args)
+    localities = _pairs(args.locality, "locality")
+    run_locality_figures_stage(args.dataset, list(localities), args.test, localities,
+                               _pairs(args.vulnerability, "vulnerability"), args.out,
+                               examples=cfg["figures"]["examples"], formats=tuple(cfg["figures"]["formats"]))
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -178,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=Path, required=True)
     p.add_argument("--attack", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output directory (one .nc per layer)")
-    p.add_argument("--layers", nargs="*", help="module names (default: the model's feature layers)")
+    p.add_argument("--layers", nargs="*", help="module or torch.fx node names (default: the model's feature layers)")
     p = add("propagation", _cmd_propagation, "propagation maps (PMmax/PMavg) from activation cubes")
     p.add_argument("--cubes", type=Path, required=True, help="directory written by `capture`")
     p.add_argument("--out", type=Path, required=True)
@@ -187,6 +225,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=Path, required=True)
     p.add_argument("--attack", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p = add("vulnerability", _cmd_vulnerability, "vulnerability maps: each attack's colour at every position, "
+            "their correlograms, the receptive fields")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--test", type=Path, required=True)
+    p.add_argument("--attack", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p = add("receptive-fields", _cmd_receptive_fields, "print the theoretical receptive field of each feature layer")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="an architecture of the registry (fresh weights)")
+    which.add_argument("--checkpoint", type=Path, help="a checkpoint (its input size and channels)")
+    p.add_argument("--size", type=int, default=0, help="input side in pixels (default 32, or the checkpoint's)")
+    p.add_argument("--channels", type=int, default=3, help="input channels for --model (default 3)")
+    p.add_argument("--layers", nargs="*", help="module names (default: the model's feature layers)")
+    p = add("locality-figures", _cmd_locality_figures,
+            "locality table, receptive-field overlay, effective receptive fields, vulnerability-map examples")
+    p.add_argument("--dataset", required=True, help="dataset name for titles")
+    p.add_argument("--test", type=Path, required=True)
+    for name in ("locality", "vulnerability"):
+        p.add_argument(f"--{name}", nargs="+", required=True, metavar="MODEL=PATH")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
     p = add("figures", _cmd_figures, "propagation-map grids, average PMs, success vs distance")
     p.add_argument("--dataset", required=True, help="dataset name for titles")
     p.add_argument("--test", type=Path, required=True)
@@ -209,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OnePixelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # output files are written atomically: nothing partial is left behind
+        print("error: interrupted; files not written yet were discarded, run the command again", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -8,6 +8,7 @@ and defaults. Errors are one line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Iterator, Mapping
 from importlib import resources
@@ -45,8 +46,8 @@ def _with_defaults(validator_class: type) -> type:
 _DefaultFillingValidator = _with_defaults(Draft202012Validator)
 
 
-def _key(error: ValidationError) -> str:
-    key = ""
+def _key(error: ValidationError, root: str = "") -> str:
+    key = root
     for part in error.absolute_path:
         key += f"[{part}]" if isinstance(part, int) else f".{part}"
     return key.lstrip(".") or "<config>"
@@ -56,57 +57,122 @@ def _allowed_keys(schema: Mapping[str, Any]) -> str:
     return ", ".join(sorted(schema.get("properties", {})))
 
 
-def format_error(error: ValidationError) -> str:
-    """One line: the key, the offending value and what is allowed."""
-    key, value, rule = _key(error), error.instance, error.validator_value
+#: JSON Schema type names as a YAML user reads them
+_TYPE_WORDS = {"integer": "integer", "number": "number", "boolean": "boolean (true or false)", "string": "string",
+               "array": "list", "object": "mapping of keys"}
+
+
+def format_error(error: ValidationError, root: str = "") -> str:
+    """One line: the key, the offending value and what is allowed.
+
+    ``root`` is the section the validated instance sits at (e.g. ``"attack"`` when
+    only that section was validated), so keys are named as in the config file.
+    """
+    key, value, rule = _key(error, root), error.instance, error.validator_value
     if error.validator == "additionalProperties":
         known = set(error.schema.get("properties", {}))
         unknown = sorted(set(value) - known) if isinstance(value, dict) else []
         where = f"{key}." if key != "<config>" else ""
         if known:
-            return f"unknown key {where}{unknown[0] if unknown else '?'}; allowed keys: {_allowed_keys(error.schema)}"
+            name = unknown[0] if unknown else "?"
+            given = f" = {value[name]!r}" if unknown else ""
+            return f"unknown key {where}{name}{given}; allowed keys: {_allowed_keys(error.schema)}"
     if error.validator == "enum":
         return f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, rule))}"
     if error.validator == "type":
-        return f"{key}: {value!r} has the wrong type; expected {rule}"
+        expected = " or ".join(_TYPE_WORDS.get(t, t) for t in ([rule] if isinstance(rule, str) else rule))
+        return f"{key}: {value!r} has the wrong type; expected {expected}"
     limits = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if error.validator in limits:
         return f"{key}: {value!r} is out of range; must be {limits[error.validator]} {rule}"
     if error.validator == "minItems":
-        return f"{key}: needs at least {rule} item(s)"
+        return f"{key}: needs at least {rule} item(s); got {value!r}"
     if error.validator == "uniqueItems":
         return f"{key}: items must be unique; got {value!r}"
+    if error.validator == "minLength":
+        return f"{key}: {value!r} is too short; must have at least {rule} character(s)"
     if error.validator == "pattern":
         return f"{key}: {value!r} is not allowed; {error.schema.get('description', 'must match ' + rule)}"
-    return f"{key}: {error.message}"
+    return f"{key}: {' '.join(error.message.split())}"
 
 
 def validate_config(config: Mapping[str, Any] | None, check_files: bool = True) -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with every default filled.
 
+    Strings that read as the number or boolean a key expects are converted
+    (``snakemake --config`` passes nested values as strings), as are floats with
+    an integral value where an integer is expected (``population: 50.0``).
+    NaN and infinite numbers are refused everywhere.
+
     Raises:
-        ConfigError: one line naming the first offending key and what is allowed.
+        ConfigError: one line naming the first offending key, its value and what is allowed.
     """
-    schema = load_schema()
-    filled = _coerce_scalars(copy.deepcopy(dict(config or {})), schema)
-    error = best_match(_DefaultFillingValidator(schema).iter_errors(filled))
-    if error is not None:
-        raise ConfigError(format_error(error))
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError(f"<config>: the top level must be a mapping of keys, got {type(config).__name__}")
+    filled = _validated(load_schema(), config, "")
     _check_semantics(filled, check_files)
     return filled
+
+
+def validate_section(section: str, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate one section of the config (e.g. ``"attack"``) on its own; return it with its defaults filled.
+
+    The same rules and one-line messages as :func:`validate_config` (keys are named
+    ``section.key``), for library callers that pass one section.
+
+    Raises:
+        ConfigError: unknown section, or an offending key of it.
+    """
+    properties = load_schema()["properties"]
+    if section not in properties or properties[section].get("type") != "object":
+        sections = sorted(k for k, v in properties.items() if v.get("type") == "object")
+        raise ConfigError(f"{section}: not a section of the config; sections: {', '.join(sections)}")
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError(f"{section}: {values!r} has the wrong type; expected mapping of keys")
+    return _validated(properties[section], values, section)
+
+
+def section_defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every key of ``section`` (e.g. ``"attack"``), a fresh copy."""
+    return validate_section(section, {})
+
+
+def _validated(schema: Mapping[str, Any], values: Mapping[str, Any] | None, root: str) -> dict[str, Any]:
+    filled = _coerce_scalars(copy.deepcopy(dict(values or {})), schema)
+    error = best_match(_DefaultFillingValidator(schema).iter_errors(filled))
+    if error is not None:
+        raise ConfigError(format_error(error, root))
+    _check_finite(filled, root)
+    return filled
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """JSON Schema lets NaN pass every range check (every comparison with NaN is false): refuse it, and infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key or '<config>'}: {value!r} is not allowed; must be a finite number")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{key}[{i}]")
 
 
 _SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
 
 
 def _coerce_scalars(value: Any, schema: Mapping[str, Any]) -> Any:
-    """Turn strings into the numbers/booleans the schema asks for.
+    """Turn strings into the numbers/booleans the schema asks for, and integral floats into integers.
 
     ``snakemake --config attack="{population: 50}"`` parses nested values with
     YAML's BaseLoader, which keeps every scalar a string; a string that reads as
     the expected type is converted, anything else is left for validation to report.
+    ``50.0`` where an integer is expected becomes ``50`` (JSON Schema accepts it as an
+    integer, the code downstream would not).
     """
     expected = _SCALAR_TYPES.get(schema.get("type", ""))
+    if schema.get("type") == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
     if expected is not None and isinstance(value, str):
         try:
             parsed = yaml.safe_load(value)
@@ -114,7 +180,7 @@ def _coerce_scalars(value: Any, schema: Mapping[str, Any]) -> Any:
             return value
         is_bool = isinstance(parsed, bool)
         if isinstance(parsed, expected) and (is_bool == (schema["type"] == "boolean")):
-            return parsed
+            return _coerce_scalars(parsed, schema)  # "50.0" -> 50.0 -> 50 for an integer
         return value
     if isinstance(value, dict):
         props = schema.get("properties", {})

@@ -3,15 +3,27 @@
 Vargas & Su (arXiv 1902.02947) find that "nearby pixels of the perturbed one
 tend to share the same vulnerability". This project's test of that claim: for
 each successful attack at ``(x*, y*)`` with colour ``c*``, the same colour is
-written at every position at Chebyshev distance ``d = 1..D`` from ``(x*, y*)``,
+written at every position of the ring at distance ``d = 1..D`` from ``(x*, y*)``,
 one position at a time, and the fraction of positions that still fool the model
 is compared with the same colour at uniformly random positions of the same image.
+
+Rings (``rings``, config ``locality.rings``), for an offset ``(dx, dy)`` from the
+attacked pixel:
+
+- ``chebyshev`` (default): ring ``d`` holds the offsets with ``max(|dx|, |dy|) == d``
+  (the square of side ``2d + 1``'s border; ``8 d`` positions, ring 1 = the 8 neighbours);
+- ``euclidean``: ring ``d`` holds the offsets with ``round(sqrt(dx² + dy²)) == d``,
+  i.e. ``d - 0.5 <= distance < d + 0.5`` (never a tie: the square root of an integer
+  is never a half-integer). Ring 1 is again the 8 neighbours; rings 2 and 3 hold 12
+  and 16 positions.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,27 +32,54 @@ from torch import nn
 
 from onepixel.errors import ConfigError
 from onepixel.perturb import apply_pixels
-from onepixel.utils import provenance, resolve_device, write_netcdf
+from onepixel.utils import atomic_path, provenance, resolve_device, write_netcdf
 
 log = logging.getLogger(__name__)
 
 N_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
+RING_METRICS = ("chebyshev", "euclidean")
+_RING_NAMES = {"chebyshev": "Chebyshev", "euclidean": "Euclidean (rounded)"}
+
+
+def check_rings(rings: str) -> str:
+    """Return ``rings`` if it names a ring metric, else raise a ConfigError."""
+    if rings not in RING_METRICS:
+        raise ConfigError(f"locality.rings: {rings!r} is not a ring metric; allowed: {', '.join(RING_METRICS)}")
+    return rings
+
+
+def ring_distance(dx: np.ndarray, dy: np.ndarray, rings: str = "chebyshev") -> np.ndarray:
+    """Integer ring index of offsets ``(dx, dy)``: ``max(|dx|, |dy|)`` or ``round(hypot(dx, dy))``."""
+    dx, dy = np.asarray(dx), np.asarray(dy)
+    if check_rings(rings) == "chebyshev":
+        return np.maximum(np.abs(dx), np.abs(dy)).astype(np.int64)
+    return np.rint(np.hypot(dx, dy)).astype(np.int64)
+
+
+def ring_offsets(d: int, rings: str = "chebyshev") -> np.ndarray:
+    """All ``(dx, dy)`` in ring ``d`` of metric ``rings``, row by row (``[(0, 0)]`` for 0)."""
+    if d < 0:
+        raise ValueError(f"ring distance must be >= 0, got {d}")
+    span = np.arange(-d - 1, d + 2)
+    dy, dx = np.meshgrid(span, span, indexing="ij")
+    ring = ring_distance(dx, dy, rings) == d
+    return np.stack([dx[ring], dy[ring]], axis=1).astype(np.int64)
 
 
 def chebyshev_offsets(d: int) -> np.ndarray:
     """All ``(dx, dy)`` with ``max(|dx|, |dy|) == d``, row by row (``8 d`` of them; ``[(0, 0)]`` for 0)."""
-    if d < 0:
-        raise ValueError(f"Chebyshev distance must be >= 0, got {d}")
-    span = np.arange(-d, d + 1)
-    dy, dx = np.meshgrid(span, span, indexing="ij")
-    ring = np.maximum(np.abs(dx), np.abs(dy)) == d
-    return np.stack([dx[ring], dy[ring]], axis=1).astype(np.int64)
+    return ring_offsets(d, "chebyshev")
 
 
-def ring_positions(x: int, y: int, d: int, height: int, width: int) -> np.ndarray:
-    """``(M, 2)`` positions ``(x, y)`` at Chebyshev distance exactly ``d`` from ``(x, y)`` inside the image."""
-    pos = chebyshev_offsets(d) + np.array([x, y])
+def euclidean_offsets(d: int) -> np.ndarray:
+    """All ``(dx, dy)`` with ``round(sqrt(dx² + dy²)) == d``, row by row (``[(0, 0)]`` for 0)."""
+    return ring_offsets(d, "euclidean")
+
+
+def ring_positions(x: int, y: int, d: int, height: int, width: int, rings: str = "chebyshev") -> np.ndarray:
+    """``(M, 2)`` positions ``(x, y)`` in ring ``d`` around ``(x, y)`` inside the image."""
+    pos = ring_offsets(d, rings) + np.array([x, y])
     inside = (pos[:, 0] >= 0) & (pos[:, 0] < width) & (pos[:, 1] >= 0) & (pos[:, 1] < height)
     return pos[inside]
 
@@ -85,26 +124,122 @@ def bootstrap_ratio_ci(
     num, den = numerator[rows].sum(axis=1), denominator[rows].sum(axis=1)
     ratios = np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
     tail = (1 - level) / 2 * 100
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (no image with positions) give NaN
         return np.moveaxis(np.nanpercentile(ratios, [tail, 100 - tail], axis=0), 0, -1)
 
 
-def _evaluate(model, images, labels, targets, pixel_x, pixel_y, colors, jobs, batch_size, device):
-    """Fooled flag and true-class probability of every job ``(sample, dx, dy)``."""
+def attack_arrays(
+    images: torch.Tensor, labels: object, pixel_x: object, pixel_y: object, colors: object, targets: object | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Attack rows as ``(px, py)`` ``(N, k)``, ``colors`` ``(N, k, C)`` uint8, ``labels`` and ``targets`` ``(N,)`` int64.
+
+    Accepts ``(N,)`` pixels and ``(N, C)`` colours for one-pixel attacks; ``targets``
+    ``None`` means untargeted (stored as -1).
+    """
+    n, channels = images.shape[:2]
+    px = np.asarray(pixel_x, dtype=np.int64).reshape(n, -1) if n else np.zeros((0, 1), np.int64)
+    py = np.asarray(pixel_y, dtype=np.int64).reshape(px.shape)
+    cols = np.asarray(colors).reshape(n, px.shape[1], channels).astype(np.uint8)
+    labels_np = np.asarray(labels, dtype=np.int64).reshape(n)
+    targets_np = np.full(n, -1, np.int64) if targets is None else np.asarray(targets, dtype=np.int64).reshape(n)
+    return px, py, cols, labels_np, targets_np
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU when it has none)."""
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), torch.empty(0))
+    return tensor.device
+
+
+def evaluate_shifts(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    targets: np.ndarray,
+    pixel_x: np.ndarray,
+    pixel_y: np.ndarray,
+    colors: np.ndarray,
+    jobs: np.ndarray,
+    batch_size: int,
+    device: torch.device | str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluate every job: image ``sample`` with its attack pattern shifted by ``(dx, dy)``.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 clean images.
+        labels, targets: ``(N,)``; a negative target means untargeted.
+        pixel_x, pixel_y: ``(N, k)`` attacked pixels; colors ``(N, k, C)`` uint8.
+        jobs: ``(M, 3)`` int64 rows ``(sample, dx, dy)``; every shifted pixel must lie inside.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``fooled`` ``(M,)`` bool (prediction != label when untargeted, == target when
+        targeted), ``true_prob`` ``(M,)`` float64 softmax probability of the true
+        class, ``pred`` ``(M,)`` int64 predicted class.
+    """
     n_jobs = len(jobs)
-    fooled = np.zeros(n_jobs, dtype=bool)
-    true_prob = np.zeros(n_jobs)
+    fooled, true_prob, pred = np.zeros(n_jobs, bool), np.zeros(n_jobs), np.zeros(n_jobs, np.int64)
+    images = images.to(device=device, dtype=torch.uint8)
+    labels_t, targets_t = (torch.as_tensor(a, device=device) for a in (labels, targets))
+    px, py, cols = (torch.as_tensor(a, device=device) for a in (pixel_x, pixel_y, colors))
+    jobs_t = torch.as_tensor(jobs, device=device)
     with torch.no_grad():
         for start in range(0, n_jobs, batch_size):
-            sample, dx, dy = (torch.from_numpy(col) for col in jobs[start : start + batch_size].T)
-            batch = apply_pixels(images[sample], pixel_x[sample] + dx[:, None], pixel_y[sample] + dy[:, None], colors[sample])
-            probs = torch.softmax(model(batch.to(device).float() / 255).float(), dim=1).cpu()
-            pred = probs.argmax(dim=1)
-            target = targets[sample]
-            hit = torch.where(target >= 0, pred == target, pred != labels[sample])
-            fooled[start : start + len(sample)] = hit.numpy()
-            true_prob[start : start + len(sample)] = probs.gather(1, labels[sample, None])[:, 0].double().numpy()
-    return fooled, true_prob
+            sample, dx, dy = jobs_t[start : start + batch_size].T
+            batch = apply_pixels(images[sample], px[sample] + dx[:, None], py[sample] + dy[:, None], cols[sample])
+            probs = torch.softmax(model(batch.float() / 255).float(), dim=1)
+            guess = probs.argmax(dim=1)
+            target = targets_t[sample]
+            hit = torch.where(target >= 0, guess == target, guess != labels_t[sample])
+            stop = start + len(sample)
+            fooled[start:stop] = hit.cpu().numpy()
+            true_prob[start:stop] = probs.gather(1, labels_t[sample, None])[:, 0].double().cpu().numpy()
+            pred[start:stop] = guess.cpu().numpy()
+    return fooled, true_prob, pred
+
+
+def clean_true_prob(model: nn.Module, images: torch.Tensor, labels: np.ndarray, batch_size: int, device: torch.device | str) -> np.ndarray:
+    """``(N,)`` float64 softmax probability of the true class on the clean images."""
+    out = np.zeros(len(images))
+    labels_t = torch.as_tensor(labels, device=device)
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device=device, dtype=torch.float32) / 255
+            probs = torch.softmax(model(batch).float(), dim=1)
+            out[start : start + len(batch)] = probs.gather(1, labels_t[start : start + len(batch), None])[:, 0].double().cpu().numpy()
+    return out
+
+
+def _locality_jobs(px, py, height, width, max_distance, random_positions, rings, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Jobs ``(sample, dx, dy)`` and their group (ring ``d - 1``, or ``max_distance`` for the baseline)."""
+    offsets = [ring_offsets(d, rings) for d in range(1, max_distance + 1)]
+    jobs, group = [np.zeros((0, 3), np.int64)], [np.zeros(0, np.int64)]
+    for i in range(len(px)):
+        shifts = [_inside(px[i], py[i], ring, height, width) for ring in offsets]
+        shifts.append(random_shifts(px[i], py[i], random_positions, height, width, rng))
+        for g, found in enumerate(shifts):
+            jobs.append(np.column_stack([np.full(len(found), i), found]).astype(np.int64))
+            group.append(np.full(len(found), g))
+    return np.concatenate(jobs), np.concatenate(group)
+
+
+def mean_ci(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over images (axis 0) of finite values and its bootstrap interval (images resampled).
+
+    Args:
+        values: ``(N, ...)`` per-image values; NaN entries are left out.
+
+    Returns:
+        ``mean`` ``(...)`` and ``ci`` ``(..., 2)`` (NaN where no image has a finite value).
+    """
+    finite = np.isfinite(values)
+    numerator, denominator = np.where(finite, values, 0.0), finite.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = numerator.sum(axis=0) / denominator.sum(axis=0)
+    return mean, bootstrap_ratio_ci(numerator, denominator, seed=seed)
 
 
 def locality_analysis(
@@ -120,8 +255,9 @@ def locality_analysis(
     seed: int = 0,
     batch_size: int = 4096,
     device: torch.device | str | None = None,
+    rings: str = "chebyshev",
 ) -> xr.Dataset:
-    """Success of each attack's colour moved to Chebyshev distance ``1..max_distance``, plus a random baseline.
+    """Success of each attack's colour moved to ring distance ``1..max_distance``, plus a random baseline.
 
     For ``k > 1`` pixels the whole pattern is shifted rigidly by each ring offset;
     shifts moving any pixel out of the image are dropped. Every shifted image is
@@ -135,56 +271,44 @@ def locality_analysis(
         colors: ``(N, k, C)`` uint8 colours of the attack (``(N, C)`` for k = 1).
         targets: ``(N,)`` target classes (fooled = prediction equals target) or ``None``;
             negative entries mean untargeted (fooled = prediction differs from label).
-        max_distance: largest Chebyshev distance ``D``.
+        max_distance: largest ring distance ``D``.
         random_positions: positions per image of the baseline (distinct, not the attacked one).
         seed: seed of the baseline positions and of the bootstrap.
+        rings: ``chebyshev`` or ``euclidean`` (see the module docstring).
 
     Returns:
         Dataset with ``n_positions``, ``n_fooled``, ``rate``, ``mean_true_prob`` ``(sample, distance)``;
-        ``baseline_n``, ``baseline_fooled``, ``baseline_rate``, ``baseline_true_prob`` ``(sample,)``;
-        ``success_rate`` ``(distance,)`` = fooled / positions over all images,
-        ``baseline_success_rate``, and 95 % bootstrap intervals over images
-        ``success_rate_ci`` ``(distance, bound)``, ``baseline_success_rate_ci`` ``(bound,)``.
+        ``baseline_n``, ``baseline_fooled``, ``baseline_rate``, ``baseline_true_prob``,
+        ``clean_true_prob`` ``(sample,)``; ``success_rate`` ``(distance,)`` = fooled / positions
+        over all images, ``baseline_success_rate``, ``true_prob_change`` ``(distance,)`` = mean
+        over images of (mean true-class probability on the ring - on the clean image),
+        ``baseline_true_prob_change``, and 95 % bootstrap intervals over images
+        (``*_ci``, last dim ``bound``).
     """
     if max_distance < 1:
         raise ConfigError(f"locality.max_distance: {max_distance} must be >= 1")
     if random_positions < 1:
         raise ConfigError(f"locality.random_positions: {random_positions} must be >= 1")
-    n, channels, height, width = images.shape
-    px = np.asarray(pixel_x, dtype=np.int64).reshape(n, np.shape(pixel_x)[1] if np.ndim(pixel_x) == 2 else 1)
-    py = np.asarray(pixel_y, dtype=np.int64).reshape(px.shape)
-    cols = np.asarray(colors).reshape(n, px.shape[1], channels)
-    labels_np = np.asarray(labels, dtype=np.int64).reshape(n)
-    targets_np = np.full(n, -1, np.int64) if targets is None else np.asarray(targets, dtype=np.int64).reshape(n)
-    if device is None:
-        device = next(model.parameters(), torch.empty(0)).device
-
-    rng = np.random.default_rng(seed)
-    rings = [chebyshev_offsets(d) for d in range(1, max_distance + 1)]
-    jobs, group = [], []
-    for i in range(n):
-        shifts = [_inside(px[i], py[i], ring, height, width) for ring in rings]
-        shifts.append(random_shifts(px[i], py[i], random_positions, height, width, rng))
-        for g, offsets in enumerate(shifts):
-            jobs.append(np.column_stack([np.full(len(offsets), i), offsets]))
-            group.append(np.full(len(offsets), g))
-    jobs_np = np.concatenate(jobs) if jobs else np.zeros((0, 3), np.int64)
-    group_np = np.concatenate(group) if group else np.zeros(0, np.int64)
-    fooled, true_prob = _evaluate(
-        model, images.to(torch.uint8), torch.from_numpy(labels_np), torch.from_numpy(targets_np),
-        torch.from_numpy(px), torch.from_numpy(py), torch.from_numpy(cols).to(torch.uint8), jobs_np, batch_size, device,
-    )
+    check_rings(rings)
+    n, _channels, height, width = images.shape
+    px, py, cols, labels_np, targets_np = attack_arrays(images, labels, pixel_x, pixel_y, colors, targets)
+    device = model_device(model) if device is None else device
+    jobs, group = _locality_jobs(px, py, height, width, max_distance, random_positions, rings, np.random.default_rng(seed))
+    fooled, true_prob, _pred = evaluate_shifts(model, images, labels_np, targets_np, px, py, cols, jobs, batch_size, device)
 
     shape = (n, max_distance + 1)
     counts, n_fooled, prob_sum = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape)
-    np.add.at(counts, (jobs_np[:, 0], group_np), 1)
-    np.add.at(n_fooled, (jobs_np[:, 0], group_np), fooled)
-    np.add.at(prob_sum, (jobs_np[:, 0], group_np), true_prob)
+    np.add.at(counts, (jobs[:, 0], group), 1)
+    np.add.at(n_fooled, (jobs[:, 0], group), fooled)
+    np.add.at(prob_sum, (jobs[:, 0], group), true_prob)
     with np.errstate(invalid="ignore", divide="ignore"):
         rate, mean_prob = n_fooled / counts, prob_sum / counts
         total_rate = n_fooled.sum(axis=0) / counts.sum(axis=0)
+    clean = clean_true_prob(model, images, labels_np, batch_size, device)
+    change, change_ci = mean_ci(mean_prob - clean[:, None], seed=seed)
     ci = bootstrap_ratio_ci(n_fooled, counts, seed=seed)
-    return _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels_np, targets_np, random_positions, seed)
+    ds = _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels_np, targets_np, random_positions, seed)
+    return _add_probability_change(ds, clean, change, change_ci, rings)
 
 
 def _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels, targets, random_positions, seed) -> xr.Dataset:
@@ -207,28 +331,41 @@ def _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py,
         "baseline_success_rate_ci": ("bound", ci[d], {"long_name": f"{CI_LEVEL:.0%} bootstrap interval of baseline_success_rate", **unit}),
     }
     coords = {
-        "distance": ("distance", np.arange(1, d + 1), {"long_name": "Chebyshev distance from the attacked pixel", "units": "pixels"}),
+        "distance": ("distance", np.arange(1, d + 1), {"units": "pixels"}),
         "bound": ("bound", np.array(["low", "high"])),
         "pixel_x": ("sample", px[:, 0]),
         "pixel_y": ("sample", py[:, 0]),
         "true_class": ("sample", labels),
         "target_class": ("sample", targets),
     }
-    attrs = {
-        "max_distance": d,
-        "random_positions": random_positions,
-        "seed": seed,
-        "n_bootstrap": N_BOOTSTRAP,
-        "ci_level": CI_LEVEL,
-        "description": (
-            "Locality analysis (PAPER.md section 3, interpretation of Vargas & Su 2019): the attack's colour(s) "
-            "applied at every position at Chebyshev distance d from the attacked pixel (rigid shift of the whole "
-            "pattern; shifts leaving the image dropped), one at a time; baseline: the same colour at distinct "
-            "uniformly random positions of the image other than the attacked one. Fooled: prediction != true class "
-            "(untargeted, target_class < 0) or == target_class (targeted)."
-        ),
-    }
+    attrs = {"max_distance": d, "random_positions": random_positions, "seed": seed, "n_bootstrap": N_BOOTSTRAP, "ci_level": CI_LEVEL}
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _add_probability_change(ds: xr.Dataset, clean: np.ndarray, change: np.ndarray, change_ci: np.ndarray, rings: str) -> xr.Dataset:
+    """Add the clean probability, its change per distance and the description of the rings."""
+    d = ds.sizes["distance"]
+    unit = {"units": "1"}
+    ds["clean_true_prob"] = ("sample", clean, {"long_name": "softmax probability of the true class on the clean image", **unit})
+    ds["true_prob_change"] = ("distance", change[:d], {
+        "long_name": "mean over images of (mean true-class probability on the ring - on the clean image)", **unit})
+    ds["true_prob_change_ci"] = (("distance", "bound"), change_ci[:d], {
+        "long_name": f"{CI_LEVEL:.0%} bootstrap interval of true_prob_change (images resampled)", **unit})
+    ds["baseline_true_prob_change"] = ((), change[d], {
+        "long_name": "mean over images of (mean true-class probability at the random positions - on the clean image)", **unit})
+    ds["baseline_true_prob_change_ci"] = ("bound", change_ci[d], {
+        "long_name": f"{CI_LEVEL:.0%} bootstrap interval of baseline_true_prob_change", **unit})
+    ds["distance"].attrs["long_name"] = f"{_RING_NAMES[rings]} distance from the attacked pixel"
+    ds.attrs["rings"] = rings
+    ds.attrs["description"] = (
+        "Locality analysis (PAPER.md section 3, interpretation of Vargas & Su 2019): the attack's colour(s) "
+        f"applied at every position of the {_RING_NAMES[rings]} ring at distance d from the attacked pixel "
+        + ("(max(|dx|, |dy|) == d)" if rings == "chebyshev" else "(round(sqrt(dx^2 + dy^2)) == d)")
+        + " (rigid shift of the whole pattern; shifts leaving the image dropped), one at a time; baseline: "
+        "the same colour at distinct uniformly random positions of the image other than the attacked one. "
+        "Fooled: prediction != true class (untargeted, target_class < 0) or == target_class (targeted)."
+    )
+    return ds
 
 
 def run_locality_stage(
@@ -240,6 +377,7 @@ def run_locality_stage(
     random_positions: int = 16,
     seed: int = 0,
     device: str = "auto",
+    rings: str = "chebyshev",
 ) -> xr.Dataset:
     """Locality analysis of one model's successful attacks, written to ``out_path``.
 
@@ -254,6 +392,7 @@ def run_locality_stage(
         raise ConfigError(f"locality.max_distance: {max_distance} must be >= 1")
     if random_positions < 1:
         raise ConfigError(f"locality.random_positions: {random_positions} must be >= 1")
+    check_rings(rings)
     dev = resolve_device(device)
     attack = load_attack(attack_path)
     test = load_dataset(test_path)
@@ -274,9 +413,80 @@ def run_locality_stage(
         random_positions=random_positions,
         seed=seed,
         device=dev,
+        rings=rings,
     )
     ds = ds.assign_coords(sample_id=("sample", sample_id))
     ds.attrs.update(provenance(dev))
     write_netcdf(ds, out_path)
     log.info("locality of %d successful attacks -> %s", ds.sizes["sample"], out_path)
     return ds
+
+
+# ---------------------------------------------------------------------------
+# The locality table: success at d = 1, 2, 3 and at random positions, per model
+
+TABLE_DISTANCES = (1, 2, 3)
+
+
+def locality_table(localities: Mapping[str, xr.Dataset], distances: Sequence[int] = TABLE_DISTANCES) -> list[dict[str, object]]:
+    """One row per model: attacks analysed, success rate (with its 95 % interval) at each distance and at random positions.
+
+    Distances beyond a file's ``max_distance`` are left out (``None``). Rates are fractions.
+    """
+    rows = []
+    for model, loc in localities.items():
+        row: dict[str, object] = {"model": model, "attacks": int(loc.sizes["sample"]), "rings": loc.attrs.get("rings", "chebyshev")}
+        known = [int(d) for d in loc["distance"].values]
+        for d in distances:
+            at = known.index(d) if d in known else None
+            rate = None if at is None else float(loc["success_rate"].values[at])
+            low, high = (None, None) if at is None else (float(v) for v in loc["success_rate_ci"].values[at])
+            row |= {f"d{d}": rate, f"d{d}_low": low, f"d{d}_high": high}
+        low, high = (float(v) for v in loc["baseline_success_rate_ci"].values)
+        row |= {"random": float(loc["baseline_success_rate"]), "random_low": low, "random_high": high}
+        rows.append(row)
+    return rows
+
+
+def _percent(rate: object, low: object, high: object) -> str:
+    """``"12.5 % [8.1, 17.0]"``; ``"–"`` for a missing or NaN rate."""
+    if rate is None or not np.isfinite(rate):  # type: ignore[arg-type]
+        return "–"
+    if low is None or not np.isfinite(low):  # type: ignore[arg-type]
+        return f"{100 * rate:.1f} %"  # type: ignore[operator]
+    return f"{100 * rate:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"  # type: ignore[operator]
+
+
+def write_locality_table(
+    localities: Mapping[str, xr.Dataset], csv_path: str | os.PathLike[str], html_path: str | os.PathLike[str] | None = None
+) -> list[dict[str, object]]:
+    """Write :func:`locality_table` as CSV (fractions) and, optionally, as an HTML table (percent with intervals)."""
+    import csv
+    import html
+
+    rows = locality_table(localities)
+    columns = ["model", "rings", "attacks"] + [f"{k}{s}" for k in [f"d{d}" for d in TABLE_DISTANCES] + ["random"] for s in ("", "_low", "_high")]
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
+    if html_path is not None:
+        heads = ["model", "successful attacks"] + [f"d = {d}" for d in TABLE_DISTANCES] + ["random positions"]
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in [
+                row["model"], row["attacks"], *[_percent(row[f"d{d}"], row[f"d{d}_low"], row[f"d{d}_high"]) for d in TABLE_DISTANCES],
+                _percent(row["random"], row["random_low"], row["random_high"])]) + "</tr>\n"
+            for row in rows
+        )
+        rings = {str(row["rings"]) for row in rows}
+        page = (
+            "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Locality table</title>"
+            "<style>td,th{padding:4px 10px;text-align:right}td:first-child{text-align:left}</style></head><body>\n"
+            f"<p>Fraction of positions at {'/'.join(sorted(rings))} distance d from a successful attack's pixel where the "
+            "same colour still fools the model, and at uniformly random positions of the same image; "
+            "[95 % bootstrap interval over images].</p>\n"
+            "<table>\n<tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>\n" + body + "</table>\n</body></html>\n"
+        )
+        with atomic_path(html_path) as tmp:
+            tmp.write_text(page)
+    return rows

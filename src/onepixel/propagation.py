@@ -12,16 +12,17 @@ output").
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import open_netcdf, provenance, write_netcdf
+from onepixel.cubes import MAP_VARIABLES, read_layer_index
+from onepixel.utils import atomic_path, provenance
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,20 @@ def propagation_maps(clean: np.ndarray, adversarial: np.ndarray) -> tuple[np.nda
     """
     if clean.shape != adversarial.shape or clean.ndim != 4:
         raise ValueError(f"clean and adversarial must be equal (N, C, H, W) arrays; got {clean.shape} and {adversarial.shape}")
-    diff = np.abs(adversarial.astype(np.float64) - clean.astype(np.float64))
-    scale = np.abs(clean.astype(np.float64)).max(axis=(1, 2, 3), initial=0.0)
-    return diff.max(axis=1).astype(np.float32), diff.mean(axis=1).astype(np.float32), scale.astype(np.float32)
+    return maps_from_delta(clean, adversarial.astype(np.float64) - clean.astype(np.float64))
+
+
+def maps_from_delta(clean: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """As :func:`propagation_maps`, from ``delta = F_l(x_adv) - F_l(x)`` (what a cube stores).
+
+    Maxima are exact in the input precision; the channel mean accumulates in float64.
+    """
+    if clean.shape != delta.shape or clean.ndim != 4:
+        raise ValueError(f"clean and delta must be equal (N, C, H, W) arrays; got {clean.shape} and {delta.shape}")
+    diff = np.abs(delta)
+    scale = np.abs(clean).max(axis=(1, 2, 3), initial=0.0)
+    pm_avg = diff.mean(axis=1, dtype=np.float64)
+    return diff.max(axis=1).astype(np.float32), pm_avg.astype(np.float32), scale.astype(np.float32)
 
 
 def normalise(maps: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -122,10 +134,133 @@ def _average(maps: np.ndarray, select: np.ndarray) -> tuple[np.ndarray, int]:
     return maps[valid].astype(np.float64).mean(axis=0).astype(np.float32), int(valid.sum())
 
 
+#: Bytes of cube data (clean + delta) read per step.
+READ_BUDGET = 128 * 2**20
+_CUBE_REQUIRED = ("clean", "delta", "pixel_x_layer", "pixel_y_layer", "success", "sample_id")
+
+
+def _check_options(normalisation: str, spread_threshold: float) -> None:
+    if normalisation not in NORMALISATIONS:
+        raise ConfigError(f"propagation.normalisation: {normalisation!r} is not one of {', '.join(NORMALISATIONS)}")
+    if spread_threshold < 0:
+        raise ConfigError(f"propagation.spread_threshold: {spread_threshold} must be >= 0")
+
+
+def _open_cube(path: Path) -> xr.Dataset:
+    """A layer cube opened lazily (its arrays are read on access), with a clear error if it is not one."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        cube = xr.open_dataset(path, engine="netcdf4")
+    except Exception as exc:  # netCDF4 raises OSError/ValueError/RuntimeError for corrupt files
+        raise DataError(f"{path}: not a readable netCDF file ({exc.__class__.__name__}: {exc})") from exc
+    missing = [name for name in _CUBE_REQUIRED if name not in cube.variables]
+    if missing:
+        cube.close()
+        raise DataError(f"{path}: missing variable(s) {', '.join(missing)}; not a layer cube of the capture stage")
+    return cube
+
+
+def _raw_layer_maps(cube: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw ``pm_max``, ``pm_avg`` ``(N, H, W)`` and ``scale`` ``(N,)`` of a cube.
+
+    The capture stage stores them beside the cube (:data:`onepixel.cubes.MAP_VARIABLES`);
+    for a cube without them they are computed from ``clean`` and ``delta``, read a
+    few samples at a time.
+    """
+    if all(name in cube.variables for name in MAP_VARIABLES):
+        return tuple(cube[name].values.astype(np.float32) for name in MAP_VARIABLES)  # type: ignore[return-value]
+    n = cube.sizes["sample"]
+    per_sample = 2 * 4 * int(np.prod(cube["clean"].shape[1:]))
+    step = max(1, READ_BUDGET // max(per_sample, 1))
+    parts = [maps_from_delta(cube["clean"][s : s + step].values, cube["delta"][s : s + step].values)
+             for s in range(0, n, step)]
+    if not parts:
+        height, width = cube["clean"].shape[2:]
+        empty = np.zeros((0, height, width), np.float32)
+        return empty, empty, np.zeros(0, np.float32)
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))  # type: ignore[return-value]
+
+
+def layer_propagation(
+    i: int, path: Path, normalisation: str = "image", spread_threshold: float = 0.1
+) -> tuple[xr.Dataset, dict[str, np.ndarray], dict[str, object]]:
+    """Propagation maps of layer ``i`` from its cube.
+
+    Returns:
+        ``(maps, summaries, info)``: the layer's variables (``pm_max_{i}`` ... and the
+        averages, see :func:`compute_propagation`) with the cube's per-sample
+        coordinates; per-sample summaries (``peak``, ``spread``, ...) and counts;
+        and the layer's ``layer``, ``layer_index``, ``layer_height``, ``layer_width``,
+        ``stride``, ``receptive_field``.
+    """
+    with _open_cube(path) as cube:
+        pm_max, pm_avg, scale = _raw_layer_maps(cube)
+        coords = {name: ("sample", cube[name].values) for name in
+                  ("sample_id", "success", "true_class", "adv_class", "pixel_x", "pixel_y") if name in cube.variables}
+        px, py = cube["pixel_x_layer"].values, cube["pixel_y_layer"].values
+        success = cube["success"].values.astype(bool)
+        name = str(cube.attrs.get("layer", Path(path).stem))
+        info = {"layer": name, "layer_index": i, "layer_height": pm_max.shape[1], "layer_width": pm_max.shape[2],
+                "stride": float(cube.attrs.get("stride", np.nan)),
+                "receptive_field": int(cube.attrs.get("receptive_field", -1)),
+                "input_size": cube.attrs.get("input_size")}
+    if normalisation == "layer":
+        scale = np.full_like(scale, scale.max(initial=0.0))
+    pm_max_norm, pm_avg_norm = normalise(pm_max, scale), normalise(pm_avg, scale)
+    dims = ("sample", f"y_{i}", f"x_{i}")
+    label = f"layer {name}"
+    data_vars: dict[str, tuple] = {}
+    for key, maps, what in (("pm_max", pm_max, "PMmax"), ("pm_avg", pm_avg, "PMavg"),
+                            ("pm_max_norm", pm_max_norm, "normalised PMmax"), ("pm_avg_norm", pm_avg_norm, "normalised PMavg")):
+        data_vars[f"{key}_{i}"] = (dims, maps, {"layer": name, "long_name": f"{what} of {label}", "units": "1"})
+    summaries: dict[str, np.ndarray] = {}
+    for outcome, select, adjective in (("success", success, "successful"), ("failure", ~success, "failed")):
+        for kind, maps in (("max", pm_max_norm), ("avg", pm_avg_norm)):
+            mean, count = _average(maps, select)
+            long_name = f"mean normalised PM{kind} over {adjective} attacks, {label}"
+            data_vars[f"avg_pm_{kind}_{outcome}_{i}"] = (dims[1:], mean, {"layer": name, "long_name": long_name, "units": "1"})
+        summaries[f"n_averaged_{outcome}"] = np.asarray(count)
+    summaries.update(map_summaries(pm_max, pm_max_norm, px, py, spread_threshold))
+    summaries.update(scale=scale, pixel_x_layer=px, pixel_y_layer=py)
+    return xr.Dataset(data_vars, coords=coords), summaries, info
+
+
+def _summary_dataset(summaries: list[dict[str, np.ndarray]], infos: list[dict[str, object]]) -> xr.Dataset:
+    """The ``(layer, sample)`` summaries and ``(layer,)`` coordinates of all layers."""
+    data_vars = {
+        key: (("layer",) if key.startswith("n_averaged") else ("layer", "sample"),
+              np.stack([summary[key] for summary in summaries]), _SUMMARY_ATTRS[key])
+        for key in summaries[0]
+    }
+    coords = {key: ("layer", np.asarray([info[key] for info in infos]))
+              for key in ("layer", "layer_index", "layer_height", "layer_width", "stride", "receptive_field")}
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def _global_attrs(normalisation: str, spread_threshold: float, n_layers: int, info: dict[str, object]) -> dict[str, object]:
+    attrs: dict[str, object] = {
+        "Conventions": "CF-1.10",
+        "title": "propagation maps of one-pixel attacks",
+        "normalisation": normalisation,
+        "spread_threshold": float(spread_threshold),
+        "interpretation": INTERPRETATION,
+        "n_layers": n_layers,
+    }
+    if info.get("input_size") is not None:
+        attrs["input_size"] = info["input_size"]
+    return attrs
+
+
+def _check_same_samples(first: xr.Dataset, maps: xr.Dataset, path: Path, first_path: Path) -> None:
+    if not np.array_equal(first["sample_id"].values, maps["sample_id"].values):
+        raise DataError(f"{path}: sample_id differs from {first_path}; cubes of one model must share samples")
+
+
 def compute_propagation(
     cube_paths: list[Path], normalisation: str = "image", spread_threshold: float = 0.1
 ) -> xr.Dataset:
-    """Propagation maps and their summaries for every layer cube of one model.
+    """Propagation maps and their summaries for every layer cube of one model, in memory.
 
     Args:
         cube_paths: layer files of :func:`onepixel.capture.run_capture_stage`, in depth order.
@@ -139,66 +274,18 @@ def compute_propagation(
         ``(y_{i}, x_{i})``; ``peak``, ``spread``, ``mass_distance``, ``mass_distance_rel``,
         ``scale``, ``pixel_x_layer``, ``pixel_y_layer`` ``(layer, sample)``;
         ``n_averaged_success``/``n_averaged_failure`` ``(layer,)``.
+        :func:`run_propagation_stage` writes the same dataset a layer at a time.
     """
-    if normalisation not in NORMALISATIONS:
-        raise ConfigError(f"propagation.normalisation: {normalisation!r} is not one of {', '.join(NORMALISATIONS)}")
-    if spread_threshold < 0:
-        raise ConfigError(f"propagation.spread_threshold: {spread_threshold} must be >= 0")
+    _check_options(normalisation, spread_threshold)
     if not cube_paths:
         raise DataError("propagation: no layer cubes given")
-    data_vars: dict[str, tuple] = {}
-    per_layer: dict[str, list] = {key: [] for key in ("layer", "layer_index", "layer_height", "layer_width", "stride")}
-    summaries: dict[str, list[np.ndarray]] = {}
-    reference = None
-    for i, path in enumerate(cube_paths):
-        cube = open_netcdf(path, required=("clean", "adversarial", "pixel_x_layer", "pixel_y_layer", "success"))
-        if reference is None:
-            reference = cube
-        elif not np.array_equal(cube["sample_id"].values, reference["sample_id"].values):
-            raise DataError(f"{path}: sample_id differs from {cube_paths[0]}; cubes of one model must share samples")
-        pm_max, pm_avg, scale = propagation_maps(cube["clean"].values, cube["adversarial"].values)
-        if normalisation == "layer":
-            scale = np.full_like(scale, scale.max(initial=0.0))
-        pm_max_norm, pm_avg_norm = normalise(pm_max, scale), normalise(pm_avg, scale)
-        height, width = pm_max.shape[1:]
-        dims = ("sample", f"y_{i}", f"x_{i}")
-        name = str(cube.attrs.get("layer", Path(path).stem))
-        label = f"layer {name}"
-        data_vars[f"pm_max_{i}"] = (dims, pm_max, {"layer": name, "long_name": f"PMmax of {label}", "units": "1"})
-        data_vars[f"pm_avg_{i}"] = (dims, pm_avg, {"layer": name, "long_name": f"PMavg of {label}", "units": "1"})
-        data_vars[f"pm_max_norm_{i}"] = (dims, pm_max_norm, {"layer": name, "long_name": f"normalised PMmax of {label}", "units": "1"})
-        data_vars[f"pm_avg_norm_{i}"] = (dims, pm_avg_norm, {"layer": name, "long_name": f"normalised PMavg of {label}", "units": "1"})
-        success = cube["success"].values.astype(bool)
-        for outcome, select, adjective in (("success", success, "successful"), ("failure", ~success, "failed")):
-            for kind, maps in (("max", pm_max_norm), ("avg", pm_avg_norm)):
-                mean, count = _average(maps, select)
-                long_name = f"mean normalised PM{kind} over {adjective} attacks, {label}"
-                data_vars[f"avg_pm_{kind}_{outcome}_{i}"] = (dims[1:], mean, {"layer": name, "long_name": long_name, "units": "1"})
-            summaries.setdefault(f"n_averaged_{outcome}", []).append(np.asarray(count))
-        px, py = cube["pixel_x_layer"].values, cube["pixel_y_layer"].values
-        for key, value in map_summaries(pm_max, pm_max_norm, px, py, spread_threshold).items():
-            summaries.setdefault(key, []).append(value)
-        for key, value in (("scale", scale), ("pixel_x_layer", px), ("pixel_y_layer", py)):
-            summaries.setdefault(key, []).append(value)
-        per_layer["layer"].append(name)
-        per_layer["layer_index"].append(i)
-        per_layer["layer_height"].append(height)
-        per_layer["layer_width"].append(width)
-        per_layer["stride"].append(float(cube.attrs.get("stride", np.nan)))
-    for key, values in summaries.items():
-        data_vars[key] = (("layer",) if key.startswith("n_averaged") else ("layer", "sample"), np.stack(values), _SUMMARY_ATTRS[key])
-    coords = {key: ("layer", np.asarray(values)) for key, values in per_layer.items()}
-    for key in ("sample_id", "success", "true_class", "adv_class", "pixel_x", "pixel_y"):
-        if key in reference.coords:
-            coords[key] = ("sample", reference[key].values)
-    attrs = {
-        "normalisation": normalisation,
-        "spread_threshold": float(spread_threshold),
-        "interpretation": INTERPRETATION,
-        "n_layers": len(cube_paths),
-        **{key: value for key, value in reference.attrs.items() if key in ("input_size",)},
-    }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    layers = [layer_propagation(i, Path(path), normalisation, spread_threshold) for i, path in enumerate(cube_paths)]
+    for (maps, _, _), path in zip(layers[1:], cube_paths[1:]):
+        _check_same_samples(layers[0][0], maps, Path(path), Path(cube_paths[0]))
+    ds = xr.merge([maps for maps, _, _ in layers] + [_summary_dataset([s for _, s, _ in layers], [i for _, _, i in layers])],
+                  compat="override", combine_attrs="drop")
+    ds.attrs = _global_attrs(normalisation, spread_threshold, len(layers), layers[0][2])
+    return ds
 
 
 _SUMMARY_ATTRS = {
@@ -214,34 +301,47 @@ _SUMMARY_ATTRS = {
 }
 
 
-def read_layer_index(cube_dir: str | os.PathLike[str]) -> list[Path]:
-    """The layer files of ``cube_dir`` in depth order, from its ``layers.json``."""
-    directory = Path(cube_dir)
-    index = directory / "layers.json"
-    if not index.is_file():
-        raise DataError(f"{directory}: no layers.json; run the capture stage first")
-    try:
-        entries = json.loads(index.read_text())["layers"]
-        files = [directory / entry["file"] for entry in entries]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{index}: not a layer index written by the capture stage ({exc})") from exc
-    if not files:
-        raise DataError(f"{index}: lists no layers")
-    return files
-
-
 def run_propagation_stage(
     cube_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
     normalisation: str = "image",
     spread_threshold: float = 0.1,
+    attrs: dict[str, object] | None = None,
 ) -> xr.Dataset:
-    """Compute the propagation maps of one model's cubes and write them to ``out_path``."""
-    if normalisation not in NORMALISATIONS:
-        raise ConfigError(f"propagation.normalisation: {normalisation!r} is not one of {', '.join(NORMALISATIONS)}")
-    ds = compute_propagation(read_layer_index(cube_dir), normalisation, spread_threshold)
-    ds.attrs.update(provenance())
-    encoding = {name: {"zlib": True, "complevel": 1} for name in ds.data_vars if ds[name].ndim >= 2}
-    write_netcdf(ds, out_path, encoding=encoding)
-    log.info("propagation maps of %d layers x %d attacks -> %s", ds.sizes["layer"], ds.sizes["sample"], out_path)
-    return ds
+    """Compute the propagation maps of one model's cubes and write them to ``out_path``.
+
+    The file is the dataset of :func:`compute_propagation`, written one layer at a
+    time (only one layer's maps are in memory) under a temporary name that is
+    renamed when complete. ``attrs`` are extra global attributes (e.g. the config
+    digest).
+
+    Returns:
+        The written file, opened lazily.
+    """
+    _check_options(normalisation, spread_threshold)
+    files = read_layer_index(cube_dir)
+    summaries, infos = [], []
+    started = time.perf_counter()
+    with atomic_path(out_path) as tmp:
+        first: xr.Dataset | None = None
+        for i, path in enumerate(files):
+            maps, summary, info = layer_propagation(i, path, normalisation, spread_threshold)
+            if first is None:
+                first = maps
+                maps.attrs = {**_global_attrs(normalisation, spread_threshold, len(files), info), **provenance(), **(attrs or {})}
+                maps.to_netcdf(tmp, mode="w", engine="netcdf4", encoding=_encoding(maps))
+            else:
+                _check_same_samples(first, maps, path, files[0])
+                maps = maps.drop_vars(list(maps.coords))
+                maps.to_netcdf(tmp, mode="a", engine="netcdf4", encoding=_encoding(maps))
+            summaries.append(summary)
+            infos.append(info)
+            log.info("layer %d/%d %s: propagation maps of %d samples", i + 1, len(files), info["layer"], maps.sizes["sample"])
+        summary_ds = _summary_dataset(summaries, infos)
+        summary_ds.to_netcdf(tmp, mode="a", engine="netcdf4")
+    log.info("propagation maps of %d layers -> %s in %.1f s", len(files), out_path, time.perf_counter() - started)
+    return xr.open_dataset(out_path, engine="netcdf4")
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
+    return {name: {"zlib": True, "complevel": 1} for name in ds.data_vars if ds[name].ndim >= 2}

@@ -1,10 +1,14 @@
 """One metrics file across models: accuracy, attack success, locality, propagation.
 
-This is what ``dvc metrics show`` and ``dvc exp show`` display.
+``summary.json`` is what ``dvc metrics show`` and ``dvc exp show`` display; the
+per-model CSV tables are what ``dvc plots`` draws (see dvc.yaml), and the HTML
+table is the metrics page of the workflow's report (``snakemake --report``).
 """
 
 from __future__ import annotations
 
+import csv
+import html
 import json
 import os
 from collections.abc import Mapping
@@ -14,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from onepixel.errors import DataError
-from onepixel.utils import open_netcdf, provenance, write_json
+from onepixel.utils import atomic_path, open_netcdf, provenance, write_json
 
 PathLike = str | os.PathLike[str]
 
@@ -59,10 +63,109 @@ def model_summary(metrics_path: PathLike, attack_path: PathLike, propagation_pat
     return out
 
 
+def locality_rows(model: str, locality_path: PathLike) -> list[dict[str, Any]]:
+    """One row per ring distance of a locality file: the success rate with its
+    95 % interval (``ci_low``, ``ci_high``; empty when the file has none) and the
+    random-position baseline."""
+    locality = open_netcdf(locality_path, required=("success_rate", "baseline_success_rate"))
+    rate = locality["success_rate"]
+    low = high = [None] * rate.size
+    if "success_rate_ci" in locality:  # (distance, bound), bound = low, high
+        ci = locality["success_rate_ci"]
+        bound = next(dim for dim in ci.dims if dim not in rate.dims)
+        low, high = ci.isel({bound: 0}).values, ci.isel({bound: 1}).values
+    baseline = _finite(locality["baseline_success_rate"].values)
+    return [
+        {"model": model, "distance": int(d), "success_rate": _finite(r),
+         "ci_low": None if lo is None else _finite(lo), "ci_high": None if hi is None else _finite(hi),
+         "baseline_success_rate": baseline}
+        for d, r, lo, hi in zip(rate["distance"].values, rate.values, low, high)
+    ]
+
+
+def _write_csv(rows: list[dict[str, Any]], path: PathLike) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+
+
+def _percent(value: Any) -> str:
+    return "&ndash;" if value is None else f"{100 * value:.1f} %"
+
+
+_HTML_COLUMNS = [
+    ("test_accuracy", "test accuracy", _percent),
+    ("attacked", "attacked images", str),
+    ("attack_success_rate", "one-pixel success", _percent),
+    ("mean_queries", "mean queries", lambda v: "&ndash;" if v is None else f"{v:.0f}"),
+    ("baseline_success_rate", "same colour, random position", _percent),
+    ("last_layer_peak", "last layer: PMmax peak", lambda v: "&ndash;" if v is None else f"{v:.3f}"),
+    ("last_layer_spread", "last layer: spread", _percent),
+]
+
+
+def summary_html(summary: Mapping[str, Any], locality: list[dict[str, Any]], dataset: str = "") -> str:
+    """A self-contained HTML page with the metrics table of every model and the
+    locality table (success rate per distance with its 95 % interval)."""
+    models = summary["models"]
+    distances = sorted({row["distance"] for row in locality})
+    head = ["model", *(label for _, label, _ in _HTML_COLUMNS[:4]),
+            *(f"same colour at d = {d}" for d in distances), *(label for _, label, _ in _HTML_COLUMNS[4:])]
+    body = []
+    for name, row in models.items():
+        cells = [html.escape(name), *(fmt(row.get(key)) for key, _, fmt in _HTML_COLUMNS[:4]),
+                 *(_percent(row.get(f"locality_d{d}")) for d in distances),
+                 *(fmt(row.get(key)) for key, _, fmt in _HTML_COLUMNS[4:])]
+        body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    loc_body = [
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
+            html.escape(row["model"]), row["distance"], _percent(row["success_rate"]),
+            "&ndash;" if row["ci_low"] is None else f"{_percent(row['ci_low'])} &ndash; {_percent(row['ci_high'])}",
+            _percent(row["baseline_success_rate"]),
+        )) + "</tr>"
+        for row in locality
+    ]
+    prov = summary.get("provenance", {})
+    made = ", ".join(f"{key} {html.escape(str(prov[key]))}" for key in ("git_commit", "config_digest") if key in prov)
+    title = f"One-pixel attack metrics{': ' + html.escape(dataset) if dataset else ''}"
+    return "\n".join([
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
+        ("<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
+         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f0f0f0}"
+         "td:first-child{text-align:left}caption{text-align:left;font-weight:bold;margin-bottom:.4em}</style>"),
+        "</head><body>",
+        f"<h1>{title}</h1>",
+        '<table id="models"><caption>Per model: accuracy, attack success, locality and propagation</caption>',
+        "<tr>" + "".join(f"<th>{label}</th>" for label in head) + "</tr>",
+        *body,
+        "</table>",
+        ('<table id="locality"><caption>Success rate of the attack\'s colour at distance d from the attacked '
+         "pixel (the rings of locality.rings, Chebyshev by default), with its 95 % bootstrap interval over "
+         "images</caption>"),
+        "<tr><th>model</th><th>d</th><th>success rate</th><th>95 % interval</th><th>random position</th></tr>",
+        *loc_body,
+        "</table>",
+        f"<p>Made from {made}.</p>" if made else "",
+        "</body></html>",
+        "",
+    ])
+
+
 def write_summary(metrics: Mapping[str, PathLike], attacks: Mapping[str, PathLike],
                   propagations: Mapping[str, PathLike], localities: Mapping[str, PathLike],
-                  out_path: PathLike) -> dict[str, Any]:
-    """Write ``{"models": {name: model_summary(...)}, "provenance": ...}`` as JSON and return it."""
+                  out_path: PathLike, models_csv: PathLike | None = None,
+                  locality_csv: PathLike | None = None, html_path: PathLike | None = None,
+                  dataset: str = "") -> dict[str, Any]:
+    """Write ``{"models": {name: model_summary(...)}, "provenance": ...}`` as JSON and return it.
+
+    Optionally also, for ``dvc plots`` and the report: ``models_csv`` (one row per
+    model with the columns of :func:`model_summary`), ``locality_csv`` (one row per
+    model and distance, :func:`locality_rows`) and ``html_path`` (:func:`summary_html`).
+    Every file is written atomically.
+    """
     summary = {
         "models": {
             name: model_summary(metrics[name], attacks[name], propagations[name], localities[name])
@@ -70,5 +173,13 @@ def write_summary(metrics: Mapping[str, PathLike], attacks: Mapping[str, PathLik
         },
         "provenance": provenance(),
     }
+    locality = [row for name in metrics for row in locality_rows(name, localities[name])]
+    if models_csv is not None:
+        _write_csv([{"model": name, **row} for name, row in summary["models"].items()], models_csv)
+    if locality_csv is not None:
+        _write_csv(locality, locality_csv)
+    if html_path is not None:
+        with atomic_path(html_path) as tmp:
+            tmp.write_text(summary_html(summary, locality, dataset))
     write_json(summary, out_path)
     return summary

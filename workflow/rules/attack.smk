@@ -2,8 +2,10 @@
 # attack/{model}.nc. attack.shards == n > 1: attack_select picks the images once,
 # n attack_shard jobs (one GPU each) attack disjoint parts of them, and rule
 # `attack` merges the shard files into the same attack/{model}.nc (so the rule
-# that makes the result is called `attack` either way). Shard files are written
-# atomically: an interrupted run resumes with the missing shards only.
+# that makes the result is called `attack` either way; rules `attack` (unsharded)
+# and `attack_shard` share scripts/attack.py). Shard files are written atomically
+# (temporary name, renamed when complete): an interrupted run resumes with the
+# missing shards only.
 SHARDS = config["attack"]["shards"]
 
 if SHARDS == 1:
@@ -14,6 +16,9 @@ if SHARDS == 1:
             test=dataset_file("test"),
         output:
             f"{RESULTS}/attack/{{model}}.nc",
+        params:
+            settings=config["attack"],  # a changed setting reruns the rule (Snakemake's params trigger)
+            device=config["device"],
         log:
             f"logs/{DATASET}/attack_{{model}}.log",
         threads: config["threads"]
@@ -32,6 +37,9 @@ else:
             test=dataset_file("test"),
         output:
             f"{RESULTS}/attack/{{model}}/selection.json",
+        params:
+            settings=config["attack"],
+            device=config["device"],
         log:
             f"logs/{DATASET}/attack_{{model}}_selection.log",
         threads: config["threads"]
@@ -49,6 +57,9 @@ else:
             selection=rules.attack_select.output[0],
         output:
             f"{RESULTS}/attack/{{model}}/shard_{{shard}}-of-{SHARDS}.nc",
+        params:
+            settings=config["attack"],
+            device=config["device"],
         log:
             f"logs/{DATASET}/attack_{{model}}_shard_{{shard}}-of-{SHARDS}.log",
         wildcard_constraints:
@@ -59,9 +70,10 @@ else:
         conda:
             "../envs/onepixel.yaml"
         script:
-            "../scripts/attack_shard.py"
+            "../scripts/attack.py"
 
     rule attack:
+        localrule: True  # the merge of the shard files is small
         input:
             shards=expand(
                 f"{RESULTS}/attack/{{{{model}}}}/shard_{{shard}}-of-{SHARDS}.nc",

@@ -5,6 +5,9 @@ rule capture:
         attack=rules.attack.output[0],
     output:
         directory(f"{RESULTS}/cubes/{{model}}"),
+    params:
+        settings=config["capture"],  # a changed setting reruns the rule (Snakemake's params trigger)
+        device=config["device"],
     log:
         f"logs/{DATASET}/capture_{{model}}.log",
     threads: config["threads"]

@@ -2,7 +2,8 @@ from onepixel.cifar10_layout import cifar10_root_files
 
 DATASET = config["dataset"]["name"]
 MODELS = config["models"]
-RESULTS = f"results/{DATASET}"
+# config "study" keeps two studies of one dataset (e.g. untargeted and targeted) apart
+RESULTS = f"results/{DATASET}-{config['study']}" if config["study"] else f"results/{DATASET}"
 
 
 wildcard_constraints:
@@ -22,6 +23,8 @@ def all_targets():
     return [
         f"{RESULTS}/summary.json",
         f"{RESULTS}/figures/locality.png",
+        f"{RESULTS}/figures/receptive_fields.png",
+        f"{RESULTS}/figures/locality_table.html",
         f"{RESULTS}/figures/pm_depth.png",
         *per_model("{results}/figures/{model}/average_pm.png").values(),
     ]

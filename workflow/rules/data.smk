@@ -1,6 +1,7 @@
 if not CIFAR10_ROOT:  # with dataset.root, CIFAR-10 is read from there: no download
 
     rule download_cifar10:
+        localrule: True  # needs the network, which cluster compute nodes often lack
         output:
             directory("resources/raw/cifar10/cifar-10-batches-py"),
         log:
@@ -12,11 +13,14 @@ if not CIFAR10_ROOT:  # with dataset.root, CIFAR-10 is read from there: no downl
 
 
 rule prepare_data:
+    localrule: True  # seconds of I/O: runs on the submitting machine under a cluster executor
     input:
         prepare_inputs,
     output:
         train="resources/datasets/{dataset}/train.nc",
         test="resources/datasets/{dataset}/test.nc",
+    params:
+        settings=config["dataset"],  # a changed setting reruns the rule (Snakemake's params trigger)
     log:
         "logs/{dataset}/prepare_data.log",
     conda:

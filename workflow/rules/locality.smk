@@ -5,6 +5,9 @@ rule locality:
         attack=rules.attack.output[0],
     output:
         f"{RESULTS}/locality/{{model}}.nc",
+    params:
+        settings=config["locality"],  # a changed setting reruns the rule (Snakemake's params trigger)
+        device=config["device"],
     log:
         f"logs/{DATASET}/locality_{{model}}.log",
     threads: config["threads"]

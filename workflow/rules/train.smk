@@ -6,6 +6,9 @@ rule train:
     output:
         checkpoint=f"{RESULTS}/models/{{model}}.pt",
         metrics=f"{RESULTS}/metrics/{{model}}.json",
+    params:
+        settings=config["train"],  # a changed setting reruns the rule (Snakemake's params trigger)
+        device=config["device"],
     log:
         f"logs/{DATASET}/train_{{model}}.log",
     threads: config["threads"]

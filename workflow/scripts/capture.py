@@ -1,9 +1,10 @@
 """Snakemake adapter: per-layer activation cubes (onepixel.capture.run_capture_stage)."""
 from onepixel.capture import run_capture_stage
-from onepixel.utils import log_to
+from onepixel.utils import log_to, run_context
 
 cfg = snakemake.config["capture"]
-with log_to(snakemake.log[0], snakemake.threads):
+run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"], device=snakemake.config["device"])
+with log_to(snakemake.log[0], snakemake.threads), run:
     run_capture_stage(
         snakemake.input.checkpoint,
         snakemake.input.test,
@@ -12,4 +13,5 @@ with log_to(snakemake.log[0], snakemake.threads):
         layers=cfg["layers"] or None,
         batch_size=cfg["batch_size"],
         device=snakemake.config["device"],
+        compression=cfg["compression"],
     )

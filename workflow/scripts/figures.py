@@ -1,9 +1,10 @@
 """Snakemake adapter: figures (onepixel.figures.run_figures_stage)."""
 from onepixel.figures import run_figures_stage
-from onepixel.utils import log_to
+from onepixel.utils import log_to, run_context
 
 cfg = snakemake.config["figures"]
-with log_to(snakemake.log[0]):
+run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"])
+with log_to(snakemake.log[0]), run:
     run_figures_stage(
         snakemake.config["dataset"]["name"],
         snakemake.params.models,

@@ -2,10 +2,11 @@
 from pathlib import Path
 
 from onepixel.data import prepare_dataset
-from onepixel.utils import log_to
+from onepixel.utils import log_to, run_context
 
 cfg = snakemake.config["dataset"]
-with log_to(snakemake.log[0]):
+run = run_context(snakemake.config, seed=snakemake.config["dataset"]["seed"])
+with log_to(snakemake.log[0]), run:
     prepare_dataset(
         snakemake.wildcards.dataset,
         Path(snakemake.output.train).parent,

@@ -1,9 +1,10 @@
 """Snakemake adapter: propagation maps (onepixel.propagation.run_propagation_stage)."""
 from onepixel.propagation import run_propagation_stage
-from onepixel.utils import log_to
+from onepixel.utils import log_to, run_context
 
 cfg = snakemake.config["propagation"]
-with log_to(snakemake.log[0]):
+run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"])
+with log_to(snakemake.log[0]), run:
     run_propagation_stage(
         snakemake.input[0],
         snakemake.output[0],

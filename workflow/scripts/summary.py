@@ -1,12 +1,17 @@
 """Snakemake adapter: metrics across models for DVC (onepixel.summary.write_summary)."""
 from onepixel.summary import write_summary
-from onepixel.utils import log_to
+from onepixel.utils import log_to, run_context
 
-with log_to(snakemake.log[0]):
+run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"])
+with log_to(snakemake.log[0]), run:
     write_summary(
         snakemake.params.metrics,
         snakemake.params.attack,
         snakemake.params.propagation,
         snakemake.params.locality,
-        snakemake.output[0],
+        snakemake.output.summary,
+        models_csv=snakemake.output.models_csv,
+        locality_csv=snakemake.output.locality_csv,
+        html_path=snakemake.output.table,
+        dataset=snakemake.config["dataset"]["name"],
     )

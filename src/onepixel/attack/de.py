@@ -30,8 +30,15 @@ import torch
 from torch import nn
 
 from onepixel.errors import ConfigError, DataError
+from onepixel.utils import eval_mode
 
 STRATEGIES = ("rand1", "best1bin")
+#: what the model returns: ``auto`` decides from the first images (see :class:`OnePixelAttack`)
+MODEL_OUTPUTS = ("auto", "logits", "probabilities")
+#: images of the probe forward pass that checks the classes and detects probabilities
+_PROBE = 4
+#: probabilities are turned into log-probabilities; 0 becomes log(smallest normal float32) ~ -87.3
+_TINY = torch.finfo(torch.float32).tiny
 
 _MASK32 = 0xFFFFFFFF
 
@@ -58,6 +65,9 @@ class AttackResult:
         prob_clean: ``(N, K)`` float32 softmax on the clean image.
         prob_adv: ``(N, K)`` float32 softmax on ``adversarial``.
         adversarial: ``(N, C, H, W)`` uint8 clean image with the k pixels replaced.
+        rejected_candidates: ``(N,)`` int64, evaluated candidates whose model output
+            had a NaN or infinite value: each counted as not adversarial with the worst
+            fitness (they are included in ``queries``).
     """
 
     success: torch.Tensor
@@ -72,6 +82,7 @@ class AttackResult:
     prob_clean: torch.Tensor
     prob_adv: torch.Tensor
     adversarial: torch.Tensor
+    rejected_candidates: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.success.shape[0])
@@ -257,7 +268,9 @@ class OnePixelAttack:
     the box x in [0, W-1], y in [0, H-1], colour in [0, 255].
 
     Args:
-        model: maps float32 images ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)``.
+        model: maps float32 images ``(N, C, H, W)`` in [0, 1] to logits ``(N, K)``
+            (or to class probabilities, see ``output``). Any image size (the
+            workflow's models take 8x8 to 224x224) and channel count.
         pixels: perturbed pixels k.
         population: DE population size per image (>= 4).
         generations: maximum DE generations after the initial population.
@@ -268,6 +281,13 @@ class OnePixelAttack:
         seed: random seed; results depend only on (seed, image id, image, label, target).
         batch_size: candidate images per forward pass.
         device: where to run; default the model's device.
+        output: what ``model`` returns: ``"logits"``, ``"probabilities"`` (e.g. a
+            softmax layer at the end), or ``"auto"`` (default): probabilities when,
+            on the first images (up to 4, clean), every output is in [0, 1] and each
+            row sums to 1 within 1e-3; logits otherwise. Probabilities ``p`` are
+            used as the logits ``log p`` (0 as log of float32's smallest normal
+            number), so fitness, success and the stored softmax probabilities mean
+            the same for both kinds. The resolved kind is ``model_output`` after ``run``.
 
     Shapes (``run``): images ``(N, C, H, W)`` uint8 in [0, 255], labels ``(N,)``,
     targets ``(N,)``; returns an :class:`AttackResult` of N rows.
@@ -275,8 +295,10 @@ class OnePixelAttack:
     Details:
         * Fitness (minimised) is ``log p(label)`` untargeted and ``-log p(target)``
           targeted: monotone in the paper's objective, so the same search, but with
-          resolution near 0 and 1. Non-finite logits give fitness +inf and never
-          count as a success.
+          resolution near 0 and 1. A candidate whose model output has a NaN or
+          infinite value is rejected: fitness +inf (never selected over a finite
+          one), never a success; the run goes on and ``rejected_candidates``
+          counts them per image.
         * Success is checked on *every* evaluated candidate, not only the best
           member. The returned perturbation is the best-fitness successful
           candidate, else the best member after the last generation.
@@ -290,12 +312,18 @@ class OnePixelAttack:
           forward passes. Random numbers are counter-based, keyed by ``(seed, id)``
           of each image, so the results do not depend on ``batch_size``, on the
           other images of the run, or on sharding (pass global ``ids`` to ``run``).
-        * The model is moved to ``device``, put in eval mode for the run and its
-          training flag restored afterwards; everything runs under
-          ``torch.inference_mode``.
+        * The model is moved to ``device`` and put in eval mode for the run (so
+          BatchNorm statistics do not change); afterwards every submodule gets its
+          own training flag back. Everything runs under ``torch.inference_mode``.
+        * Memory: the images stay where they are given (e.g. CPU) and are copied to
+          ``device`` as they enter the batch; the device holds the candidate buffer
+          (``batch_size`` images), the populations of the images in flight and the
+          final re-evaluation chunk, not the image set. The result (on the CPU)
+          holds one adversarial image per input image.
 
     After ``run``, ``last_stats`` holds ``candidates`` (evaluated), ``seconds``,
-    ``candidates_per_s`` and ``de_success`` (DE's own count of successes).
+    ``candidates_per_s``, ``de_success`` (DE's own count of successes) and
+    ``rejected`` (candidates with non-finite model output).
     """
 
     def __init__(
@@ -311,6 +339,7 @@ class OnePixelAttack:
         seed: int = 0,
         batch_size: int = 8192,
         device: str | torch.device | None = None,
+        output: str = "auto",
     ) -> None:
         _check_int("pixels", pixels, 1)
         _check_int("population", population, 4)
@@ -325,6 +354,8 @@ class OnePixelAttack:
             raise ConfigError(f"strategy: {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
         if not isinstance(targeted, bool):
             raise ConfigError(f"targeted: {targeted!r} is not a boolean; use true or false")
+        if output not in MODEL_OUTPUTS:
+            raise ConfigError(f"output: {output!r} is unknown; use one of {', '.join(MODEL_OUTPUTS)}")
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model: {type(model).__name__} is not a torch.nn.Module")
         self.model = model
@@ -337,6 +368,9 @@ class OnePixelAttack:
         self.targeted = targeted
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        self.output = output
+        #: what the model returned in the last run: "logits" or "probabilities" (None before a run)
+        self.model_output: str | None = None if output == "auto" else output
         if device is None:
             param = next(iter(model.parameters()), None)
             buf = next(iter(model.buffers()), None)
@@ -350,7 +384,7 @@ class OnePixelAttack:
         return (
             f"OnePixelAttack(pixels={self.pixels}, population={self.population}, generations={self.generations}, "
             f"F={self.F}, crossover={self.crossover}, strategy={self.strategy!r}, targeted={self.targeted}, "
-            f"seed={self.seed}, batch_size={self.batch_size}, device={str(self.device)!r})"
+            f"seed={self.seed}, batch_size={self.batch_size}, device={str(self.device)!r}, output={self.output!r})"
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -377,23 +411,18 @@ class OnePixelAttack:
                 reproduces exactly the rows of one run over all of them.
         """
         images, labels, targets, ids = self._check_inputs(images, labels, targets, ids)
-        n, c, h, w = images.shape
+        n = images.shape[0]
         dev = self.device
-        was_training = self.model.training
-        self.model.eval()
-        self.model.to(dev)
         start = time.perf_counter()
-        try:
+        with eval_mode(self.model):
+            self.model.to(dev)
             with torch.inference_mode():
-                imgs = images.to(dev)
                 lab = labels.to(dev)
                 tgt = targets.to(dev) if targets is not None else None
                 if n:
-                    self._check_classes(imgs[:1], lab, tgt)
-                genes, gens, done_ok = self._evolve(imgs, lab, tgt, ids.to(dev))
-                result = self._finalise(imgs, lab, tgt, genes, gens)
-        finally:
-            self.model.train(was_training)
+                    self._probe(images[:_PROBE].to(dev), lab, tgt)
+                genes, gens, done_ok, rejected = self._evolve(images, lab, tgt, ids.to(dev))
+                result = self._finalise(images, lab, tgt, genes, gens, rejected)
         seconds = time.perf_counter() - start
         total = int(result.queries.sum())
         self.last_stats = {
@@ -401,6 +430,7 @@ class OnePixelAttack:
             "seconds": seconds,
             "candidates_per_s": total / seconds if seconds > 0 else float("nan"),
             "de_success": int(done_ok.sum()),
+            "rejected": int(result.rejected_candidates.sum()),
         }
         return result
 
@@ -435,22 +465,35 @@ class OnePixelAttack:
                 raise DataError("ids: must be >= 0")
         return images, labels, targets, ids
 
-    def _check_classes(self, probe, lab, tgt) -> None:
-        """One forward pass on one image: labels/targets must index the model's classes."""
-        logits = self.model(probe.float() / 255)
-        if logits.dim() != 2 or logits.shape[0] != 1:
-            raise DataError(f"model: expected logits of shape (N, K); got {tuple(logits.shape)} for N=1")
-        num = logits.shape[1]
+    def _probe(self, probe, lab, tgt) -> None:
+        """One forward pass on the first images: the output's shape, its kind (``output="auto"``), and that
+        labels/targets index the model's classes."""
+        out = self.model(probe.float() / 255)
+        if out.dim() != 2 or out.shape[0] != probe.shape[0]:
+            raise DataError(f"model: expected outputs of shape (N, K); got {tuple(out.shape)} "
+                            f"for N={probe.shape[0]}")
+        if self.output == "auto":
+            self.model_output = "probabilities" if looks_like_probabilities(out) else "logits"
+        num = self._num_classes = out.shape[1]
         for key, t in (("labels", lab), ("targets", tgt)):
             if t is not None and bool(((t < 0) | (t >= num)).any()):
                 raise DataError(f"{key}: values must be class indices in [0, {num - 1}] for this model")
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``x`` as float logits (log-probabilities for a model returning probabilities)."""
+        out = self.model(x).float()
+        if self.model_output == "probabilities":
+            out = out.clamp_min(_TINY).log_()  # NaN stays NaN, +inf stays +inf: rejected as non-finite
+        return out
 
     # ------------------------------------------------------------------
     def _evolve(self, imgs, lab, tgt, ids):
         """Run DE for all images with continuous batching.
 
-        Returns per image: chosen genes ``(N, D)`` (float), generations used ``(N,)``
-        and DE's own success verdict ``(N,)``.
+        ``imgs`` may live on another device than the attack (e.g. CPU): each image is
+        copied to the device when it enters a slot. Returns per image: chosen genes
+        ``(N, D)`` (float), generations used ``(N,)``, DE's own success verdict ``(N,)``
+        and the count of rejected (non-finite) candidates ``(N,)``.
         """
         dev = self.device
         n, c, h, w = imgs.shape
@@ -461,8 +504,9 @@ class OnePixelAttack:
         out_genes = torch.zeros(n, D, dtype=torch.float32, device=dev)
         out_gens = torch.zeros(n, dtype=torch.long, device=dev)
         out_ok = torch.zeros(n, dtype=torch.bool, device=dev)
+        out_rej = torch.zeros(n, dtype=torch.long, device=dev)
         if n == 0:
-            return out_genes, out_gens, out_ok
+            return out_genes, out_gens, out_ok, out_rej
 
         # box bounds per gene
         lo = torch.zeros(D, dtype=torch.float32, device=dev)
@@ -477,6 +521,7 @@ class OnePixelAttack:
         base = torch.zeros(S, c, h, w, dtype=torch.float32, device=dev)  # clean float image per slot
         slot_cls = torch.zeros(S, dtype=torch.long, device=dev)  # class whose log-prob is the fitness
         slot_key = torch.zeros(S, dtype=torch.long, device=dev)  # per-image stream key (without generation)
+        slot_rej = torch.zeros(S, dtype=torch.long, device=dev)  # rejected (non-finite) candidates so far
 
         seed_lo, seed_hi = _split32(self.seed)
         member = torch.arange(P, device=dev)
@@ -489,7 +534,7 @@ class OnePixelAttack:
         # admit the first S images
         free = torch.arange(S, device=dev)
         next_img = self._admit(free, next_img, n, imgs, lab, tgt, ids, seed_lo, seed_hi,
-                               slot_img, slot_gen, base, slot_cls, slot_key)
+                               slot_img, slot_gen, base, slot_cls, slot_key, slot_rej)
         while True:
             act = (slot_img >= 0).nonzero().squeeze(1)
             if act.numel() == 0:
@@ -515,9 +560,10 @@ class OnePixelAttack:
                                         member_mixed, elem_mixed)
 
             # evaluate all candidates of the active slots
-            cf, cs = self._evaluate(cand.view(A * P, D), act, base, slot_cls, buf, k, c, h, w)
+            cf, cs, cfin = self._evaluate(cand.view(A * P, D), act, base, slot_cls, buf, k, c, h, w)
             cf = cf.view(A, P)
             cs = cs.view(A, P)
+            slot_rej[act] += (~cfin).view(A, P).sum(1)
 
             # selection (initial slots take the candidates as their population)
             take = (cf <= f_act) | is_init[:, None]
@@ -547,18 +593,19 @@ class OnePixelAttack:
                 out_genes[rows] = torch.where(ok[:, None], g_succ, g_pop)
                 out_gens[rows] = gen[fi]
                 out_ok[rows] = ok
+                out_rej[rows] = slot_rej[act[fi]]
                 freed = act[fi]
                 slot_img[freed] = -1
                 next_img = self._admit(freed, next_img, n, imgs, lab, tgt, ids, seed_lo, seed_hi,
-                                       slot_img, slot_gen, base, slot_cls, slot_key)
+                                       slot_img, slot_gen, base, slot_cls, slot_key, slot_rej)
             # every slot that was active and not finished moves on one generation
             cont = act[~fin]
             slot_gen[cont] += 1
-        return out_genes, out_gens, out_ok
+        return out_genes, out_gens, out_ok, out_rej
 
     def _admit(self, free, next_img, n, imgs, lab, tgt, ids, seed_lo, seed_hi,
-               slot_img, slot_gen, base, slot_cls, slot_key) -> int:
-        """Put the next pending images into the free slots (in slot order)."""
+               slot_img, slot_gen, base, slot_cls, slot_key, slot_rej) -> int:
+        """Put the next pending images into the free slots (in slot order); copy them to the device."""
         m = min(free.numel(), n - next_img)
         if m <= 0:
             return next_img
@@ -566,7 +613,8 @@ class OnePixelAttack:
         rows = torch.arange(next_img, next_img + m, device=free.device)
         slot_img[slots] = rows
         slot_gen[slots] = 0
-        base[slots] = imgs[rows].float() / 255
+        slot_rej[slots] = 0
+        base[slots] = imgs[next_img : next_img + m].to(base.device).float() / 255
         slot_cls[slots] = tgt[rows] if tgt is not None else lab[rows]
         i = ids[rows]
         key = _hash32(torch.full_like(i, seed_lo) ^ 0x5BD1E995)
@@ -647,12 +695,14 @@ class OnePixelAttack:
         return xs, ys, cols
 
     def _evaluate(self, genes, act, base, slot_cls, buf, k, c, h, w):
-        """Fitness ``(M,)`` (minimised) and success ``(M,)`` of candidates ``(M, D)`` of slots ``act``."""
+        """Fitness ``(M,)`` (minimised), success ``(M,)`` and finite output ``(M,)`` of candidates ``(M, D)``
+        of slots ``act``."""
         M = genes.shape[0]
         P = self.population
         dev = genes.device
         fitness = torch.empty(M, dtype=torch.float32, device=dev)
         success = torch.empty(M, dtype=torch.bool, device=dev)
+        finite = torch.empty(M, dtype=torch.bool, device=dev)
         slot_of = act.repeat_interleave(P)
         xs, ys, cols = self._decode(genes, k, c, h, w)
         offsets = (ys * w + xs)  # (M, k)
@@ -664,18 +714,19 @@ class OnePixelAttack:
             x = buf[:m]
             torch.index_select(base, 0, slot_of[s:e], out=x)
             x.view(m, c, h * w).scatter_(2, offsets[s:e, None, :].expand(m, c, k), vals[s:e])
-            logits = self.model(x)
-            f, ok = self._score(logits, slot_cls[slot_of[s:e]])
+            f, ok, fin = self._score(self._logits(x), slot_cls[slot_of[s:e]])
             fitness[s:e] = f
             success[s:e] = ok
-        return fitness, success
+            finite[s:e] = fin
+        return fitness, success, finite
 
     def _score(self, logits, cls):
-        """Fitness and success from logits ``(m, K)`` for fitness class ``cls`` ``(m,)``.
+        """Fitness, success and finiteness ``(m,)`` from logits ``(m, K)`` for fitness class ``cls`` ``(m,)``.
 
         Fitness is log p(true) (untargeted) or -log p(target) (targeted): a
         monotone transform of the paper's probability objective that keeps its
-        resolution near 0 and 1. Non-finite logits give fitness +inf, no success.
+        resolution near 0 and 1. A row with a non-finite logit is rejected:
+        fitness +inf, no success, ``finite`` False.
         """
         logits = logits.float()
         # a row sum is finite only if every logit of the row is; the exact test runs only
@@ -695,35 +746,43 @@ class OnePixelAttack:
         # with finite logits log p is never NaN (logsumexp >= every logit, its sum is in [1, K])
         fit.masked_fill_(~finite, math.inf)
         ok &= finite
-        return fit, ok
+        return fit, ok, finite
 
-    def _finalise(self, imgs, lab, tgt, genes, gens) -> AttackResult:
-        """Build adversarial images and re-evaluate them (float32, no autocast)."""
-        n, c, h, w = imgs.shape
-        k = self.pixels
-        dev = imgs.device
-        xs, ys, cols = self._decode(genes, k, c, h, w)
-        cols_u8 = cols.to(torch.uint8)
+    def _finalise(self, imgs, lab, tgt, genes, gens, rejected) -> AttackResult:
+        """Build adversarial images and re-evaluate them (float32, no autocast), chunk by chunk.
+
+        ``imgs`` may be on another device (e.g. CPU): each chunk is copied to the
+        device and its adversarial images back into the CPU result.
+        """
         from onepixel.perturb import apply_pixels
 
-        adv = apply_pixels(imgs, xs, ys, cols_u8)
-        prob_clean, prob_adv, adv_class, finite = [], [], [], []
+        n, c, h, w = imgs.shape
+        k = self.pixels
+        dev = self.device
+        xs, ys, cols = self._decode(genes, k, c, h, w)
+        cols_u8 = cols.to(torch.uint8)
+        # every output is allocated once, before the loop: per-chunk pieces kept until a final cat
+        # would pin the heap between the chunks' large temporaries and grow the process with N
+        num = self._num_classes if n else 0
+        adv_out = torch.empty((n, c, h, w), dtype=torch.uint8)
+        pc = torch.empty((n, num), dtype=torch.float32)
+        pa = torch.empty((n, num), dtype=torch.float32)
+        ac = torch.empty(n, dtype=torch.long, device=dev)
+        fin = torch.empty(n, dtype=torch.bool, device=dev)
         step = max(1, min(self.batch_size, 1024))
         with torch.autocast(device_type=dev.type, enabled=False):
             for s in range(0, n, step):
-                lc = self.model(imgs[s : s + step].float() / 255).float()
-                la = self.model(adv[s : s + step].float() / 255).float()
-                prob_clean.append(torch.softmax(lc, 1))
-                prob_adv.append(torch.softmax(la, 1))
-                adv_class.append(la.argmax(1))
-                finite.append(torch.isfinite(la).all(1))
-        if n:
-            pc, pa = torch.cat(prob_clean), torch.cat(prob_adv)
-            ac, fin = torch.cat(adv_class), torch.cat(finite)
-        else:
-            pc = pa = torch.zeros(0, 0, device=dev)
-            ac = torch.zeros(0, dtype=torch.long, device=dev)
-            fin = torch.zeros(0, dtype=torch.bool, device=dev)
+                e = min(n, s + step)
+                clean = imgs[s:e].to(dev)
+                adv = apply_pixels(clean, xs[s:e], ys[s:e], cols_u8[s:e])
+                pc[s:e] = torch.softmax(self._logits(clean.float() / 255), 1).cpu()
+                del clean
+                la = self._logits(adv.float() / 255)
+                pa[s:e] = torch.softmax(la, 1).cpu()
+                ac[s:e] = la.argmax(1)
+                fin[s:e] = torch.isfinite(la).all(1)
+                adv_out[s:e] = adv.cpu()
+                del adv, la
         if tgt is not None:
             success = (ac == tgt) & fin
             target_class = tgt
@@ -741,10 +800,23 @@ class OnePixelAttack:
             true_class=cpu(lab).long(),
             target_class=cpu(target_class).long(),
             adv_class=cpu(ac).long(),
-            prob_clean=cpu(pc).float(),
-            prob_adv=cpu(pa).float(),
-            adversarial=cpu(adv),
+            prob_clean=pc.float(),
+            prob_adv=pa.float(),
+            adversarial=adv_out,
+            rejected_candidates=cpu(rejected).long(),
         )
+
+
+def looks_like_probabilities(out: torch.Tensor, tol: float = 1e-3) -> bool:
+    """Whether model outputs ``(N, K)`` read as class probabilities: all finite, in [0, 1], rows summing to 1 (± ``tol``).
+
+    Logits pass this only by accident (K numbers that happen to be in [0, 1] and sum to 1).
+    """
+    out = out.detach().float()
+    if out.numel() == 0 or not bool(torch.isfinite(out).all()):
+        return False
+    in_range = bool(((out >= 0) & (out <= 1)).all())
+    return in_range and bool(((out.sum(1) - 1).abs() <= tol).all())
 
 
 def _check_int(key: str, value: object, minimum: int) -> None:

@@ -28,6 +28,8 @@ REQUIRED_VARIABLES = (
     "adversarial",
     "sample_id",
 )
+#: variables added after the first release: loaded when present, not required of older files
+OPTIONAL_VARIABLES = ("rejected_candidates",)
 
 _ATTRS: dict[str, dict[str, str]] = {
     "success": {
@@ -47,6 +49,10 @@ _ATTRS: dict[str, dict[str, str]] = {
     "prob_clean": {"long_name": "softmax probability on the clean image", "units": "1"},
     "prob_adv": {"long_name": "softmax probability on the adversarial image", "units": "1"},
     "adversarial": {"long_name": "adversarial image", "units": "1", "valid_range": "0 255"},
+    "rejected_candidates": {
+        "long_name": "candidates rejected because the model output NaN or infinity (counted as not adversarial)",
+        "units": "1",
+    },
     "sample_id": {"long_name": "index of the image in the test set", "units": "1"},
 }
 
@@ -72,18 +78,19 @@ def result_to_dataset(
         raise ValueError(f"sample_ids must have shape ({n},); got {ids.shape}")
     r = {name: getattr(result, name).detach().cpu().numpy() for name in result.__dataclass_fields__}
     data = {
-        "success": (("sample",), r["success"].astype(np.uint8)),
-        "queries": (("sample",), r["queries"].astype(np.int64)),
-        "generations": (("sample",), r["generations"].astype(np.int64)),
-        "pixel_x": (("sample", "pixel"), r["pixel_x"].astype(np.int64)),
-        "pixel_y": (("sample", "pixel"), r["pixel_y"].astype(np.int64)),
-        "color": (("sample", "pixel", "channel"), r["color"].astype(np.uint8)),
-        "true_class": (("sample",), r["true_class"].astype(np.int64)),
-        "target_class": (("sample",), r["target_class"].astype(np.int64)),
-        "adv_class": (("sample",), r["adv_class"].astype(np.int64)),
-        "prob_clean": (("sample", "class"), r["prob_clean"].astype(np.float32)),
-        "prob_adv": (("sample", "class"), r["prob_adv"].astype(np.float32)),
-        "adversarial": (("sample", "channel", "y", "x"), r["adversarial"].astype(np.uint8)),
+        "success": (("sample",), r["success"].astype(np.uint8, copy=False)),
+        "queries": (("sample",), r["queries"].astype(np.int64, copy=False)),
+        "generations": (("sample",), r["generations"].astype(np.int64, copy=False)),
+        "pixel_x": (("sample", "pixel"), r["pixel_x"].astype(np.int64, copy=False)),
+        "pixel_y": (("sample", "pixel"), r["pixel_y"].astype(np.int64, copy=False)),
+        "color": (("sample", "pixel", "channel"), r["color"].astype(np.uint8, copy=False)),
+        "true_class": (("sample",), r["true_class"].astype(np.int64, copy=False)),
+        "target_class": (("sample",), r["target_class"].astype(np.int64, copy=False)),
+        "adv_class": (("sample",), r["adv_class"].astype(np.int64, copy=False)),
+        "prob_clean": (("sample", "class"), r["prob_clean"].astype(np.float32, copy=False)),
+        "prob_adv": (("sample", "class"), r["prob_adv"].astype(np.float32, copy=False)),
+        "adversarial": (("sample", "channel", "y", "x"), r["adversarial"].astype(np.uint8, copy=False)),
+        "rejected_candidates": (("sample",), r["rejected_candidates"].astype(np.int64, copy=False)),
     }
     ds = xr.Dataset(
         {name: xr.Variable(dims, values, attrs=_ATTRS[name]) for name, (dims, values) in data.items()},
@@ -104,8 +111,13 @@ def save_attack(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
 
 
 def load_attack(path: str | os.PathLike[str]) -> xr.Dataset:
-    """Load an attack file written by :func:`save_attack`; ``success`` comes back as bool."""
-    ds = open_netcdf(path, required=REQUIRED_VARIABLES)
+    """Load an attack file written by :func:`save_attack`; ``success`` comes back as bool.
+
+    Raises:
+        DataError: naming the file when it is missing, not readable netCDF (truncated,
+            corrupt) or not an attack result (e.g. the file of another stage).
+    """
+    ds = open_netcdf(path, required=REQUIRED_VARIABLES, kind="an attack result (onepixel attack)")
     attrs = dict(ds["success"].attrs)
     ds["success"] = ds["success"].astype(bool)
     ds["success"].attrs.update(attrs)

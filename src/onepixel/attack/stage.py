@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +25,12 @@ from torch import nn
 
 from onepixel.attack.de import OnePixelAttack
 from onepixel.attack.results import load_attack, merge_attacks, result_to_dataset, save_attack
+from onepixel.config import section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
+from onepixel.utils import deterministic_torch, eval_mode, file_sha256, provenance, resolve_device, write_json
 
-#: defaults of the ``attack`` section of ``config.schema.yaml``
-DEFAULT_ATTACK_CONFIG: dict[str, Any] = {
-    "num_images": 100,
-    "pixels": 1,
-    "population": 400,
-    "generations": 100,
-    "F": 0.5,
-    "crossover": 1.0,
-    "strategy": "rand1",
-    "targeted": False,
-    "seed": 0,
-    "batch_size": 8192,
-    "shards": 1,
-}
+#: defaults of the ``attack`` section, read from the config schema (its single source)
+DEFAULT_ATTACK_CONFIG: dict[str, Any] = section_defaults("attack")
 
 #: keys of the ``attack`` section that only say how the work is split, not what is
 #: computed; they are left out of the ``attack_config`` stored with the results
@@ -49,19 +40,13 @@ SELECTION_FORMAT = "onepixel-attack-selection-1"
 
 
 def attack_settings(attack_cfg: dict[str, Any] | None) -> dict[str, Any]:
-    """``attack_cfg`` completed with the defaults; unknown keys are a ConfigError."""
-    cfg = dict(attack_cfg or {})
-    unknown = sorted(set(cfg) - set(DEFAULT_ATTACK_CONFIG))
-    if unknown:
-        raise ConfigError(
-            f"attack.{unknown[0]}: unknown key; allowed keys are {', '.join(DEFAULT_ATTACK_CONFIG)}"
-        )
-    full = {**DEFAULT_ATTACK_CONFIG, **cfg}
-    for key in ("num_images", "shards"):
-        n = full[key]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"attack.{key}: {n!r} is not allowed; use an integer >= 1")
-    return full
+    """``attack_cfg`` validated against the schema's ``attack`` section and completed with its defaults.
+
+    Raises:
+        ConfigError: one line naming the key (``attack.<key>``), the value and what is
+            allowed, as for the whole config (:func:`onepixel.config.validate_section`).
+    """
+    return validate_section("attack", attack_cfg)
 
 
 def stored_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -105,18 +90,14 @@ def make_attack(model: nn.Module, cfg: dict[str, Any], device: str | torch.devic
 
 
 def predict(model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 512, device=None) -> torch.Tensor:
-    """Argmax predictions ``(N,)`` (CPU int64) of ``model`` on uint8 images, in eval mode."""
+    """Argmax predictions ``(N,)`` (CPU int64) of ``model`` on uint8 images, in eval mode
+    (each submodule's training flag is restored afterwards)."""
     dev = torch.device(device) if device is not None else _model_device(model)
-    was_training = model.training
-    model.eval()
     out = []
-    try:
-        with torch.inference_mode():
-            for s in range(0, images_uint8.shape[0], batch_size):
-                x = images_uint8[s : s + batch_size].to(dev).float() / 255
-                out.append(model(x).argmax(1).cpu())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for s in range(0, images_uint8.shape[0], batch_size):
+            x = images_uint8[s : s + batch_size].to(dev).float() / 255
+            out.append(model(x).argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -165,11 +146,25 @@ def targets_for(labels, num_classes: int, targeted: bool) -> tuple[torch.Tensor,
     return labels[row_index], row_targets, row_index
 
 
-def _load_stage_inputs(checkpoint_path, test_path, dev):
-    """Model (on ``dev``), test images ``(N, C, H, W)`` uint8, labels ``(N,)`` and the class count."""
+@dataclass
+class _StageInputs:
+    """What every attack stage starts from: the completed config, the device, the model and the test set."""
+
+    cfg: dict[str, Any]
+    device: torch.device
+    model: nn.Module
+    images: torch.Tensor  # (N, C, H, W) uint8, CPU
+    labels: torch.Tensor  # (N,) int64
+    num_classes: int
+
+
+def _stage_inputs(checkpoint_path, test_path, attack_cfg, device) -> _StageInputs:
+    """Validate ``attack_cfg``, resolve ``device``, load the checkpoint (onto it) and the test set."""
     from onepixel.data import load_dataset
     from onepixel.models import load_checkpoint
 
+    cfg = attack_settings(attack_cfg)
+    dev = resolve_device(device)
     model, _meta = load_checkpoint(checkpoint_path, map_location=dev)
     test = load_dataset(test_path)
     images = torch.from_numpy(np.ascontiguousarray(test["image"].values))
@@ -177,13 +172,16 @@ def _load_stage_inputs(checkpoint_path, test_path, dev):
     if "class_name" in test.coords:
         num_classes = int(test["class_name"].size)
     else:
-        with torch.inference_mode():
-            num_classes = int(model.eval()(images[:1].to(dev).float() / 255).shape[1])
-    return model, images, labels, num_classes
+        with eval_mode(model), torch.inference_mode():
+            num_classes = int(model(images[:1].to(dev).float() / 255).shape[1])
+    return _StageInputs(cfg, dev, model, images, labels, num_classes)
 
 
-def _select(model, images, labels, cfg, dev, log) -> np.ndarray:
-    chosen = select_correct_images(model, images, labels, cfg["num_images"], cfg["seed"], device=dev)
+def _select(inputs: _StageInputs, log: Callable[[str], Any]) -> np.ndarray:
+    """:func:`select_correct_images` with the config's ``num_images`` and ``seed``; a shortfall is logged."""
+    cfg = inputs.cfg
+    chosen = select_correct_images(inputs.model, inputs.images, inputs.labels, cfg["num_images"], cfg["seed"],
+                                   device=inputs.device)
     if len(chosen) < cfg["num_images"]:
         log(f"attack: only {len(chosen)} correctly classified test images (asked for {cfg['num_images']})")
     return chosen
@@ -207,19 +205,17 @@ def run_select_stage(
     Returns:
         The selected test-set indices ``(n,)`` int64.
     """
-    from onepixel.utils import file_sha256, resolve_device, write_json
-
-    cfg = attack_settings(attack_cfg)
-    dev = resolve_device(device)
-    model, images, labels, num_classes = _load_stage_inputs(checkpoint_path, test_path, dev)
-    chosen = _select(model, images, labels, cfg, dev, log)
+    with deterministic_torch():
+        inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device)
+        chosen = _select(inputs, log)
+    cfg = inputs.cfg
     write_json(
         {
             "format": SELECTION_FORMAT,
             "sample_ids": chosen.tolist(),
             "num_images": int(cfg["num_images"]),
             "seed": int(cfg["seed"]),
-            "num_classes": num_classes,
+            "num_classes": inputs.num_classes,
             "model_sha256": file_sha256(checkpoint_path),
         },
         out_path,
@@ -240,8 +236,6 @@ def read_selection(
     A mismatch is a :class:`~onepixel.errors.DataError` (re-run the selection).
     """
     import json
-
-    from onepixel.utils import file_sha256
 
     file = Path(path)
     if not file.is_file():
@@ -290,40 +284,43 @@ def run_attack_stage(
     how many jobs to start); pass ``shard``/``shards``. The file records the
     attribute ``shards`` (and ``shard`` when ``shards > 1``); :func:`run_merge_stage`
     combines the shard files.
+
+    Reproducibility: the stage runs under :func:`onepixel.utils.deterministic_torch`
+    (no TF32, deterministic cuDNN/cuBLAS choices on a GPU); on the CPU two runs with
+    the same config and seed write bit-identical results (but the timing attributes).
+    The file also records ``model_output`` (logits or probabilities, see
+    :class:`OnePixelAttack`) and the total of ``rejected_candidates``.
     """
-    from onepixel.utils import file_sha256, provenance, resolve_device
-
-    cfg = attack_settings(attack_cfg)
     _check_shard(shard, shards)
-    dev = resolve_device(device)
-    model, images, labels, num_classes = _load_stage_inputs(checkpoint_path, test_path, dev)
-    attack = make_attack(model, cfg, dev)
-
-    if selection_path is not None:
-        chosen = read_selection(selection_path, cfg, checkpoint_path)
-        if len(chosen) and int(chosen.max()) >= images.shape[0]:
-            raise DataError(f"{selection_path}: sample_id {int(chosen.max())} is outside the test set "
-                            f"({images.shape[0]} images); re-run the selection")
-    else:
-        chosen = _select(model, images, labels, cfg, dev, log)
-    chosen = chosen[shard_indices(len(chosen), shard, shards)]
-    row_labels, row_targets, row_index = targets_for(labels[chosen], num_classes, cfg["targeted"])
-    sample_ids = torch.from_numpy(chosen)[row_index]
-    ids = sample_ids * num_classes + row_targets if cfg["targeted"] else sample_ids
-    start = time.perf_counter()
-    result = attack.run(
-        images[sample_ids], row_labels, row_targets if cfg["targeted"] else None, ids=ids
-    )
-    wall = time.perf_counter() - start
+    with deterministic_torch():  # before the first GPU work of the process (see its docstring)
+        inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device)
+        cfg, dev, images = inputs.cfg, inputs.device, inputs.images
+        attack = make_attack(inputs.model, cfg, dev)
+        if selection_path is not None:
+            chosen = read_selection(selection_path, cfg, checkpoint_path)
+            if len(chosen) and int(chosen.max()) >= images.shape[0]:
+                raise DataError(f"{selection_path}: sample_id {int(chosen.max())} is outside the test set "
+                                f"({images.shape[0]} images); re-run the selection")
+        else:
+            chosen = _select(inputs, log)
+        chosen = chosen[shard_indices(len(chosen), shard, shards)]
+        row_labels, row_targets, row_index = targets_for(inputs.labels[chosen], inputs.num_classes, cfg["targeted"])
+        sample_ids = torch.from_numpy(chosen)[row_index]
+        ids = sample_ids * inputs.num_classes + row_targets if cfg["targeted"] else sample_ids
+        start = time.perf_counter()
+        result = attack.run(images[sample_ids], row_labels, row_targets if cfg["targeted"] else None, ids=ids)
+        wall = time.perf_counter() - start
     rate = attack.last_stats.get("candidates", 0) / wall if wall > 0 else float("nan")
     attrs = {
         **provenance(dev),
         "model_checkpoint": os.path.basename(os.fspath(checkpoint_path)),
         "model_sha256": file_sha256(checkpoint_path),
+        "model_output": str(attack.model_output),
         "seed": int(cfg["seed"]),
         "wall_time_s": float(wall),
         "candidates_per_s": float(rate),
         "num_images": int(len(chosen)),
+        "rejected_candidates": int(attack.last_stats.get("rejected", 0)),
         "shards": int(shards),
         **({"shard": int(shard)} if shards > 1 else {}),
     }
@@ -371,6 +368,8 @@ def run_merge_stage(
     attrs = dict(merged.attrs)
     attrs.pop("shard", None)
     attrs.update(wall_time_s=wall, candidates_per_s=float(rate), num_images=int(len(ids)), shards=len(paths))
+    if "rejected_candidates" in merged:
+        attrs["rejected_candidates"] = int(merged["rejected_candidates"].values.sum())
     success_attrs = dict(merged["success"].attrs)
     merged = merged.assign(success=merged["success"].astype(np.uint8))
     merged["success"].attrs.update(success_attrs)
@@ -391,6 +390,9 @@ def summary_line(ds: xr.Dataset, candidates_per_s: float) -> str:
         f"mean queries {float(np.mean(ds['queries'].values)) if n else 0:.0f}, "
         f"{candidates_per_s:.0f} candidates/s"
     )
+    if "rejected_candidates" in ds and n and int(ds["rejected_candidates"].values.sum()):
+        text += (f"; {int(ds['rejected_candidates'].values.sum())} candidates rejected "
+                 "(NaN or infinite model output, counted as not adversarial)")
     target = np.asarray(ds["target_class"].values)
     if n and (target >= 0).any():
         ids = np.asarray(ds["sample_id"].values)

@@ -6,8 +6,9 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,9 +16,10 @@ import numpy as np
 import xarray as xr
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from onepixel.cifar10_layout import CIFAR10_FILE_NAMES, CIFAR10_FOLDER, TRAIN_BATCHES, locate_cifar10
+from onepixel.cifar10_layout import CIFAR10_ARCHIVE, CIFAR10_FILE_NAMES, CIFAR10_FOLDER, TRAIN_BATCHES, locate_cifar10
 from onepixel.data.dataset import make_dataset
 from onepixel.errors import DataError
+from onepixel.utils import one_line
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -55,28 +57,72 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def download_cifar10(root: str | os.PathLike[str]) -> Path:
+def download_cifar10(
+    root: str | os.PathLike[str],
+    url: str = CIFAR10_URL,
+    md5: str = CIFAR10_MD5,
+    file_md5s: Mapping[str, str] | None = None,
+    log: Callable[[str], Any] | None = print,
+) -> Path:
     """Download and extract CIFAR-10 into ``root`` unless a verified copy is already there.
 
-    The archive's md5 is checked by torchvision; an existing copy is kept when every
-    file matches torchvision's per-file md5.
+    Every step is checked against published md5 checksums, so a truncated or corrupt
+    file is never used:
+
+    * an extracted ``cifar-10-batches-py`` whose files all match ``file_md5s``
+      (torchvision's per-file sums) is used as it is, without network;
+    * otherwise a partly extracted or damaged folder is removed (with a notice to
+      ``log``) and extracted again from the archive;
+    * an archive ``cifar-10-python.tar.gz`` already in ``root`` (e.g. from an
+      interrupted download) that does not match ``md5`` is fetched again (notice to
+      ``log``); torchvision's downloader checks the new archive's md5 too.
+
+    ``url``, ``md5`` and ``file_md5s`` default to the official archive; tests pass a
+    fixture's.
 
     Returns:
         ``<root>/cifar-10-batches-py``.
+
+    Raises:
+        DataError: one line naming the file: the download failed, or the fetched
+            archive does not match ``md5`` (it is removed, so the next run fetches it
+            again).
     """
     root = Path(root)
+    file_md5s = CIFAR10_FILES if file_md5s is None else file_md5s
+    say = log if log is not None else (lambda line: None)
     batch_dir = root / CIFAR10_FOLDER
-    if all(check_integrity(batch_dir / name, md5) for name, md5 in CIFAR10_FILES.items()):
+    if all(check_integrity(batch_dir / name, sum_) for name, sum_ in file_md5s.items()):
         return batch_dir
+    archive = root / CIFAR10_ARCHIVE
+    if archive.is_file() and not check_integrity(archive, md5):
+        say(f"{archive}: md5 {_file_md5(archive)} is not the published {md5} (a truncated or corrupt download); "
+            "fetching it again")
+        archive.unlink()
+    if batch_dir.exists():
+        bad = next(name for name, sum_ in file_md5s.items() if not check_integrity(batch_dir / name, sum_))
+        say(f"{batch_dir / bad}: missing or its md5 is not the published one (a partial or damaged extraction); "
+            "extracting the archive again")
+        shutil.rmtree(batch_dir)
     try:
-        download_and_extract_archive(CIFAR10_URL, download_root=root, filename=Path(CIFAR10_URL).name, md5=CIFAR10_MD5)
-    except (OSError, RuntimeError) as exc:
+        download_and_extract_archive(url, download_root=root, filename=CIFAR10_ARCHIVE, md5=md5)
+    except RuntimeError as exc:
+        if archive.is_file() and not check_integrity(archive, md5):
+            got = _file_md5(archive)
+            archive.unlink()
+            raise DataError(
+                f"{archive}: the downloaded archive has md5 {got}, not the published {md5} (truncated or corrupt "
+                f"download from {url}); removed it, run again to fetch it anew"
+            ) from exc
+        raise DataError(f"{root}: could not download CIFAR-10 from {url} ({one_line(str(exc))}); "
+                        f"download it yourself and extract it so that {batch_dir} exists") from exc
+    except OSError as exc:
         raise DataError(
-            f"{root}: could not download CIFAR-10 from {CIFAR10_URL} ({exc.__class__.__name__}: {exc}); "
+            f"{root}: could not download CIFAR-10 from {url} ({exc.__class__.__name__}: {one_line(str(exc))}); "
             f"download it yourself and extract it so that {batch_dir} exists"
         ) from exc
     if not batch_dir.is_dir():
-        raise DataError(f"{batch_dir}: missing after extracting {CIFAR10_URL}")
+        raise DataError(f"{batch_dir}: missing after extracting {archive}")
     return batch_dir
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import atomic_path
+from onepixel.utils import atomic_path, one_line
 
 CHECKPOINT_FORMAT = "onepixel-checkpoint/1"
 SHOWN_KEYS = 5  # how many offending keys an error message lists
@@ -72,16 +72,38 @@ def _torch_load(file: Path, map_location: Any) -> Any:
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        text = str(exc)
+        refused = re.search(r"GLOBAL ([\w.]+)", text)
         if refused:
             raise DataError(
                 f"{file}: refused, it contains {refused.group(1)}, which would need arbitrary code execution "
                 "to load (weights_only=False); save a state_dict or an onepixel checkpoint instead"
             ) from exc
+        if not _looks_like_torch_save(file):
+            raise DataError(f"{file}: not a readable PyTorch checkpoint (neither torch.save's zip format nor a "
+                            "pickle: corrupt or another kind of file)") from exc
+        if "weights only" in text.lower() or "WeightsUnpickler" in text:
+            reason = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.S)
+            why = f" ({one_line(reason.group(1))})" if reason else ""
+            raise DataError(
+                f"{file}: refused by weights_only loading{why}: a pickle that is not a plain checkpoint of tensors "
+                "(loading it would need weights_only=False, which can run arbitrary code); "
+                "save a state_dict or an onepixel checkpoint instead"
+            ) from exc
         raise DataError(f"{file}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)") from exc
     except Exception as exc:  # zip/EOF/runtime errors of a truncated or foreign file
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"{file}: not a readable PyTorch checkpoint ({exc.__class__.__name__}: {first_line})") from exc
+        raise DataError(f"{file}: not a readable PyTorch checkpoint, truncated or corrupt? "
+                        f"({one_line(f'{exc.__class__.__name__}: {exc}', limit=200)})") from exc
+
+
+def _looks_like_torch_save(file: Path) -> bool:
+    """Whether ``file`` starts like a ``torch.save`` file: a zip archive, or a pickle (protocol >= 2, legacy format)."""
+    try:
+        with open(file, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -96,9 +118,12 @@ def _split_checkpoint(
         if obj["format"] != CHECKPOINT_FORMAT or not _is_state_dict(obj.get("state_dict")):
             raise DataError(f"{file}: unsupported checkpoint format {obj['format']!r}; expected {CHECKPOINT_FORMAT}")
         arch = obj.get("arch")
+        kwargs = dict(obj.get("build_kwargs", {}))
         if name is not None and arch != name:
-            raise DataError(f"{file}: checkpoint holds a {arch!r} model, not the requested {name!r}")
-        return arch, dict(obj.get("build_kwargs", {})), obj["state_dict"], dict(obj.get("extra", {}))
+            problems = _fit_problems(_requested_model(name, kwargs), obj["state_dict"])
+            listing = "; " + "; ".join(problems) if problems else ""
+            raise DataError(f"{file}: checkpoint holds a {arch!r} model, not the requested {name!r}{listing}")
+        return arch, kwargs, obj["state_dict"], dict(obj.get("extra", {}))
     if _is_state_dict(obj):
         if name is None or build_kwargs is None:
             raise DataError(f"{file}: is a bare state_dict; give the architecture name and build_kwargs to load it")
@@ -112,8 +137,21 @@ def _listing(keys: list[str]) -> str:
     return ", ".join(keys[:SHOWN_KEYS]) + more
 
 
-def _check_fit(file: Path, arch: str, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Raise a DataError listing missing/unexpected keys and shape mismatches between model and ``state_dict``."""
+def _requested_model(name: str, kwargs: dict[str, Any]) -> nn.Module | None:
+    """The requested architecture built with a checkpoint's build kwargs, to list how the weights differ (None if
+    it cannot be built with them)."""
+    from onepixel.models import build_model
+
+    try:
+        return build_model(name, **kwargs)
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
+def _fit_problems(model: nn.Module | None, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches between ``model`` and ``state_dict``, each listed."""
+    if model is None:
+        return []
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -122,12 +160,17 @@ def _check_fit(file: Path, arch: str, model: nn.Module, state_dict: dict[str, to
         for k, v in expected.items()
         if k in state_dict and state_dict[k].shape != v.shape
     ]
-    problems = [
+    return [
         f"{label}: {_listing(keys)}"
         for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                             ("shape mismatches (file vs model)", shapes))
         if keys
     ]
+
+
+def _check_fit(file: Path, arch: str, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Raise a DataError listing missing/unexpected keys and shape mismatches between model and ``state_dict``."""
+    problems = _fit_problems(model, state_dict)
     if problems:
         raise DataError(f"{file}: state_dict does not fit a {arch!r} model; " + "; ".join(problems))
 
