@@ -173,7 +173,9 @@ def _bad_cases():
             cases.append((key, "bogus", f"{key}: 'bogus' is not allowed; allowed values: {', '.join(sub['enum'])}"))
         if kind == "array" and "enum" in sub.get("items", {}):
             allowed = ", ".join(sub["items"]["enum"])
-            cases.append((key, ["bogus"], f"{key}[0]: 'bogus' is not allowed; allowed values: {allowed}"))
+            required = [sub["contains"]["const"]] if "contains" in sub else []  # a valid item the list must hold
+            cases.append((key, [*required, "bogus"],
+                          f"{key}[{len(required)}]: 'bogus' is not allowed; allowed values: {allowed}"))
         wrong = {"integer": "many", "number": "lots", "boolean": "maybe", "string": 7, "array": 7, "object": 7}[kind]
         expected = {"integer": "integer", "number": "number", "boolean": "boolean (true or false)", "string": "string",
                     "array": "list", "object": "mapping of keys"}[kind]
@@ -213,6 +215,7 @@ def test_unknown_key_in_every_section(section):
         ({"models": "lenet"}, "models: 'lenet' has the wrong type; expected list"),
         ({"models": ["lenet", "lenet"]}, "models: items must be unique; got ['lenet', 'lenet']"),
         ({"figures": {"formats": []}}, "figures.formats: needs at least 1 item(s); got []"),
+        ({"figures": {"formats": ["pdf"]}}, "figures.formats: ['pdf'] must include 'png'"),
         ({"train": {"checkpoints": {"lenet": ""}}}, "train.checkpoints.lenet: '' is too short"),
         ({"train": {"checkpoints": {"lenet": 3}}}, "train.checkpoints.lenet: 3 has the wrong type; expected string"),
         ({"dataset": {"name": "imagenet"}}, "dataset.name: 'imagenet' is not allowed; allowed values: digits, cifar10"),

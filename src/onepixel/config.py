@@ -91,6 +91,8 @@ def format_error(error: ValidationError, root: str = "") -> str:
         return f"{key}: items must be unique; got {value!r}"
     if error.validator == "minLength":
         return f"{key}: {value!r} is too short; must have at least {rule} character(s)"
+    if error.validator == "contains":
+        return f"{key}: {value!r} must include {error.validator_value.get('const', error.validator_value)!r}"
     if error.validator == "pattern":
         return f"{key}: {value!r} is not allowed; {error.schema.get('description', 'must match ' + rule)}"
     return f"{key}: {' '.join(error.message.split())}"
