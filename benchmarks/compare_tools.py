@@ -66,7 +66,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack_throughput import bench, plain_rate  # noqa: E402  (the plain forward rate, shared)
+from attack_throughput import bench, plain_rate
 
 TOOLS = ("onepixel rand1", "onepixel best1bin", "torchattacks", "ART")
 COLUMNS = ("tool", "population", "max gens", "evals", "wall s", "evals/s", "successes", "succ/s",
@@ -131,7 +131,7 @@ def prepare(args, work: Path) -> dict[str, Any] | None:
         "train_images": int(train.sizes["sample"]),
         "test_accuracy": float(metrics["test_accuracy"]),
         "train_seconds": train_s,
-        "images": int(len(chosen)),
+        "images": len(chosen),
         "image_shape": list(images.shape[1:]),
         "genes": genes,
         "classes": int(test.sizes["class"]),

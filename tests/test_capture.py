@@ -12,9 +12,14 @@ import torch
 import xarray as xr
 from torch import nn
 
-from onepixel.capture import FeatureExtractor, capture_activations, feature_layer_names, run_capture_stage
+from onepixel.capture import (
+    FeatureExtractor,
+    capture_activations,
+    feature_layer_names,
+    run_capture_stage,
+)
 from onepixel.cubes import CubeWriter, layer_namespace, open_cubes
-from onepixel.errors import ConfigError
+from onepixel.errors import ConfigError, DataError
 from onepixel.utils import open_netcdf, write_netcdf
 
 
@@ -220,3 +225,11 @@ def test_fx_extractor_orders_by_depth_and_names_unknown_nodes() -> None:
     assert list(extractor(torch.rand(1, 1, 6, 6))) == ["relu", "add"]
     with pytest.raises(ConfigError, match=r"'relu9'.*torch.fx nodes"):
         FeatureExtractor(net, ["relu9", "relu"])
+
+
+def test_attack_beyond_the_test_set_is_refused(tmp_path, monkeypatch) -> None:
+    fake_run(tmp_path, monkeypatch)
+    write_netcdf(open_netcdf(tmp_path / "test.nc").isel(sample=slice(0, 5)), tmp_path / "small.nc")
+    with pytest.raises(DataError, match=r"attack.nc: sample_id 9 is outside the 5 images of .*small.nc"):
+        run_capture_stage("ckpt.pt", tmp_path / "small.nc", "attack.nc", tmp_path / "cubes", device="cpu")
+    assert not (tmp_path / "cubes").exists()

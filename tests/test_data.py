@@ -12,11 +12,11 @@ import torch
 import xarray as xr
 from sklearn.datasets import load_digits
 
-import onepixel.data.cifar10 as cifar10
 from onepixel.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
     channel_stats,
+    cifar10,
     download_cifar10,
     load_dataset,
     load_digits_split,

@@ -14,7 +14,13 @@ from torch import nn
 
 from onepixel.capture import run_capture_stage
 from onepixel.errors import ConfigError
-from onepixel.figures import plot_average_pm, plot_locality, plot_pm_depth, plot_pm_grid, run_figures_stage
+from onepixel.figures import (
+    plot_average_pm,
+    plot_locality,
+    plot_pm_depth,
+    plot_pm_grid,
+    run_figures_stage,
+)
 from onepixel.locality import locality_analysis
 from onepixel.propagation import run_propagation_stage
 from onepixel.utils import open_netcdf, write_netcdf

@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.models import MODEL_NAMES, Normalize, build_model, count_parameters, load_checkpoint, save_checkpoint
+from onepixel.models import (
+    MODEL_NAMES,
+    Normalize,
+    build_model,
+    count_parameters,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 # Parameter counts at 32x32x3, 10 classes (paper's zoo: LeNet 62K, AllConv 1.4M, NiN 970K, ResNet-32 470K, ...).
 PARAM_RANGES = {

@@ -9,7 +9,13 @@ import pytest
 import xarray as xr
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.propagation import compute_propagation, map_summaries, normalise, propagation_maps, run_propagation_stage
+from onepixel.propagation import (
+    compute_propagation,
+    map_summaries,
+    normalise,
+    propagation_maps,
+    run_propagation_stage,
+)
 from onepixel.utils import open_netcdf, write_netcdf
 
 
@@ -150,7 +156,7 @@ def test_errors(tmp_path) -> None:
 
 
 def test_cubes_read_in_steps_give_the_same_maps(tmp_path, monkeypatch) -> None:
-    import onepixel.propagation as propagation
+    from onepixel import propagation
 
     write_cubes(tmp_path, np.random.default_rng(5))
     whole = compute_propagation(sorted(tmp_path.glob("0*.nc")))

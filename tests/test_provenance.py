@@ -10,7 +10,13 @@ import torch
 import xarray as xr
 
 from onepixel.config import validate_config
-from onepixel.utils import config_digest, provenance, run_context, write_json, write_netcdf
+from onepixel.utils import (
+    config_digest,
+    provenance,
+    run_context,
+    write_json,
+    write_netcdf,
+)
 
 REQUIRED = ("git_commit", "config_digest", "study_config", "seed", "device", "onepixel_version", "python_version",
             "torch_version", "numpy_version", "xarray_version")

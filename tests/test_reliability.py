@@ -34,9 +34,21 @@ import torch.utils.deterministic
 import xarray as xr
 from torch import nn
 
-from onepixel.attack import OnePixelAttack, load_attack, result_to_dataset, run_attack_stage, save_attack
+from onepixel.attack import (
+    OnePixelAttack,
+    load_attack,
+    result_to_dataset,
+    run_attack_stage,
+    save_attack,
+)
 from onepixel.cli import main
-from onepixel.data import download_cifar10, load_dataset, make_dataset, read_cifar10_batches, save_dataset
+from onepixel.data import (
+    download_cifar10,
+    load_dataset,
+    make_dataset,
+    read_cifar10_batches,
+    save_dataset,
+)
 from onepixel.errors import DataError
 from onepixel.models import build_model, load_checkpoint, save_checkpoint
 from onepixel.utils import deterministic_torch, eval_mode
@@ -411,7 +423,7 @@ def _assert_bit_identical(a: xr.Dataset, b: xr.Dataset, what: str) -> None:
         x, y = a[name].variable, b[name].variable
         assert x.dims == y.dims and x.dtype == y.dtype and x.attrs == y.attrs, (what, name)
         assert np.ascontiguousarray(x.values).tobytes() == np.ascontiguousarray(y.values).tobytes(), (what, name)
-    keys = lambda ds: {k for k in ds.attrs if k not in RUN_ATTRS}  # noqa: E731
+    keys = lambda ds: {k for k in ds.attrs if k not in RUN_ATTRS}
     assert keys(a) == keys(b), what
     for key in keys(a):
         assert np.array_equal(np.asarray(a.attrs[key]), np.asarray(b.attrs[key])), (what, key)
@@ -682,9 +694,9 @@ def _job_blocks(text: str) -> dict[int, tuple[str, str]]:
     """Snakemake's log: {jobid: (rule, output)} of every job it started."""
     jobs = {}
     for block in re.split(r"\n\s*\n", text):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        jobid = re.search(r"^\s+jobid: (\d+)", block, re.M)
-        output = re.search(r"^\s+output: (.+)$", block, re.M)
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
+        jobid = re.search(r"^\s+jobid: (\d+)", block, re.MULTILINE)
+        output = re.search(r"^\s+output: (.+)$", block, re.MULTILINE)
         if rule and jobid:
             jobs[int(jobid.group(1))] = (rule.group(1), output.group(1).strip() if output else "")
     return jobs

@@ -70,7 +70,7 @@ def _same_result(a: xr.Dataset, b: xr.Dataset) -> None:
             np.testing.assert_allclose(x.values, y.values, rtol=0, atol=1e-6, err_msg=name)
         else:
             np.testing.assert_array_equal(x.values, y.values, err_msg=name)
-    keep = lambda ds: {k: v for k, v in ds.attrs.items() if k not in TIMING_ATTRS}  # noqa: E731
+    keep = lambda ds: {k: v for k, v in ds.attrs.items() if k not in TIMING_ATTRS}
     assert keep(a) == keep(b)
 
 
@@ -90,7 +90,7 @@ def test_shard_indices_partition():
 @pytest.mark.parametrize("targeted", [False, True])
 def test_sharded_equals_unsharded(toy, tmp_path, targeted):
     cfg = {"num_images": 11, "population": 20, "generations": 6, "batch_size": 45, "seed": 3, "targeted": targeted}
-    quiet = lambda line: None  # noqa: E731
+    quiet = lambda line: None
     whole = run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "whole.nc", cfg, device="cpu", log=quiet)
 
     selection = tmp_path / "selection.json"
@@ -137,7 +137,7 @@ def test_sharded_equals_unsharded(toy, tmp_path, targeted):
 
 def test_more_shards_than_images(toy, tmp_path):
     cfg = {"num_images": 2, "population": 12, "generations": 2, "seed": 1}
-    quiet = lambda line: None  # noqa: E731
+    quiet = lambda line: None
     whole = run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "whole.nc", cfg, device="cpu", log=quiet)
     paths = []
     for shard in range(4):
@@ -152,7 +152,7 @@ def test_more_shards_than_images(toy, tmp_path):
 
 def test_merge_refuses_incomplete_or_foreign_shards(toy, tmp_path):
     cfg = {"num_images": 6, "population": 12, "generations": 2, "seed": 1}
-    quiet = lambda line: None  # noqa: E731
+    quiet = lambda line: None
     selection = tmp_path / "sel.json"
     run_select_stage(toy / "lenet.pt", toy / "test.nc", selection, cfg, device="cpu", log=quiet)
     paths = []

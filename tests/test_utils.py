@@ -8,8 +8,15 @@ import torch
 import xarray as xr
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import (atomic_path, config_digest, open_netcdf, provenance, resolve_device, write_json,
-                            write_netcdf)
+from onepixel.utils import (
+    atomic_path,
+    config_digest,
+    open_netcdf,
+    provenance,
+    resolve_device,
+    write_json,
+    write_netcdf,
+)
 
 
 def test_atomic_path_renames_on_success(tmp_path):
@@ -25,10 +32,9 @@ def test_atomic_path_renames_on_success(tmp_path):
 def test_atomic_path_leaves_nothing_behind_when_interrupted(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
 

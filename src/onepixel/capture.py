@@ -30,9 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from onepixel.cubes import DEFAULT_COMPRESSION, CubeWriter, check_compression, sample_coords, write_layer_index
+from onepixel.cubes import (
+    DEFAULT_COMPRESSION,
+    CubeWriter,
+    check_compression,
+    sample_coords,
+    write_layer_index,
+)
 from onepixel.errors import ConfigError
-from onepixel.utils import provenance, resolve_device
+from onepixel.inputs import load_attacked_model
+from onepixel.utils import provenance
 
 log = logging.getLogger(__name__)
 
@@ -329,18 +336,10 @@ def run_capture_stage(
     Returns:
         The layer files, in depth order.
     """
-    from onepixel.attack import load_attack
-    from onepixel.data import load_dataset
-    from onepixel.models import load_checkpoint
-
     if batch_size < 1:
         raise ConfigError(f"capture.batch_size: {batch_size} must be >= 1")
     check_compression(compression)
-    dev = resolve_device(device)
-    attack = load_attack(attack_path)
-    test = load_dataset(test_path)
-    model, _meta = load_checkpoint(checkpoint_path, map_location=dev)
-    model.eval()
+    model, _meta, test, attack, dev = load_attacked_model(checkpoint_path, test_path, attack_path, device)
     extractor = FeatureExtractor(model, list(layers) if layers else feature_layer_names(model))
     clean_u8 = test["image"].values[attack["sample_id"].values]
     adversarial_u8 = attack["adversarial"].values

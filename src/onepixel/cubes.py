@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -127,7 +127,7 @@ class CubeWriter:
         self._atomic = atomic_path(self.path)
         self._nc: Any = None
 
-    def __enter__(self) -> CubeWriter:
+    def __enter__(self) -> Self:
         import netCDF4
 
         tmp = self._atomic.__enter__()

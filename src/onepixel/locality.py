@@ -31,8 +31,9 @@ import xarray as xr
 from torch import nn
 
 from onepixel.errors import ConfigError
+from onepixel.inputs import load_attacked_model
 from onepixel.perturb import apply_pixels
-from onepixel.utils import atomic_path, provenance, resolve_device, write_netcdf
+from onepixel.utils import atomic_path, provenance, write_netcdf
 
 log = logging.getLogger(__name__)
 
@@ -384,19 +385,12 @@ def run_locality_stage(
     Untargeted attacks must store a negative ``target_class``. With no successful
     attack the file has 0 samples and NaN rates.
     """
-    from onepixel.attack import load_attack
-    from onepixel.data import load_dataset
-    from onepixel.models import load_checkpoint
-
     if max_distance < 1:
         raise ConfigError(f"locality.max_distance: {max_distance} must be >= 1")
     if random_positions < 1:
         raise ConfigError(f"locality.random_positions: {random_positions} must be >= 1")
     check_rings(rings)
-    dev = resolve_device(device)
-    attack = load_attack(attack_path)
-    test = load_dataset(test_path)
-    model, _meta = load_checkpoint(checkpoint_path, map_location=dev)
+    model, _meta, test, attack, dev = load_attacked_model(checkpoint_path, test_path, attack_path, device)
     successful = attack.isel(sample=np.flatnonzero(attack["success"].values))
     if successful.sizes["sample"] == 0:
         log.warning("%s: no successful attack; writing an empty locality analysis", attack_path)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from onepixel.errors import ConfigError, DataError
 from onepixel.cubes import MAP_VARIABLES, read_layer_index
+from onepixel.errors import ConfigError, DataError
 from onepixel.utils import atomic_path, provenance
 
 log = logging.getLogger(__name__)

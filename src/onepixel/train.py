@@ -14,7 +14,12 @@ from torch import nn
 
 from onepixel.data import channel_stats, load_dataset, to_float
 from onepixel.errors import ConfigError, DataError
-from onepixel.models import build_model, count_parameters, load_checkpoint, save_checkpoint
+from onepixel.models import (
+    build_model,
+    count_parameters,
+    load_checkpoint,
+    save_checkpoint,
+)
 from onepixel.utils import provenance, resolve_device, seed_everything, write_json
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "augment", "seed")

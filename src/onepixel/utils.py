@@ -333,7 +333,7 @@ def deterministic_torch() -> Iterator[None]:
     given thread count. Sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (if unset), which
     cuBLAS reads when it is first used in the process.
     """
-    import torch.utils.deterministic as deterministic
+    from torch.utils import deterministic
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul

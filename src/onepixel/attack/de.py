@@ -669,7 +669,7 @@ class OnePixelAttack:
             forced = draws[:, 2]
         rows = pop.reshape(B * P, D)
         offset = (torch.arange(B, device=pop.device) * P)[:, None]
-        pick = lambda t: rows.index_select(0, (t + offset).view(-1)).view(B, P, D)  # noqa: E731  (member t of each image)
+        pick = lambda t: rows.index_select(0, (t + offset).view(-1)).view(B, P, D)
         pa = pick(a)
         pb = pick(b)
         if self.strategy == "rand1":
@@ -789,7 +789,7 @@ class OnePixelAttack:
         else:
             success = (ac != lab) & fin
             target_class = torch.full_like(lab, -1)
-        cpu = lambda t: t.detach().to("cpu")  # noqa: E731
+        cpu = lambda t: t.detach().to("cpu")
         return AttackResult(
             success=cpu(success),
             queries=cpu(self.population * (1 + gens)).long(),

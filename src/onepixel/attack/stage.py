@@ -24,10 +24,22 @@ import xarray as xr
 from torch import nn
 
 from onepixel.attack.de import OnePixelAttack
-from onepixel.attack.results import load_attack, merge_attacks, result_to_dataset, save_attack
+from onepixel.attack.results import (
+    load_attack,
+    merge_attacks,
+    result_to_dataset,
+    save_attack,
+)
 from onepixel.config import section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import deterministic_torch, eval_mode, file_sha256, provenance, resolve_device, write_json
+from onepixel.utils import (
+    deterministic_torch,
+    eval_mode,
+    file_sha256,
+    provenance,
+    resolve_device,
+    write_json,
+)
 
 #: defaults of the ``attack`` section, read from the config schema (its single source)
 DEFAULT_ATTACK_CONFIG: dict[str, Any] = section_defaults("attack")
@@ -319,7 +331,7 @@ def run_attack_stage(
         "seed": int(cfg["seed"]),
         "wall_time_s": float(wall),
         "candidates_per_s": float(rate),
-        "num_images": int(len(chosen)),
+        "num_images": len(chosen),
         "rejected_candidates": int(attack.last_stats.get("rejected", 0)),
         "shards": int(shards),
         **({"shard": int(shard)} if shards > 1 else {}),
@@ -367,7 +379,7 @@ def run_merge_stage(
     rate = candidates / wall if wall > 0 else float("nan")
     attrs = dict(merged.attrs)
     attrs.pop("shard", None)
-    attrs.update(wall_time_s=wall, candidates_per_s=float(rate), num_images=int(len(ids)), shards=len(paths))
+    attrs.update(wall_time_s=wall, candidates_per_s=float(rate), num_images=len(ids), shards=len(paths))
     if "rejected_candidates" in merged:
         attrs["rejected_candidates"] = int(merged["rejected_candidates"].values.sum())
     success_attrs = dict(merged["success"].attrs)

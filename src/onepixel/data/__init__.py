@@ -10,8 +10,20 @@ from typing import Any
 import xarray as xr
 
 from onepixel.cifar10_layout import cifar10_root_files, locate_cifar10
-from onepixel.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, download_cifar10, read_cifar10_batches, read_cifar10_root
-from onepixel.data.dataset import channel_stats, load_dataset, make_dataset, save_dataset, to_float
+from onepixel.data.cifar10 import (
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    download_cifar10,
+    read_cifar10_batches,
+    read_cifar10_root,
+)
+from onepixel.data.dataset import (
+    channel_stats,
+    load_dataset,
+    make_dataset,
+    save_dataset,
+    to_float,
+)
 from onepixel.data.digits import load_digits_split
 from onepixel.errors import ConfigError
 

@@ -16,7 +16,13 @@ import numpy as np
 import xarray as xr
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from onepixel.cifar10_layout import CIFAR10_ARCHIVE, CIFAR10_FILE_NAMES, CIFAR10_FOLDER, TRAIN_BATCHES, locate_cifar10
+from onepixel.cifar10_layout import (
+    CIFAR10_ARCHIVE,
+    CIFAR10_FILE_NAMES,
+    CIFAR10_FOLDER,
+    TRAIN_BATCHES,
+    locate_cifar10,
+)
 from onepixel.data.dataset import make_dataset
 from onepixel.errors import DataError
 from onepixel.utils import one_line

@@ -15,7 +15,11 @@ from torch import nn
 
 from onepixel.errors import ConfigError
 from onepixel.models.allconv import AllConv
-from onepixel.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from onepixel.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    save_checkpoint,
+)
 from onepixel.models.densenet import DenseNet
 from onepixel.models.lenet import LeNet
 from onepixel.models.nin import NiN

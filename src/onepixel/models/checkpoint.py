@@ -83,7 +83,7 @@ def _torch_load(file: Path, map_location: Any) -> Any:
             raise DataError(f"{file}: not a readable PyTorch checkpoint (neither torch.save's zip format nor a "
                             "pickle: corrupt or another kind of file)") from exc
         if "weights only" in text.lower() or "WeightsUnpickler" in text:
-            reason = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.S)
+            reason = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
             why = f" ({one_line(reason.group(1))})" if reason else ""
             raise DataError(
                 f"{file}: refused by weights_only loading{why}: a pickle that is not a plain checkpoint of tensors "
