@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 import sys
 import types
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from helpers import png_size
 from torch import nn
 
 from onepixel.capture import run_capture_stage
@@ -42,12 +42,6 @@ class SmallNet(nn.Module):
         for conv in (self.conv1, self.conv2, self.conv3):
             x = torch.relu(conv(x))
         return self.fc(x.flatten(1))
-
-
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from torch import nn
+from helpers import P_CLEAN, P_FOOLED, BlockModel
 
 from onepixel.errors import ConfigError
 from onepixel.locality import (
@@ -26,21 +26,6 @@ from onepixel.locality import (
     write_locality_table,
 )
 from onepixel.utils import open_netcdf, write_netcdf
-
-P_FOOLED = 1 / (math.exp(5) + 2)  # true-class probability when the block is hit: logits (0, 5, 0)
-P_CLEAN = math.exp(5) / (math.exp(5) + 2)  # logits (5, 0, 0)
-
-
-class BlockModel(nn.Module):
-    """3 classes; class 1 (logit 5) iff a pixel brighter than 0.9 lies in rows 3..5, columns 3..5; else class 0."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hit = (x[:, 0, 3:6, 3:6] > 0.9).flatten(1).any(1).float()
-        return torch.stack([5 * (1 - hit), 5 * hit, torch.zeros_like(hit)], dim=1) + self.dummy
 
 
 def test_chebyshev_offsets() -> None:

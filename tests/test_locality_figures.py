@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import struct
 import sys
 import types
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from helpers import png_size
 from torch import nn
 
 from onepixel.errors import ConfigError
@@ -38,12 +38,6 @@ class SmallNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
         return self.fc(x.flatten(1))
-
-
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", data[16:24])
 
 
 @pytest.fixture(scope="module")
