@@ -30,7 +30,7 @@ push: setup
 # dvc pull, then touch the pulled results in DAG order so Snakemake takes them as
 # up to date (DVC gives pulled files new modification times in any order)
 pull: setup
-	$(BIN)/python -m onepixel.sharing
+	$(BIN)/python -m onepixel.workflow.sharing
 
 report: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --report results/report.html

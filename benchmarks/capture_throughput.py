@@ -46,8 +46,8 @@ from onepixel.capture import run_capture_stage
 from onepixel.cubes import COMPRESSIONS
 from onepixel.data.dataset import make_dataset, save_dataset
 from onepixel.models import build_model, save_checkpoint
-from onepixel.propagation import run_propagation_stage
-from onepixel.utils import resolve_device
+from onepixel.analysis.propagation import run_propagation_stage
+from onepixel.torch_utils import resolve_device
 
 SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
 

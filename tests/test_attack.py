@@ -27,7 +27,7 @@ from onepixel.attack import (
 )
 from onepixel.attack.de import _distinct_members, _hash32
 from onepixel.errors import ConfigError, DataError
-from onepixel.perturb import apply_pixels
+from onepixel.data.dataset import apply_pixels
 
 
 # ---------------------------------------------------------------------------

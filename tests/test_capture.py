@@ -20,7 +20,7 @@ from onepixel.capture import (
 )
 from onepixel.cubes import CubeWriter, layer_namespace, open_cubes
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import open_netcdf, write_netcdf
+from onepixel.files import open_netcdf, write_netcdf
 
 
 class InplaceNet(nn.Module):

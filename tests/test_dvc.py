@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Study, check_tool, run_tool
 
-from onepixel.sharing import describe_status
+from onepixel.workflow.sharing import describe_status
 
 SHARED = ("resources/datasets", "results")
 
@@ -89,7 +89,7 @@ def test_push_puts_every_cached_output_in_the_default_remote(pushed):
 def test_pull_into_a_clean_clone_needs_no_recomputation(pushed):
     clone = _clone(pushed, "colleague")
     assert not (clone / "results" / "digits" / "models").exists()
-    pulled = check_tool([sys.executable, "-m", "onepixel.sharing"], clone)  # = make pull
+    pulled = check_tool([sys.executable, "-m", "onepixel.workflow.sharing"], clone)  # = make pull
     assert re.search(r"\d+ files? fetched", pulled.stdout), pulled.stdout
     assert "results marked up to date for Snakemake" in pulled.stdout
 
@@ -109,7 +109,7 @@ def test_marking_up_to_date_repairs_any_order_of_modification_times(pushed):
     planned = _planned_rules(clone)
     assert planned["train"] == 2 and planned["summary"] == 1, planned  # what a plain dvc pull can cause
 
-    check_tool([sys.executable, "-m", "onepixel.sharing", "--no-pull"], clone)
+    check_tool([sys.executable, "-m", "onepixel.workflow.sharing", "--no-pull"], clone)
     assert _planned_rules(clone) == {}
     # the touch recorded Snakemake's metadata: a changed setting still reruns exactly what it affects
     changed = _planned_rules(clone, "--config", "attack={'population': 20}")
@@ -123,7 +123,7 @@ def test_marking_up_to_date_refuses_results_of_another_config(pushed):
     check_tool(["dvc", "pull"], clone)
     config = clone / "config" / "config.yaml"
     config.write_text(config.read_text().replace("population: 40", "population: 30"))
-    result = run_tool([sys.executable, "-m", "onepixel.sharing", "--no-pull"], clone)
+    result = run_tool([sys.executable, "-m", "onepixel.workflow.sharing", "--no-pull"], clone)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         ("error: the workspace does not match dvc.lock (study: changed deps config/config.yaml (attack modified)); "
@@ -150,7 +150,7 @@ def test_dvc_get_fetches_models_and_results_from_the_remote(pushed, tmp_path):
 def experiments(pushed) -> Path:
     """Two experiments in a pulled clone: LeNet only, then LeNet with a population of 20."""
     clone = _clone(pushed, "experiments")
-    check_tool([sys.executable, "-m", "onepixel.sharing"], clone)
+    check_tool([sys.executable, "-m", "onepixel.workflow.sharing"], clone)
     check_tool(["dvc", "exp", "run", "-n", "lenet-only", "-S", "config/config.yaml:models=[lenet]"], clone, 1800)
     check_tool(["dvc", "exp", "run", "-n", "population-20", "-S", "config/config.yaml:attack.population=20"],
                clone, 1800)

@@ -21,9 +21,9 @@ from onepixel.figures import (
     plot_pm_grid,
     run_figures_stage,
 )
-from onepixel.locality import locality_analysis
-from onepixel.propagation import run_propagation_stage
-from onepixel.utils import open_netcdf, write_netcdf
+from onepixel.analysis.locality import locality_analysis
+from onepixel.analysis.propagation import run_propagation_stage
+from onepixel.files import open_netcdf, write_netcdf
 
 N = 6
 

@@ -1,4 +1,4 @@
-"""Tests of onepixel.locality on rings, the baseline and a model with a known vulnerable block."""
+"""Tests of onepixel.analysis.locality on rings, the baseline and a model with a known vulnerable block."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import xarray as xr
 from helpers import P_CLEAN, P_FOOLED, BlockModel
 
 from onepixel.errors import ConfigError
-from onepixel.locality import (
+from onepixel.analysis.locality import (
     bootstrap_ratio_ci,
     chebyshev_offsets,
     euclidean_offsets,
@@ -25,7 +25,7 @@ from onepixel.locality import (
     run_locality_stage,
     write_locality_table,
 )
-from onepixel.utils import open_netcdf, write_netcdf
+from onepixel.files import open_netcdf, write_netcdf
 
 
 def test_chebyshev_offsets() -> None:

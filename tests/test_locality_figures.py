@@ -19,9 +19,9 @@ from onepixel.figures import (
     plot_vulnerability_examples,
     run_locality_figures_stage,
 )
-from onepixel.locality import run_locality_stage
-from onepixel.utils import open_netcdf, write_netcdf
-from onepixel.vulnerability import run_vulnerability_stage
+from onepixel.analysis.locality import run_locality_stage
+from onepixel.files import open_netcdf, write_netcdf
+from onepixel.analysis.vulnerability import run_vulnerability_stage
 
 N = 6
 

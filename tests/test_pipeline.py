@@ -16,9 +16,9 @@ import xarray as xr
 from onepixel.attack import load_attack, run_attack_stage
 from onepixel.capture import run_capture_stage
 from onepixel.data import load_dataset, prepare_dataset
-from onepixel.locality import run_locality_stage
+from onepixel.analysis.locality import run_locality_stage
 from onepixel.models import build_model, load_checkpoint, save_checkpoint
-from onepixel.propagation import run_propagation_stage
+from onepixel.analysis.propagation import run_propagation_stage
 from onepixel.train import build_kwargs_for, run_train_stage
 
 ATTACK = {"num_images": 6, "population": 40, "generations": 6, "seed": 3}

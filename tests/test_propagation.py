@@ -1,4 +1,4 @@
-"""Tests of onepixel.propagation against brute-force and hand-made answers."""
+"""Tests of onepixel.analysis.propagation against brute-force and hand-made answers."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import xarray as xr
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.propagation import (
+from onepixel.analysis.propagation import (
     compute_propagation,
     map_summaries,
     normalise,
     propagation_maps,
     run_propagation_stage,
 )
-from onepixel.utils import open_netcdf, write_netcdf
+from onepixel.files import open_netcdf, write_netcdf
 
 
 def brute_force(clean: np.ndarray, adv: np.ndarray):

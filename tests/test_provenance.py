@@ -10,13 +10,8 @@ import torch
 import xarray as xr
 
 from onepixel.config import validate_config
-from onepixel.utils import (
-    config_digest,
-    provenance,
-    run_context,
-    write_json,
-    write_netcdf,
-)
+from onepixel.files import write_json, write_netcdf
+from onepixel.provenance import config_digest, provenance, run_context
 
 REQUIRED = ("git_commit", "config_digest", "study_config", "seed", "device", "onepixel_version", "python_version",
             "torch_version", "numpy_version", "xarray_version")

@@ -1,4 +1,4 @@
-"""Tests of onepixel.receptive_field: hand-computed fields, a brute-force gradient check, the ERF."""
+"""Tests of onepixel.analysis.receptive_field: hand-computed fields, a brute-force gradient check, the ERF."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from onepixel.errors import ConfigError
 from onepixel.models import MODEL_NAMES, build_model
-from onepixel.receptive_field import (
+from onepixel.analysis.receptive_field import (
     ReceptiveField,
     effective_receptive_field,
     erf_radius,

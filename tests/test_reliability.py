@@ -51,7 +51,7 @@ from onepixel.data import (
 )
 from onepixel.errors import DataError
 from onepixel.models import build_model, load_checkpoint, save_checkpoint
-from onepixel.utils import deterministic_torch, eval_mode
+from onepixel.torch_utils import deterministic_torch, eval_mode
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -369,7 +369,8 @@ _JOB = """
 import os, signal, sys, time
 from pathlib import Path
 from onepixel.errors import DataError
-from onepixel.utils import atomic_path, log_to
+from onepixel.files import atomic_path
+from onepixel.jobs import log_to
 
 out = Path(sys.argv[1])
 with log_to(out / "job.log"):
@@ -441,7 +442,7 @@ def test_the_attack_stage_is_bit_identical_across_runs(toy, tmp_path):
 
 def test_capture_and_propagation_are_bit_identical_across_runs(toy, tmp_path):
     from onepixel.capture import run_capture_stage
-    from onepixel.propagation import run_propagation_stage
+    from onepixel.analysis.propagation import run_propagation_stage
 
     attack = tmp_path / "attack.nc"
     run_attack_stage(toy / "lenet.pt", toy / "test.nc", attack, {"num_images": 6, "population": 16, "generations": 3},

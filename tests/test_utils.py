@@ -8,15 +8,9 @@ import torch
 import xarray as xr
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import (
-    atomic_path,
-    config_digest,
-    open_netcdf,
-    provenance,
-    resolve_device,
-    write_json,
-    write_netcdf,
-)
+from onepixel.files import atomic_path, open_netcdf, write_json, write_netcdf
+from onepixel.provenance import config_digest, provenance
+from onepixel.torch_utils import resolve_device
 
 
 def test_atomic_path_renames_on_success(tmp_path):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from onepixel.attack.results import load_attacked_model
 from onepixel.cubes import (
     DEFAULT_COMPRESSION,
     CubeWriter,
@@ -38,8 +39,7 @@ from onepixel.cubes import (
     write_layer_index,
 )
 from onepixel.errors import ConfigError
-from onepixel.inputs import load_attacked_model
-from onepixel.utils import provenance
+from onepixel.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +250,10 @@ def layer_geometry(model: nn.Module, extractor: FeatureExtractor, image_shape: t
 
     ``stride`` is the input height over the layer's height; the receptive field
     (side in input pixels, and the input coordinate of unit 0's centre) comes
-    from :func:`onepixel.receptive_field.theoretical_receptive_fields`, or is -1
+    from :func:`onepixel.analysis.receptive_field.theoretical_receptive_fields`, or is -1
     (and ``None``) where the model's structure does not define one.
     """
-    from onepixel.receptive_field import theoretical_receptive_fields
+    from onepixel.analysis.receptive_field import theoretical_receptive_fields
 
     probe = extractor(torch.zeros(1, *image_shape, device=device))
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from onepixel.config import load_config, validate_config
 from onepixel.errors import OnePixelError
-from onepixel.utils import configure_logging
+from onepixel.jobs import configure_logging
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def _cmd_capture(args: argparse.Namespace) -> None:
 
 
 def _cmd_propagation(args: argparse.Namespace) -> None:
-    from onepixel.propagation import run_propagation_stage
+    from onepixel.analysis.propagation import run_propagation_stage
 
     cfg = _config(args)["propagation"]
     run_propagation_stage(args.cubes, args.out, normalisation=cfg["normalisation"],
@@ -96,7 +96,7 @@ def _cmd_propagation(args: argparse.Namespace) -> None:
 
 
 def _cmd_locality(args: argparse.Namespace) -> None:
-    from onepixel.locality import run_locality_stage
+    from onepixel.analysis.locality import run_locality_stage
 
     cfg = _config(args)
     loc = cfg["locality"]
@@ -106,7 +106,7 @@ def _cmd_locality(args: argparse.Namespace) -> None:
 
 
 def _cmd_vulnerability(args: argparse.Namespace) -> None:
-    from onepixel.vulnerability import run_vulnerability_stage
+    from onepixel.analysis.vulnerability import run_vulnerability_stage
 
     cfg = _config(args)
     vul = cfg["vulnerability"]
@@ -116,8 +116,8 @@ def _cmd_vulnerability(args: argparse.Namespace) -> None:
 
 
 def _cmd_receptive_fields(args: argparse.Namespace) -> None:
+    from onepixel.analysis.receptive_field import theoretical_receptive_fields
     from onepixel.models import build_model, load_checkpoint
-    from onepixel.receptive_field import theoretical_receptive_fields
 
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint)

@@ -19,7 +19,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
-from onepixel.cifar10_layout import cifar10_root_files
+from onepixel.data.cifar10_layout import cifar10_root_files
 from onepixel.errors import ConfigError, DataError
 
 SCHEMA_PATH = Path(str(resources.files("onepixel") / "config.schema.yaml"))

@@ -28,7 +28,7 @@ from typing import Any, Self
 import numpy as np
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import atomic_path, write_json
+from onepixel.files import atomic_path, write_json
 
 #: Codecs for the cube variables (netCDF4/HDF5 filters). Measured by
 #: ``benchmarks/cube_encoding.py`` on ResNet-20 cubes of CIFAR-10 images: zstd

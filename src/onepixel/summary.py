@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from onepixel.errors import DataError
-from onepixel.utils import atomic_path, open_netcdf, provenance, write_json
+from onepixel.files import atomic_path, open_netcdf, write_json
+from onepixel.provenance import provenance
 
 PathLike = str | os.PathLike[str]
 

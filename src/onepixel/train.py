@@ -14,13 +14,15 @@ from torch import nn
 
 from onepixel.data import channel_stats, load_dataset, to_float
 from onepixel.errors import ConfigError, DataError
+from onepixel.files import write_json
 from onepixel.models import (
     build_model,
     count_parameters,
     load_checkpoint,
     save_checkpoint,
 )
-from onepixel.utils import provenance, resolve_device, seed_everything, write_json
+from onepixel.provenance import provenance
+from onepixel.torch_utils import resolve_device, seed_everything
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "augment", "seed")
 

@@ -1,4 +1,4 @@
-from onepixel.cifar10_layout import cifar10_root_files
+from onepixel.data.cifar10_layout import cifar10_root_files
 
 DATASET = config["dataset"]["name"]
 MODELS = config["models"]

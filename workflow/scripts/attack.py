@@ -5,7 +5,8 @@ and by rule `attack_shard` (attack.shards > 1: attack shard {shard} of the
 selection written by rule `attack_select`).
 """
 from onepixel.attack import run_attack_stage
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 shard = snakemake.wildcards.get("shard")
 sharded = {} if shard is None else {

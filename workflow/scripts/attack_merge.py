@@ -1,6 +1,7 @@
 """Snakemake adapter: merge the shard files of an attack (onepixel.attack.run_merge_stage)."""
 from onepixel.attack import run_merge_stage
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"])
 with log_to(snakemake.log[0]), run:

@@ -1,6 +1,7 @@
 """Snakemake adapter: per-layer activation cubes (onepixel.capture.run_capture_stage)."""
 from onepixel.capture import run_capture_stage
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 cfg = snakemake.config["capture"]
 run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"], device=snakemake.config["device"])

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from onepixel.data import download_cifar10
-from onepixel.utils import log_to
+from onepixel.jobs import log_to
 
 with log_to(snakemake.log[0]):
     download_cifar10(Path(snakemake.output[0]).parent)

@@ -1,6 +1,7 @@
 """Snakemake adapter: figures (onepixel.figures.run_figures_stage)."""
 from onepixel.figures import run_figures_stage
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 cfg = snakemake.config["figures"]
 run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"])

@@ -1,6 +1,7 @@
-"""Snakemake adapter: locality analysis (onepixel.locality.run_locality_stage)."""
-from onepixel.locality import run_locality_stage
-from onepixel.utils import log_to, run_context
+"""Snakemake adapter: locality analysis (onepixel.analysis.locality.run_locality_stage)."""
+from onepixel.analysis.locality import run_locality_stage
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 cfg = snakemake.config["locality"]
 run = run_context(snakemake.config, seed=snakemake.config["locality"]["seed"], device=snakemake.config["device"])

@@ -1,6 +1,7 @@
 """Snakemake adapter: locality table, receptive-field overlay, ERF and vulnerability maps (onepixel.figures.run_locality_figures_stage)."""
 from onepixel.figures import run_locality_figures_stage
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 cfg = snakemake.config["figures"]
 run = run_context(snakemake.config)

@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from onepixel.data import prepare_dataset
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 cfg = snakemake.config["dataset"]
 run = run_context(snakemake.config, seed=snakemake.config["dataset"]["seed"])

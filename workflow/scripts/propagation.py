@@ -1,6 +1,7 @@
-"""Snakemake adapter: propagation maps (onepixel.propagation.run_propagation_stage)."""
-from onepixel.propagation import run_propagation_stage
-from onepixel.utils import log_to, run_context
+"""Snakemake adapter: propagation maps (onepixel.analysis.propagation.run_propagation_stage)."""
+from onepixel.analysis.propagation import run_propagation_stage
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 cfg = snakemake.config["propagation"]
 run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"])

@@ -1,6 +1,7 @@
 """Snakemake adapter: metrics across models for DVC (onepixel.summary.write_summary)."""
 from onepixel.summary import write_summary
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 run = run_context(snakemake.config, seed=snakemake.config["attack"]["seed"])
 with log_to(snakemake.log[0]), run:

@@ -1,6 +1,7 @@
 """Snakemake adapter: train a model or load the user's checkpoint (onepixel.train.run_train_stage)."""
 from onepixel.train import run_train_stage
-from onepixel.utils import log_to, run_context
+from onepixel.jobs import log_to
+from onepixel.provenance import run_context
 
 run = run_context(snakemake.config, seed=snakemake.config["train"]["seed"], device=snakemake.config["device"])
 with log_to(snakemake.log[0], snakemake.threads), run:

@@ -30,15 +30,12 @@ import torch
 from torch import nn
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import eval_mode
+from onepixel.scoring import MODEL_OUTPUTS, looks_like_probabilities, output_as_logits
+from onepixel.torch_utils import eval_mode
 
 STRATEGIES = ("rand1", "best1bin")
-#: what the model returns: ``auto`` decides from the first images (see :class:`OnePixelAttack`)
-MODEL_OUTPUTS = ("auto", "logits", "probabilities")
 #: images of the probe forward pass that checks the classes and detects probabilities
 _PROBE = 4
-#: probabilities are turned into log-probabilities; 0 becomes log(smallest normal float32) ~ -87.3
-_TINY = torch.finfo(torch.float32).tiny
 
 _MASK32 = 0xFFFFFFFF
 
@@ -481,10 +478,7 @@ class OnePixelAttack:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output on ``x`` as float logits (log-probabilities for a model returning probabilities)."""
-        out = self.model(x).float()
-        if self.model_output == "probabilities":
-            out = out.clamp_min(_TINY).log_()  # NaN stays NaN, +inf stays +inf: rejected as non-finite
-        return out
+        return output_as_logits(self.model(x), self.model_output)
 
     # ------------------------------------------------------------------
     def _evolve(self, imgs, lab, tgt, ids):
@@ -754,7 +748,7 @@ class OnePixelAttack:
         ``imgs`` may be on another device (e.g. CPU): each chunk is copied to the
         device and its adversarial images back into the CPU result.
         """
-        from onepixel.perturb import apply_pixels
+        from onepixel.data.dataset import apply_pixels
 
         n, c, h, w = imgs.shape
         k = self.pixels
@@ -805,18 +799,6 @@ class OnePixelAttack:
             adversarial=adv_out,
             rejected_candidates=cpu(rejected).long(),
         )
-
-
-def looks_like_probabilities(out: torch.Tensor, tol: float = 1e-3) -> bool:
-    """Whether model outputs ``(N, K)`` read as class probabilities: all finite, in [0, 1], rows summing to 1 (± ``tol``).
-
-    Logits pass this only by accident (K numbers that happen to be in [0, 1] and sum to 1).
-    """
-    out = out.detach().float()
-    if out.numel() == 0 or not bool(torch.isfinite(out).all()):
-        return False
-    in_range = bool(((out >= 0) & (out <= 1)).all())
-    return in_range and bool(((out.sum(1) - 1).abs() <= tol).all())
 
 
 def _check_int(key: str, value: object, minimum: int) -> None:

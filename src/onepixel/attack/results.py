@@ -1,17 +1,20 @@
-"""Attack results as self-describing netCDF (xarray) datasets."""
+"""Attack results as self-describing netCDF (xarray) datasets, and loading them with the model and test set they belong to."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 import xarray as xr
+from torch import nn
 
 from onepixel.attack.de import AttackResult
 from onepixel.errors import DataError
-from onepixel.utils import open_netcdf, write_netcdf
+from onepixel.files import open_netcdf, write_netcdf
+from onepixel.torch_utils import resolve_device
 
 REQUIRED_VARIABLES = (
     "success",
@@ -161,3 +164,39 @@ def merge_attacks(datasets: list[xr.Dataset], order: np.ndarray | None = None) -
         merged = merged.isel(sample=np.argsort(rank, kind="stable"))
     merged.attrs = dict(datasets[0].attrs)
     return merged
+
+
+class AttackedModel(NamedTuple):
+    """A model in eval mode on its device, its test set and an attack result made with it."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    test: Any
+    attack: Any
+    device: torch.device
+
+
+def load_attacked_model(
+    checkpoint_path: str | os.PathLike[str],
+    test_path: str | os.PathLike[str],
+    attack_path: str | os.PathLike[str],
+    device: str = "auto",
+) -> AttackedModel:
+    """Load a checkpoint (``weights_only``), its test set and an attack file, and check they fit together.
+
+    Raises:
+        DataError: naming the file: unreadable, of another kind, or an attack whose
+            ``sample_id`` points beyond the test set.
+    """
+    from onepixel.data import load_dataset
+    from onepixel.models import load_checkpoint
+
+    dev = resolve_device(device)
+    attack = load_attack(attack_path)
+    test = load_dataset(test_path)
+    ids = np.asarray(attack["sample_id"].values, dtype=np.int64)
+    if ids.size and (ids.max() >= test.sizes["sample"] or ids.min() < 0):
+        raise DataError(f"{attack_path}: sample_id {int(ids.max())} is outside the {test.sizes['sample']} images of {test_path}")
+    model, meta = load_checkpoint(checkpoint_path, map_location=dev)
+    model.eval()
+    return AttackedModel(model, meta, test, attack, dev)

@@ -32,14 +32,9 @@ from onepixel.attack.results import (
 )
 from onepixel.config import section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import (
-    deterministic_torch,
-    eval_mode,
-    file_sha256,
-    provenance,
-    resolve_device,
-    write_json,
-)
+from onepixel.files import file_sha256, write_json
+from onepixel.provenance import provenance
+from onepixel.torch_utils import deterministic_torch, eval_mode, resolve_device
 
 #: defaults of the ``attack`` section, read from the config schema (its single source)
 DEFAULT_ATTACK_CONFIG: dict[str, Any] = section_defaults("attack")
@@ -297,7 +292,7 @@ def run_attack_stage(
     attribute ``shards`` (and ``shard`` when ``shards > 1``); :func:`run_merge_stage`
     combines the shard files.
 
-    Reproducibility: the stage runs under :func:`onepixel.utils.deterministic_torch`
+    Reproducibility: the stage runs under :func:`onepixel.torch_utils.deterministic_torch`
     (no TF32, deterministic cuDNN/cuBLAS choices on a GPU); on the CPU two runs with
     the same config and seed write bit-identical results (but the timing attributes).
     The file also records ``model_output`` (logits or probabilities, see

@@ -9,7 +9,6 @@ from typing import Any
 
 import xarray as xr
 
-from onepixel.cifar10_layout import cifar10_root_files, locate_cifar10
 from onepixel.data.cifar10 import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -17,6 +16,7 @@ from onepixel.data.cifar10 import (
     read_cifar10_batches,
     read_cifar10_root,
 )
+from onepixel.data.cifar10_layout import cifar10_root_files, locate_cifar10
 from onepixel.data.dataset import (
     channel_stats,
     load_dataset,

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from onepixel.cifar10_layout import (
+from onepixel.data.cifar10_layout import (
     CIFAR10_ARCHIVE,
     CIFAR10_FILE_NAMES,
     CIFAR10_FOLDER,
@@ -25,7 +25,7 @@ from onepixel.cifar10_layout import (
 )
 from onepixel.data.dataset import make_dataset
 from onepixel.errors import DataError
-from onepixel.utils import one_line
+from onepixel.files import one_line
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"

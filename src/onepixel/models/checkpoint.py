@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import atomic_path, one_line
+from onepixel.files import atomic_path, one_line
 
 CHECKPOINT_FORMAT = "onepixel-checkpoint/1"
 SHOWN_KEYS = 5  # how many offending keys an error message lists

@@ -15,7 +15,7 @@ only when the files are the results of this checkout's code and config; DVC
 knows whether they are, so :func:`mark_up_to_date` first asks ``dvc status``
 and refuses when the study stage differs from ``dvc.lock``.
 
-Command line: ``python -m onepixel.sharing`` (``make pull``) pulls from the
+Command line: ``python -m onepixel.workflow.sharing`` (``make pull``) pulls from the
 default remote and marks the results up to date; ``--no-pull`` only marks them
 (after ``dvc checkout``, ``git checkout`` of another result version, or a
 ``dvc pull`` of your own).
@@ -136,7 +136,7 @@ def pull(repo: PathLike = ".", remote: str | None = None, jobs: int | None = Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m onepixel.sharing",
+        prog="python -m onepixel.workflow.sharing",
         description="dvc pull the study's models and results, then mark them up to date for Snakemake "
         "(touch in DAG order, after checking them against dvc.lock).",
     )

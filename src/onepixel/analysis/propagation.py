@@ -22,7 +22,8 @@ import xarray as xr
 
 from onepixel.cubes import MAP_VARIABLES, read_layer_index
 from onepixel.errors import ConfigError, DataError
-from onepixel.utils import atomic_path, provenance
+from onepixel.files import atomic_path
+from onepixel.provenance import provenance
 
 log = logging.getLogger(__name__)
 

@@ -30,10 +30,11 @@ import torch
 import xarray as xr
 from torch import nn
 
+from onepixel.attack.results import load_attacked_model
+from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
-from onepixel.inputs import load_attacked_model
-from onepixel.perturb import apply_pixels
-from onepixel.utils import atomic_path, provenance, write_netcdf
+from onepixel.files import atomic_path, write_netcdf
+from onepixel.provenance import provenance
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What the study measures: propagation maps, locality, vulnerability maps and receptive fields."""

@@ -1,0 +1,120 @@
+"""The two figure stages of the workflow: propagation/locality figures, and locality/receptive-field figures."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from onepixel.errors import ConfigError
+from onepixel.figures.common import FORMATS, placeholder
+from onepixel.figures.locality import plot_locality
+from onepixel.figures.propagation import plot_average_pm, plot_pm_depth, plot_pm_grid
+from onepixel.figures.receptive_fields import plot_erf, plot_receptive_fields
+from onepixel.figures.vulnerability import plot_vulnerability_examples
+from onepixel.files import open_netcdf
+
+log = logging.getLogger(__name__)
+
+
+def run_figures_stage(
+    dataset_name: str,
+    models: list[str],
+    test_path: str | os.PathLike[str],
+    attack_paths: dict[str, str | os.PathLike[str]],
+    propagation_paths: dict[str, str | os.PathLike[str]],
+    locality_paths: dict[str, str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    examples: int = 2,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
+    """All figures of one dataset.
+
+    Per model: ``{model}/pm_grid_{k}`` for the first ``examples`` successful attacks
+    (a placeholder saying so when there are fewer) and ``{model}/average_pm``;
+    across models: ``locality`` and ``pm_depth``. Each in every format.
+    """
+    from onepixel.attack import load_attack
+    from onepixel.data import load_dataset
+
+    bad = [fmt for fmt in formats if fmt not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"figures.formats: {bad or list(formats)!r} not allowed; use a non-empty subset of {', '.join(FORMATS)}")
+    if examples < 0:
+        raise ConfigError(f"figures.examples: {examples} must be >= 0")
+    for key, paths in (("attack", attack_paths), ("propagation", propagation_paths), ("locality", locality_paths)):
+        missing = [m for m in models if m not in paths]
+        if missing:
+            raise ConfigError(f"figures: no {key} file given for model(s) {', '.join(missing)}")
+    out = Path(out_dir)
+    test = load_dataset(test_path)
+    class_names = [str(c) for c in test["class_name"].values]
+    written: list[Path] = []
+    summaries: dict[str, xr.Dataset] = {}
+    for model in models:
+        attack = load_attack(attack_paths[model])
+        prop = open_netcdf(propagation_paths[model], required=("peak", "spread", "pixel_x_layer", "n_averaged_success"))
+        successful = np.flatnonzero(prop["success"].values)
+        for k in range(examples):
+            base = out / model / f"pm_grid_{k}"
+            if k < len(successful):
+                s = int(successful[k])
+                image = test["image"].values[int(prop["sample_id"].values[s])]
+                written += plot_pm_grid(prop, attack, image, s, base, class_names, formats)
+            else:
+                written += placeholder(base, f"{model}: {len(successful)} successful attack(s), so no example {k + 1} to draw", formats)
+        written += plot_average_pm(prop, out / model / "average_pm", f"{model} on {dataset_name}", formats)
+        summaries[model] = prop[["peak", "spread"]]
+    localities = {m: open_netcdf(locality_paths[m], required=("success_rate", "success_rate_ci")) for m in models}
+    written += plot_locality(localities, out / "locality", formats, title=f"Locality of one-pixel vulnerability ({dataset_name})")
+    written += plot_pm_depth(summaries, out / "pm_depth", formats, title=f"Propagation through depth ({dataset_name})")
+    log.info("wrote %d figure files under %s", len(written), out)
+    return written
+
+
+def run_locality_figures_stage(
+    dataset_name: str,
+    models: list[str],
+    test_path: str | os.PathLike[str],
+    locality_paths: dict[str, str | os.PathLike[str]],
+    vulnerability_paths: dict[str, str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    examples: int = 2,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
+    """Locality table, receptive-field overlay, ERF figure and vulnerability-map examples of one dataset.
+
+    Writes ``locality_table.csv`` / ``.html``, ``receptive_fields``, ``erf`` and
+    ``{model}/vulnerability_maps`` (each figure in every format) under ``out_dir``.
+    """
+    from onepixel.analysis.locality import write_locality_table
+    from onepixel.data import load_dataset
+
+    bad = [fmt for fmt in formats if fmt not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"figures.formats: {bad or list(formats)!r} not allowed; use a non-empty subset of {', '.join(FORMATS)}")
+    if examples < 0:
+        raise ConfigError(f"figures.examples: {examples} must be >= 0")
+    for key, paths in (("locality", locality_paths), ("vulnerability", vulnerability_paths)):
+        missing = [m for m in models if m not in paths]
+        if missing:
+            raise ConfigError(f"figures: no {key} file given for model(s) {', '.join(missing)}")
+    out = Path(out_dir)
+    test = load_dataset(test_path)
+    class_names = [str(c) for c in test["class_name"].values]
+    localities = {m: open_netcdf(locality_paths[m], required=("success_rate", "success_rate_ci")) for m in models}
+    vulns = {m: open_netcdf(vulnerability_paths[m], required=("fooled", "rate_success", "rf_radius", "erf")) for m in models}
+    write_locality_table(localities, out / "locality_table.csv", out / "locality_table.html")
+    written = [out / "locality_table.csv", out / "locality_table.html"]
+    written += plot_receptive_fields(vulns, localities, out / "receptive_fields", formats,
+                                     title=f"How far does a one-pixel vulnerability reach? ({dataset_name})")
+    written += plot_erf(vulns, out / "erf", formats, title=f"Effective receptive fields of the last feature layer ({dataset_name})")
+    for model in models:
+        written += plot_vulnerability_examples(vulns[model], test["image"].values, out / model / "vulnerability_maps",
+                                               class_names, examples, formats, title=f"Vulnerability maps of {model} ({dataset_name})")
+    log.info("wrote %d locality / receptive-field files under %s", len(written), out)
+    return written
