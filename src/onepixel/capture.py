@@ -3,7 +3,7 @@
 The propagation maps of Vargas & Su (arXiv 1902.02947) compare, layer by layer,
 the feature maps ``F_l(x)`` of a clean image with ``F_l(x_adv)`` of its one-pixel
 adversarial version. :class:`FeatureExtractor` records them and
-:func:`run_capture_stage` streams them, a batch at a time, into one netCDF cube
+:func:`capture_stage` streams them, a batch at a time, into one netCDF cube
 per layer (:mod:`onepixel.cubes`).
 
 A layer is named by its module name (``model.named_modules()``, recorded with a
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,14 +31,13 @@ from torch import nn
 
 from onepixel.attack.results import load_attacked_model
 from onepixel.cubes import (
-    DEFAULT_COMPRESSION,
     CubeWriter,
-    check_compression,
     sample_coords,
     write_layer_index,
 )
 from onepixel.errors import ConfigError
 from onepixel.provenance import provenance
+from onepixel.stages import Job
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +201,7 @@ def capture_activations(
 ) -> dict[str, np.ndarray]:
     """Feature maps of ``layers`` for ``images``, as float32 ``(N, C, H, W)`` arrays in memory.
 
-    For many images use :func:`run_capture_stage`, which streams to disk.
+    For many images use :func:`capture_stage`, which streams to disk.
 
     Args:
         model: network taking float images in [0, 1] (in eval mode).
@@ -308,17 +306,7 @@ def _write_batch(writers: list[CubeWriter], start: int, batch: list[tuple[np.nda
         writer.write(start, clean, delta, maps)
 
 
-def run_capture_stage(
-    checkpoint_path: str | os.PathLike[str],
-    test_path: str | os.PathLike[str],
-    attack_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    layers: list[str] | None = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    compression: str = DEFAULT_COMPRESSION,
-    attrs: dict[str, Any] | None = None,
-) -> list[Path]:
+def capture_stage(job: Job) -> list[Path]:
     """Capture clean feature maps and their change under the attack, for every attacked image.
 
     The clean images are the test images at the attack file's ``sample_id``; the
@@ -336,9 +324,11 @@ def run_capture_stage(
     Returns:
         The layer files, in depth order.
     """
-    if batch_size < 1:
-        raise ConfigError(f"capture.batch_size: {batch_size} must be >= 1")
-    check_compression(compression)
+    cfg = job.cfg["capture"]
+    checkpoint_path, test_path, attack_path, out_dir = (job.input("checkpoint"), job.input("test"),
+                                                        job.input("attack"), job.output())
+    layers, batch_size, compression, device = cfg["layers"], cfg["batch_size"], cfg["compression"], job.cfg["device"]
+    attrs: dict[str, Any] = {}
     model, _meta, test, attack, dev = load_attacked_model(checkpoint_path, test_path, attack_path, device)
     extractor = FeatureExtractor(model, list(layers) if layers else feature_layer_names(model))
     clean_u8 = test["image"].values[attack["sample_id"].values]

@@ -20,6 +20,7 @@ import numpy as np
 from onepixel.errors import DataError
 from onepixel.files import atomic_path, open_netcdf, write_json
 from onepixel.provenance import provenance
+from onepixel.stages import Job
 
 PathLike = str | os.PathLike[str]
 
@@ -184,3 +185,11 @@ def write_summary(metrics: Mapping[str, PathLike], attacks: Mapping[str, PathLik
             tmp.write_text(summary_html(summary, locality, dataset))
     write_json(summary, out_path)
     return summary
+
+
+def summary_stage(job: Job) -> dict[str, Any]:
+    """The summary of every model: ``summary.json`` (DVC metrics), the plot tables and the metrics page."""
+    return write_summary(job.inputs["metrics"], job.inputs["attack"], job.inputs["propagation"], job.inputs["locality"],
+                         job.output("summary"), models_csv=job.output("models_csv"),
+                         locality_csv=job.output("locality_csv"), html_path=job.output("table"),
+                         dataset=job.cfg["dataset"]["name"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from onepixel.models import (
     save_checkpoint,
 )
 from onepixel.provenance import provenance
+from onepixel.stages import Job
 from onepixel.torch_utils import resolve_device, seed_everything
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "augment", "seed")
@@ -200,32 +200,25 @@ def _evaluate_user_checkpoint(
     return model.cpu(), meta["build_kwargs"], metrics
 
 
-def run_train_stage(
-    model_name: str,
-    train_path: str | os.PathLike[str],
-    test_path: str | os.PathLike[str],
-    checkpoint_out: str | os.PathLike[str],
-    metrics_out: str | os.PathLike[str],
-    train_cfg: dict[str, Any],
-    device: str = "auto",
-    user_checkpoint: str | None = None,
-) -> dict[str, Any]:
-    """Train (or load ``user_checkpoint`` and evaluate) one model; write its checkpoint and metrics JSON.
-
-    ``train_cfg`` may hold the keys ``TRAIN_KEYS`` (others, such as ``checkpoints``, are ignored).
+def train_stage(job: Job) -> dict[str, Any]:
+    """Train model ``job.wildcards["model"]`` (or load the user's checkpoint and evaluate it); write its
+    checkpoint and metrics JSON.
 
     Returns:
-        The metrics as written to ``metrics_out`` (with ``provenance``).
+        The metrics as written (with ``provenance``).
     """
-    train_ds, test_ds = load_dataset(train_path), load_dataset(test_path)
-    dev = resolve_device(device)
-    if user_checkpoint:
-        model, build_kwargs, metrics = _evaluate_user_checkpoint(model_name, user_checkpoint, train_ds, test_ds, dev)
+    model_name = job.wildcards["model"]
+    train_ds, test_ds = load_dataset(job.input("train")), load_dataset(job.input("test"))
+    dev = resolve_device(job.cfg["device"])
+    user_checkpoints = job.inputs["user_checkpoint"] or [job.cfg["train"]["checkpoints"].get(model_name)]
+    if user_checkpoints[0]:
+        model, build_kwargs, metrics = _evaluate_user_checkpoint(model_name, str(user_checkpoints[0]), train_ds,
+                                                                 test_ds, dev)
     else:
-        options = {key: train_cfg[key] for key in TRAIN_KEYS if key in train_cfg}
+        options = {key: job.cfg["train"][key] for key in TRAIN_KEYS}
         model, metrics = train_model(model_name, train_ds, test_ds, device=str(dev), **options)
         build_kwargs = build_kwargs_for(train_ds)
     metrics["provenance"] = provenance(dev)
-    save_checkpoint(checkpoint_out, model, model_name, build_kwargs, extra=metrics)
-    write_json(metrics, metrics_out)
+    save_checkpoint(job.output("checkpoint"), model, model_name, build_kwargs, extra=metrics)
+    write_json(metrics, job.output("metrics"))
     return metrics

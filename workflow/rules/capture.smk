@@ -2,18 +2,19 @@ rule capture:
     input:
         checkpoint=rules.train.output.checkpoint,
         test=dataset_file("test"),
-        attack=rules.attack.output[0],
+        attack=rules.merge_attack.output.out,
     output:
-        directory(f"{RESULTS}/cubes/{{model}}"),
+        out=directory(f"{RESULTS}/cubes/{{model}}"),
     params:
-        settings=config["capture"],  # a changed setting reruns the rule (Snakemake's params trigger)
-        device=config["device"],
+        settings=stage_settings("capture"),
     log:
-        f"logs/{DATASET}/capture_{{model}}.log",
+        f"{LOGS}/capture_{{model}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/capture_{{model}}.tsv"
     threads: config["threads"]
     resources:
         gpu=1,
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/capture.py"
+        STAGE_SCRIPT

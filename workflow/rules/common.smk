@@ -1,22 +1,33 @@
 from onepixel.data.cifar10_layout import cifar10_root_files
+from onepixel.stages import settings
 
 DATASET = config["dataset"]["name"]
 MODELS = config["models"]
+SHARDS = config["attack"]["shards"]
 # config "study" keeps two studies of one dataset (e.g. untargeted and targeted) apart
 RESULTS = f"results/{DATASET}-{config['study']}" if config["study"] else f"results/{DATASET}"
+LOGS = f"logs/{DATASET}-{config['study']}" if config["study"] else f"logs/{DATASET}"
+STAGE_SCRIPT = "../scripts/stage.py"  # one script runs every rule's stage (onepixel.stages)
 
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
     model="|".join(MODELS),
+    shard="[0-9]+",
 
 
 def dataset_file(split):
     return f"resources/datasets/{DATASET}/{split}.nc"
 
 
-def per_model(pattern):
-    return {model: pattern.format(results=RESULTS, model=model) for model in MODELS}
+def stage_settings(stage):
+    """The config values the stage reads: as a rule's params, a changed one reruns the rule."""
+    return settings(stage, config)
+
+
+def each_model(pattern):
+    """An input function: ``pattern`` (with {results} and {model}) for every model, in config order."""
+    return lambda wildcards: [pattern.format(results=RESULTS, model=model) for model in MODELS]
 
 
 def all_targets():
@@ -26,7 +37,7 @@ def all_targets():
         f"{RESULTS}/figures/receptive_fields.png",
         f"{RESULTS}/figures/locality_table.html",
         f"{RESULTS}/figures/pm_depth.png",
-        *per_model("{results}/figures/{model}/average_pm.png").values(),
+        *[f"{RESULTS}/figures/{model}/average_pm.png" for model in MODELS],
     ]
 
 

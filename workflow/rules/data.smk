@@ -3,27 +3,27 @@ if not CIFAR10_ROOT:  # with dataset.root, CIFAR-10 is read from there: no downl
     rule download_cifar10:
         localrule: True  # needs the network, which cluster compute nodes often lack
         output:
-            directory("resources/raw/cifar10/cifar-10-batches-py"),
+            out=directory("resources/raw/cifar10/cifar-10-batches-py"),
         log:
             "logs/download_cifar10.log",
         conda:
             "../envs/onepixel.yaml"
         script:
-            "../scripts/download_cifar10.py"
+            STAGE_SCRIPT
 
 
 rule prepare_data:
     localrule: True  # seconds of I/O: runs on the submitting machine under a cluster executor
     input:
-        prepare_inputs,
+        raw=prepare_inputs,
     output:
         train="resources/datasets/{dataset}/train.nc",
         test="resources/datasets/{dataset}/test.nc",
     params:
-        settings=config["dataset"],  # a changed setting reruns the rule (Snakemake's params trigger)
+        settings=stage_settings("prepare_data"),
     log:
         "logs/{dataset}/prepare_data.log",
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/prepare_data.py"
+        STAGE_SCRIPT

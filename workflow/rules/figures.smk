@@ -2,9 +2,9 @@ rule figures:
     localrule: True  # small: runs on the submitting machine under a cluster executor
     input:
         test=dataset_file("test"),
-        attack=per_model("{results}/attack/{model}.nc").values(),
-        propagation=per_model("{results}/propagation/{model}.nc").values(),
-        locality=per_model("{results}/locality/{model}.nc").values(),
+        attack=each_model("{results}/attack/{model}.nc"),
+        propagation=each_model("{results}/propagation/{model}.nc"),
+        locality=each_model("{results}/locality/{model}.nc"),
     output:
         locality=report(
             f"{RESULTS}/figures/locality.png",
@@ -17,37 +17,42 @@ rule figures:
             category="Propagation maps",
         ),
         average=[
-            report(path, caption="../report/average_pm.rst", category="Propagation maps", subcategory=model)
-            for model, path in per_model("{results}/figures/{model}/average_pm.png").items()
+            report(
+                f"{RESULTS}/figures/{model}/average_pm.png",
+                caption="../report/average_pm.rst",
+                category="Propagation maps",
+                subcategory=model,
+            )
+            for model in MODELS
         ],
         # Figure 1a for the first figures.examples successful attacks (a placeholder when fewer)
         grid=[
-            report(f"{RESULTS}/figures/{model}/pm_grid_{k}.png", caption="../report/pm_grid.rst",
-                   category="Propagation maps", subcategory=model)
+            report(
+                f"{RESULTS}/figures/{model}/pm_grid_{k}.png",
+                caption="../report/pm_grid.rst",
+                category="Propagation maps",
+                subcategory=model,
+            )
             for model in MODELS
             for k in range(config["figures"]["examples"])
         ],
     params:
-        settings=config["figures"],  # a changed setting reruns the rule (Snakemake's params trigger)
-        models=MODELS,
-        attack=per_model("{results}/attack/{model}.nc"),
-        propagation=per_model("{results}/propagation/{model}.nc"),
-        locality=per_model("{results}/locality/{model}.nc"),
-        out_dir=lambda wildcards, output: os.path.dirname(output.locality),
+        settings=stage_settings("figures"),
+        out=f"{RESULTS}/figures",
     log:
-        f"logs/{DATASET}/figures.log",
+        f"{LOGS}/figures.log",
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/figures.py"
+        STAGE_SCRIPT
 
 
 rule locality_figures:
     localrule: True  # small: runs on the submitting machine under a cluster executor
     input:
         test=dataset_file("test"),
-        locality=per_model("{results}/locality/{model}.nc").values(),
-        vulnerability=per_model("{results}/vulnerability/{model}.nc").values(),
+        locality=each_model("{results}/locality/{model}.nc"),
+        vulnerability=each_model("{results}/vulnerability/{model}.nc"),
     output:
         overlay=report(
             f"{RESULTS}/figures/receptive_fields.png",
@@ -62,30 +67,32 @@ rule locality_figures:
         ),
         table_csv=f"{RESULTS}/figures/locality_table.csv",
         maps=[
-            report(path, caption="../report/vulnerability_maps.rst", category="Locality", subcategory=model)
-            for model, path in per_model("{results}/figures/{model}/vulnerability_maps.png").items()
+            report(
+                f"{RESULTS}/figures/{model}/vulnerability_maps.png",
+                caption="../report/vulnerability_maps.rst",
+                category="Locality",
+                subcategory=model,
+            )
+            for model in MODELS
         ],
     params:
-        settings=config["figures"],  # a changed setting reruns the rule (Snakemake's params trigger)
-        models=MODELS,
-        locality=per_model("{results}/locality/{model}.nc"),
-        vulnerability=per_model("{results}/vulnerability/{model}.nc"),
-        out_dir=lambda wildcards, output: os.path.dirname(output.overlay),
+        settings=stage_settings("locality_figures"),
+        out=f"{RESULTS}/figures",
     log:
-        f"logs/{DATASET}/locality_figures.log",
+        f"{LOGS}/locality_figures.log",
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/locality_figures.py"
+        STAGE_SCRIPT
 
 
 rule summary:
     localrule: True
     input:
-        metrics=per_model("{results}/metrics/{model}.json").values(),
-        attack=per_model("{results}/attack/{model}.nc").values(),
-        propagation=per_model("{results}/propagation/{model}.nc").values(),
-        locality=per_model("{results}/locality/{model}.nc").values(),
+        metrics=each_model("{results}/metrics/{model}.json"),
+        attack=each_model("{results}/attack/{model}.nc"),
+        propagation=each_model("{results}/propagation/{model}.nc"),
+        locality=each_model("{results}/locality/{model}.nc"),
     output:
         summary=f"{RESULTS}/summary.json",
         # for `dvc plots` (dvc.yaml) and the report
@@ -93,13 +100,10 @@ rule summary:
         locality_csv=f"{RESULTS}/plots/locality.csv",
         table=report(f"{RESULTS}/plots/metrics.html", caption="../report/metrics.rst", category="Metrics"),
     params:
-        metrics=per_model("{results}/metrics/{model}.json"),
-        attack=per_model("{results}/attack/{model}.nc"),
-        propagation=per_model("{results}/propagation/{model}.nc"),
-        locality=per_model("{results}/locality/{model}.nc"),
+        settings=stage_settings("summary"),
     log:
-        f"logs/{DATASET}/summary.log",
+        f"{LOGS}/summary.log",
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/summary.py"
+        STAGE_SCRIPT

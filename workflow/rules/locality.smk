@@ -2,18 +2,19 @@ rule locality:
     input:
         checkpoint=rules.train.output.checkpoint,
         test=dataset_file("test"),
-        attack=rules.attack.output[0],
+        attack=rules.merge_attack.output.out,
     output:
-        f"{RESULTS}/locality/{{model}}.nc",
+        out=f"{RESULTS}/locality/{{model}}.nc",
     params:
-        settings=config["locality"],  # a changed setting reruns the rule (Snakemake's params trigger)
-        device=config["device"],
+        settings=stage_settings("locality"),
     log:
-        f"logs/{DATASET}/locality_{{model}}.log",
+        f"{LOGS}/locality_{{model}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/locality_{{model}}.tsv"
     threads: config["threads"]
     resources:
         gpu=1,
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/locality.py"
+        STAGE_SCRIPT

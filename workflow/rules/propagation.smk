@@ -1,13 +1,13 @@
 rule propagation:
     input:
-        rules.capture.output[0],
+        cubes=rules.capture.output.out,
     output:
-        f"{RESULTS}/propagation/{{model}}.nc",
+        out=f"{RESULTS}/propagation/{{model}}.nc",
     params:
-        settings=config["propagation"],  # a changed setting reruns the rule (Snakemake's params trigger)
+        settings=stage_settings("propagation"),
     log:
-        f"logs/{DATASET}/propagation_{{model}}.log",
+        f"{LOGS}/propagation_{{model}}.log",
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/propagation.py"
+        STAGE_SCRIPT

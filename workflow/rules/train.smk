@@ -7,14 +7,15 @@ rule train:
         checkpoint=f"{RESULTS}/models/{{model}}.pt",
         metrics=f"{RESULTS}/metrics/{{model}}.json",
     params:
-        settings=config["train"],  # a changed setting reruns the rule (Snakemake's params trigger)
-        device=config["device"],
+        settings=stage_settings("train"),
     log:
-        f"logs/{DATASET}/train_{{model}}.log",
+        f"{LOGS}/train_{{model}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/train_{{model}}.tsv"
     threads: config["threads"]
     resources:
         gpu=1,
     conda:
         "../envs/onepixel.yaml"
     script:
-        "../scripts/train.py"
+        STAGE_SCRIPT

@@ -35,6 +35,7 @@ from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
 from onepixel.provenance import provenance
+from onepixel.stages import Job
 
 log = logging.getLogger(__name__)
 
@@ -370,27 +371,17 @@ def _add_probability_change(ds: xr.Dataset, clean: np.ndarray, change: np.ndarra
     return ds
 
 
-def run_locality_stage(
-    checkpoint_path: str | os.PathLike[str],
-    test_path: str | os.PathLike[str],
-    attack_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    max_distance: int = 3,
-    random_positions: int = 16,
-    seed: int = 0,
-    device: str = "auto",
-    rings: str = "chebyshev",
-) -> xr.Dataset:
+def locality_stage(job: Job) -> xr.Dataset:
     """Locality analysis of one model's successful attacks, written to ``out_path``.
 
     Untargeted attacks must store a negative ``target_class``. With no successful
     attack the file has 0 samples and NaN rates.
     """
-    if max_distance < 1:
-        raise ConfigError(f"locality.max_distance: {max_distance} must be >= 1")
-    if random_positions < 1:
-        raise ConfigError(f"locality.random_positions: {random_positions} must be >= 1")
-    check_rings(rings)
+    cfg = job.cfg["locality"]
+    checkpoint_path, test_path, attack_path, out_path = (job.input("checkpoint"), job.input("test"),
+                                                         job.input("attack"), job.output())
+    max_distance, random_positions, seed, rings = cfg["max_distance"], cfg["random_positions"], cfg["seed"], cfg["rings"]
+    device = job.cfg["device"]
     model, _meta, test, attack, dev = load_attacked_model(checkpoint_path, test_path, attack_path, device)
     successful = attack.isel(sample=np.flatnonzero(attack["success"].values))
     if successful.sizes["sample"] == 0:

@@ -13,7 +13,6 @@ output").
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from onepixel.cubes import MAP_VARIABLES, read_layer_index
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import atomic_path
 from onepixel.provenance import provenance
+from onepixel.stages import Job
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def compute_propagation(
         ``(y_{i}, x_{i})``; ``peak``, ``spread``, ``mass_distance``, ``mass_distance_rel``,
         ``scale``, ``pixel_x_layer``, ``pixel_y_layer`` ``(layer, sample)``;
         ``n_averaged_success``/``n_averaged_failure`` ``(layer,)``.
-        :func:`run_propagation_stage` writes the same dataset a layer at a time.
+        :func:`propagation_stage` writes the same dataset a layer at a time.
     """
     _check_options(normalisation, spread_threshold)
     if not cube_paths:
@@ -302,13 +302,7 @@ _SUMMARY_ATTRS = {
 }
 
 
-def run_propagation_stage(
-    cube_dir: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    normalisation: str = "image",
-    spread_threshold: float = 0.1,
-    attrs: dict[str, object] | None = None,
-) -> xr.Dataset:
+def propagation_stage(job: Job) -> xr.Dataset:
     """Compute the propagation maps of one model's cubes and write them to ``out_path``.
 
     The file is the dataset of :func:`compute_propagation`, written one layer at a
@@ -319,6 +313,10 @@ def run_propagation_stage(
     Returns:
         The written file, opened lazily.
     """
+    cfg = job.cfg["propagation"]
+    cube_dir, out_path = job.input("cubes"), job.output()
+    normalisation, spread_threshold = cfg["normalisation"], cfg["spread_threshold"]
+    attrs: dict[str, object] = {}
     _check_options(normalisation, spread_threshold)
     files = read_layer_index(cube_dir)
     summaries, infos = [], []

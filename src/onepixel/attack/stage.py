@@ -1,10 +1,10 @@
 """The attack stage: pick correctly classified test images, attack them, write netCDF.
 
 For scale the stage can be split into shards (``attack.shards`` of the workflow):
-:func:`run_select_stage` picks the images once and writes them to a selection
-file, :func:`run_attack_stage` with ``shard=i, shards=n`` attacks the i-th of n
+:func:`select_stage` picks the images once and writes them to a selection
+file, :func:`attack_stage` with ``shard=i, shards=n`` attacks the i-th of n
 contiguous, disjoint parts of that selection (:func:`shard_indices`), and
-:func:`run_merge_stage` combines the shard files into the file an unsharded run
+:func:`merge_stage` combines the shard files into the file an unsharded run
 writes. The random streams are keyed by test-set index (and target), so the
 merged result equals the unsharded one row for row.
 """
@@ -34,6 +34,7 @@ from onepixel.config import section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import file_sha256, write_json
 from onepixel.provenance import provenance
+from onepixel.stages import Job
 from onepixel.torch_utils import deterministic_torch, eval_mode, resolve_device
 
 #: defaults of the ``attack`` section, read from the config schema (its single source)
@@ -194,24 +195,19 @@ def _select(inputs: _StageInputs, log: Callable[[str], Any]) -> np.ndarray:
     return chosen
 
 
-def run_select_stage(
-    checkpoint_path: str | os.PathLike[str],
-    test_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    attack_cfg: dict[str, Any],
-    device: str = "auto",
-    log: Callable[[str], Any] = print,
-) -> np.ndarray:
+def select_stage(job: Job) -> np.ndarray:
     """Select the images of a sharded attack once and write them to ``out_path`` (JSON).
 
     The selection is :func:`select_correct_images` with ``num_images`` and ``seed``
-    (the same images an unsharded :func:`run_attack_stage` attacks, in the same
+    (the same images an unsharded :func:`attack_stage` attacks, in the same
     order). The file also records the seed, ``num_images``, the class count and
     the checkpoint's SHA-256, which :func:`read_selection` checks.
 
     Returns:
         The selected test-set indices ``(n,)`` int64.
     """
+    checkpoint_path, test_path, out_path = job.input("checkpoint"), job.input("test"), job.output()
+    attack_cfg, device, log = job.cfg["attack"], job.cfg["device"], job.log.info
     with deterministic_torch():
         inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device)
         chosen = _select(inputs, log)
@@ -236,7 +232,7 @@ def read_selection(
     attack_cfg: dict[str, Any] | None = None,
     checkpoint_path: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
-    """Test-set indices ``(n,)`` int64 of a selection file written by :func:`run_select_stage`.
+    """Test-set indices ``(n,)`` int64 of a selection file written by :func:`select_stage`.
 
     With ``attack_cfg`` the file's ``seed`` and ``num_images`` must equal the
     config's; with ``checkpoint_path`` it must have been made with that checkpoint.
@@ -267,17 +263,7 @@ def read_selection(
     return ids
 
 
-def run_attack_stage(
-    checkpoint_path: str | os.PathLike[str],
-    test_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    attack_cfg: dict[str, Any],
-    device: str = "auto",
-    log: Callable[[str], Any] = print,
-    shard: int = 0,
-    shards: int = 1,
-    selection_path: str | os.PathLike[str] | None = None,
-) -> xr.Dataset:
+def attack_stage(job: Job) -> xr.Dataset:
     """Attack ``num_images`` correctly classified test images and write ``out_path`` (netCDF).
 
     The random streams are keyed by test-set index (and target), so the rows of
@@ -285,11 +271,11 @@ def run_attack_stage(
 
     Sharding: with ``shards = n > 1`` only the ``shard``-th part
     (:func:`shard_indices`) of the selected images is attacked; the selection is
-    read from ``selection_path`` (written once by :func:`run_select_stage`) or,
-    without it, made here exactly as :func:`run_select_stage` makes it. The
+    read from ``selection_path`` (written once by :func:`select_stage`) or,
+    without it, made here exactly as :func:`select_stage` makes it. The
     ``shards`` setting of ``attack_cfg`` is ignored here (it tells the workflow
     how many jobs to start); pass ``shard``/``shards``. The file records the
-    attribute ``shards`` (and ``shard`` when ``shards > 1``); :func:`run_merge_stage`
+    attribute ``shards`` (and ``shard`` when ``shards > 1``); :func:`merge_stage`
     combines the shard files.
 
     Reproducibility: the stage runs under :func:`onepixel.torch_utils.deterministic_torch`
@@ -298,6 +284,9 @@ def run_attack_stage(
     The file also records ``model_output`` (logits or probabilities, see
     :class:`OnePixelAttack`) and the total of ``rejected_candidates``.
     """
+    checkpoint_path, test_path, out_path = job.input("checkpoint"), job.input("test"), job.output()
+    attack_cfg, device, log = job.cfg["attack"], job.cfg["device"], job.log.info
+    shard, shards, selection_path = job.wildcards["shard"], job.cfg["attack"]["shards"], job.inputs["selection"]
     _check_shard(shard, shards)
     with deterministic_torch():  # before the first GPU work of the process (see its docstring)
         inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device)
@@ -338,13 +327,8 @@ def run_attack_stage(
     return ds
 
 
-def run_merge_stage(
-    shard_paths: list[str | os.PathLike[str]],
-    out_path: str | os.PathLike[str],
-    selection_path: str | os.PathLike[str] | None = None,
-    log: Callable[[str], Any] = print,
-) -> xr.Dataset:
-    """Merge the shard files of one attack (:func:`run_attack_stage` with ``shards = n``) into ``out_path``.
+def merge_stage(job: Job) -> xr.Dataset:
+    """Merge the shard files of one attack (:func:`attack_stage` with ``shards = n``) into ``out_path``.
 
     Every shard ``0 .. n-1`` must be given exactly once (in any order). Rows come
     in the order of the selection (shard order when there is no selection file),
@@ -353,6 +337,8 @@ def run_merge_stage(
     ``candidates_per_s`` the total candidates over that sum. With
     ``selection_path`` the shards must cover exactly the selected images.
     """
+    shard_paths, out_path, selection_path = job.inputs["shards"], job.output(), job.inputs["selection"]
+    log = job.log.info
     paths = [Path(p) for p in shard_paths]
     if not paths:
         raise DataError("merge-attack: no shard files given")

@@ -34,6 +34,7 @@ __all__ = [
     "CIFAR10_URL",
     "DATASET_NAMES",
     "channel_stats",
+    "dataset_splits",
     "cifar10_root_files",
     "download_cifar10",
     "load_dataset",
@@ -48,6 +49,35 @@ __all__ = [
 ]
 
 
+def dataset_splits(
+    name: str,
+    raw_root: str | os.PathLike[str] | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    root: str | os.PathLike[str] | None = None,
+    log: Callable[[str], Any] | None = print,
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """The train and test splits of data set ``name``.
+
+    "digits" is split with ``test_fraction`` and ``seed``. "cifar10" keeps its own
+    split; it is read from ``root`` when given (a pre-staged copy: the
+    ``cifar-10-batches-py`` folder, a folder holding it, or the official tar.gz; see
+    :func:`read_cifar10_root`, which reports to ``log`` whether it is the official
+    set), else downloaded into ``raw_root`` (required then).
+    """
+    if root and name == "digits":
+        raise ConfigError("dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not 'digits'")
+    if name == "digits":
+        return load_digits_split(test_fraction=test_fraction, seed=seed)
+    if name == "cifar10" and root:
+        return read_cifar10_root(root, log=log)
+    if name == "cifar10":
+        if raw_root is None:
+            raise ConfigError("dataset.root: empty, and no download folder given; set dataset.root or download CIFAR-10")
+        return read_cifar10_batches(download_cifar10(raw_root))
+    raise ConfigError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+
+
 def prepare_dataset(
     name: str,
     out_dir: str | os.PathLike[str],
@@ -57,29 +87,13 @@ def prepare_dataset(
     root: str | os.PathLike[str] | None = None,
     log: Callable[[str], Any] | None = print,
 ) -> tuple[Path, Path]:
-    """Write ``out_dir/train.nc`` and ``out_dir/test.nc`` for data set ``name``.
-
-    "digits" is split with ``test_fraction`` and ``seed``. "cifar10" keeps its own
-    split; it is read from ``root`` when given (a pre-staged copy: the
-    ``cifar-10-batches-py`` folder, a folder holding it, or the official tar.gz; see
-    :func:`read_cifar10_root`, which reports to ``log`` whether it is the official
-    set), else downloaded into ``raw_root`` (default ``out_dir/raw``).
+    """Write ``out_dir/train.nc`` and ``out_dir/test.nc`` of :func:`dataset_splits` (downloads go to ``out_dir/raw``).
 
     Returns:
         The paths of the train and test files.
     """
     out = Path(out_dir)
-    splits: tuple[xr.Dataset, xr.Dataset]
-    if root and name == "digits":
-        raise ConfigError("dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not 'digits'")
-    if name == "digits":
-        splits = load_digits_split(test_fraction=test_fraction, seed=seed)
-    elif name == "cifar10" and root:
-        splits = read_cifar10_root(root, log=log)
-    elif name == "cifar10":
-        splits = read_cifar10_batches(download_cifar10(out / "raw" if raw_root is None else raw_root))
-    else:
-        raise ConfigError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+    splits = dataset_splits(name, out / "raw" if raw_root is None else raw_root, test_fraction, seed, root, log)
     paths = (out / "train.nc", out / "test.nc")
     for ds, path in zip(splits, paths, strict=True):
         save_dataset(ds, path)

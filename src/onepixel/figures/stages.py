@@ -3,49 +3,37 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 from onepixel.errors import ConfigError
-from onepixel.figures.common import FORMATS, placeholder
+from onepixel.figures.common import placeholder
 from onepixel.figures.locality import plot_locality
 from onepixel.figures.propagation import plot_average_pm, plot_pm_depth, plot_pm_grid
 from onepixel.figures.receptive_fields import plot_erf, plot_receptive_fields
 from onepixel.figures.vulnerability import plot_vulnerability_examples
 from onepixel.files import open_netcdf
+from onepixel.stages import Job
 
 log = logging.getLogger(__name__)
 
 
-def run_figures_stage(
-    dataset_name: str,
-    models: list[str],
-    test_path: str | os.PathLike[str],
-    attack_paths: dict[str, str | os.PathLike[str]],
-    propagation_paths: dict[str, str | os.PathLike[str]],
-    locality_paths: dict[str, str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    examples: int = 2,
-    formats: Sequence[str] = ("png", "pdf"),
-) -> list[Path]:
+def figures_stage(job: Job) -> list[Path]:
     """All figures of one dataset.
 
     Per model: ``{model}/pm_grid_{k}`` for the first ``examples`` successful attacks
     (a placeholder saying so when there are fewer) and ``{model}/average_pm``;
     across models: ``locality`` and ``pm_depth``. Each in every format.
     """
+    cfg = job.cfg["figures"]
+    dataset_name, models, test_path, out_dir = job.cfg["dataset"]["name"], job.cfg["models"], job.input("test"), job.output()
+    attack_paths, propagation_paths, locality_paths = job.inputs["attack"], job.inputs["propagation"], job.inputs["locality"]
+    examples, formats = cfg["examples"], tuple(cfg["formats"])
     from onepixel.attack import load_attack
     from onepixel.data import load_dataset
 
-    bad = [fmt for fmt in formats if fmt not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(f"figures.formats: {bad or list(formats)!r} not allowed; use a non-empty subset of {', '.join(FORMATS)}")
-    if examples < 0:
-        raise ConfigError(f"figures.examples: {examples} must be >= 0")
     for key, paths in (("attack", attack_paths), ("propagation", propagation_paths), ("locality", locality_paths)):
         missing = [m for m in models if m not in paths]
         if missing:
@@ -76,29 +64,19 @@ def run_figures_stage(
     return written
 
 
-def run_locality_figures_stage(
-    dataset_name: str,
-    models: list[str],
-    test_path: str | os.PathLike[str],
-    locality_paths: dict[str, str | os.PathLike[str]],
-    vulnerability_paths: dict[str, str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    examples: int = 2,
-    formats: Sequence[str] = ("png", "pdf"),
-) -> list[Path]:
+def locality_figures_stage(job: Job) -> list[Path]:
     """Locality table, receptive-field overlay, ERF figure and vulnerability-map examples of one dataset.
 
     Writes ``locality_table.csv`` / ``.html``, ``receptive_fields``, ``erf`` and
     ``{model}/vulnerability_maps`` (each figure in every format) under ``out_dir``.
     """
+    cfg = job.cfg["figures"]
+    dataset_name, models, test_path, out_dir = job.cfg["dataset"]["name"], job.cfg["models"], job.input("test"), job.output()
+    locality_paths, vulnerability_paths = job.inputs["locality"], job.inputs["vulnerability"]
+    examples, formats = cfg["examples"], tuple(cfg["formats"])
     from onepixel.analysis.locality import write_locality_table
     from onepixel.data import load_dataset
 
-    bad = [fmt for fmt in formats if fmt not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(f"figures.formats: {bad or list(formats)!r} not allowed; use a non-empty subset of {', '.join(FORMATS)}")
-    if examples < 0:
-        raise ConfigError(f"figures.examples: {examples} must be >= 0")
     for key, paths in (("locality", locality_paths), ("vulnerability", vulnerability_paths)):
         missing = [m for m in models if m not in paths]
         if missing:

@@ -1,0 +1,44 @@
+"""Run the registered stage of a Snakemake rule from the ``snakemake`` object of its script."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onepixel.jobs import log_to
+from onepixel.stages import Port, get_stage, run_stage
+
+
+def _named(namedlist: Any, name: str) -> Any:
+    """``namedlist.name`` of a Snakemake Namedlist, or ``None`` when it has no such entry."""
+    return getattr(namedlist, name) if name in namedlist.keys() else None
+
+
+def _port_value(port: Port, snakemake: Any, files: Any) -> Any:
+    """The path(s) of ``port`` in the rule's input/output (or, for a directory port, its params)."""
+    value = _named(files, port.name)
+    if value is None:
+        value = _named(snakemake.params, port.name)
+    if port.kind == "per_model":
+        paths = [] if value is None else list(value)
+        models = list(snakemake.config["models"])
+        if len(paths) != len(models):
+            raise RuntimeError(f"rule {snakemake.rule}: input {port.name} needs one file per model in config order")
+        return dict(zip(models, paths, strict=True))
+    if port.kind == "files":
+        return [] if value is None else ([value] if isinstance(value, str) else list(value))
+    return value
+
+
+def run_snakemake_job(snakemake: Any) -> Any:
+    """Run the stage named like the rule, its files taken from the rule by port name.
+
+    The job's stdout, stderr and log records go to the rule's log file; a user error
+    ends the job with one line ``error: ...`` and exit status 2 (:func:`onepixel.jobs.log_to`).
+    """
+    stage = get_stage(snakemake.rule)
+    inputs = {port.name: _port_value(port, snakemake, snakemake.input) for port in stage.inputs}
+    outputs = {port.name: _port_value(port, snakemake, snakemake.output) for port in stage.outputs}
+    wildcards = {w.name: snakemake.wildcards[w.name] for w in stage.wildcards if w.name in snakemake.wildcards.keys()}
+    threads = snakemake.threads if stage.device else None
+    with log_to(snakemake.log[0], threads):
+        return run_stage(stage.name, inputs, outputs, config=snakemake.config, wildcards=wildcards, validated=True)

@@ -1,0 +1,4 @@
+"""Every rule's script: run the onepixel stage registered under the rule's name (onepixel.stages)."""
+from onepixel.workflow.job import run_snakemake_job
+
+run_snakemake_job(snakemake)  # noqa: F821 (injected by Snakemake)
