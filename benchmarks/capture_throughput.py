@@ -41,12 +41,11 @@ import numpy as np
 import torch
 import xarray as xr
 
+from onepixel.stages import run_stage
 from onepixel.attack.results import save_attack
-from onepixel.capture import run_capture_stage
 from onepixel.cubes import COMPRESSIONS
 from onepixel.data.dataset import make_dataset, save_dataset
 from onepixel.models import build_model, save_checkpoint
-from onepixel.analysis.propagation import run_propagation_stage
 from onepixel.torch_utils import resolve_device
 
 SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
@@ -135,11 +134,12 @@ def forward_seconds(model_name: str, paths: dict[str, Path], batch_size: int, de
 def run_stages(paths: dict[str, Path], out: Path, batch_size: int, device: str, compression: str) -> dict[str, float]:
     """Time the capture and propagation stages; sizes of what they wrote."""
     start = time.perf_counter()
-    files = run_capture_stage(paths["checkpoint"], paths["test"], paths["attack"], out / "cubes",
-                              batch_size=batch_size, device=device, compression=compression)
+    files = run_stage("capture", {"checkpoint": paths["checkpoint"], "test": paths["test"], "attack": paths["attack"]},
+                      {"out": out / "cubes"},
+                      {"capture": {"batch_size": batch_size, "compression": compression}, "device": device})
     capture = time.perf_counter() - start
     start = time.perf_counter()
-    run_propagation_stage(out / "cubes", out / "pm.nc").close()
+    run_stage("propagation", {"cubes": out / "cubes"}, {"out": out / "pm.nc"}).close()
     propagation = time.perf_counter() - start
     raw, start = 0, time.perf_counter()
     for file in files:  # read the cubes back whole, as an analysis of the activations would

@@ -107,7 +107,7 @@ def load_data(name: str, subset: Path):
 
 
 def prepare(args, work: Path) -> dict[str, Any] | None:
-    from onepixel.attack import select_correct_images
+    from onepixel.attack.stage import select_correct_images
     from onepixel.models import save_checkpoint
     from onepixel.train import build_kwargs_for, train_model
 

@@ -12,11 +12,12 @@ import torch
 import xarray as xr
 from torch import nn
 
+from helpers import _assert_bit_identical
+from onepixel.stages import run_stage
 from onepixel.capture import (
     FeatureExtractor,
     capture_activations,
     feature_layer_names,
-    run_capture_stage,
 )
 from onepixel.cubes import CubeWriter, layer_namespace, open_cubes
 from onepixel.errors import ConfigError, DataError
@@ -100,9 +101,8 @@ def fake_run(tmp_path, monkeypatch, n: int = 5):
         },
         coords={"sample_id": ("sample", ids)},
     )
-    write_netcdf(test, tmp_path / "test.nc")
+    write_netcdf(test, tmp_path / "test.nc", kind="dataset")
     net = InplaceNet().eval()
-    monkeypatch.setitem(sys.modules, "onepixel.data", types.SimpleNamespace(load_dataset=open_netcdf))
     monkeypatch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
     monkeypatch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {})))
     return net, test, attack
@@ -118,8 +118,8 @@ def _expected_maps(net, test, attack):
 @pytest.mark.parametrize("compression", ["zstd", "zlib", "none"])
 def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
     net, test, attack = fake_run(tmp_path, monkeypatch)
-    files = run_capture_stage("ckpt.pt", tmp_path / "test.nc", "attack.nc", tmp_path / "cubes", batch_size=2,
-                              device="cpu", compression=compression, attrs={"config_digest": "abc"})
+    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"},
+                      {"capture": {"batch_size": 2, "compression": compression}, "device": "cpu"})
     # depth order comes from the forward pass, not from feature_layers' order
     assert [f.name for f in files] == ["00_conv1.nc", "01_conv2.nc"]
     index = json.loads((tmp_path / "cubes" / "layers.json").read_text())
@@ -140,7 +140,7 @@ def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
             np.testing.assert_array_equal(ds["success"].values, [True, False, True, True, False])
             stride = 8 // ds.sizes["x"]
             assert ds.attrs["stride"] == stride and ds.attrs["layer_index"] == k
-            assert ds.attrs["receptive_field"] == [3, 5][k] and ds.attrs["config_digest"] == "abc"
+            assert ds.attrs["receptive_field"] == [3, 5][k] and len(ds.attrs["config_digest"]) == 16
             assert ds.attrs["Conventions"].startswith("CF") and "git_commit" in ds.attrs
             np.testing.assert_array_equal(ds["pixel_x_layer"].values, attack["pixel_x"].values[:, 0] // stride)
             np.testing.assert_array_equal(ds["pixel_y_layer"].values, attack["pixel_y"].values[:, 0] // stride)
@@ -149,7 +149,7 @@ def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
 
 def test_cubes_open_as_one_dataset_across_layers(tmp_path, monkeypatch) -> None:
     net, test, attack = fake_run(tmp_path, monkeypatch)
-    files = run_capture_stage("ckpt.pt", tmp_path / "test.nc", "attack.nc", tmp_path / "cubes", device="cpu")
+    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
     expected = _expected_maps(net, test, attack)
     with xr.open_mfdataset(files, preprocess=layer_namespace) as merged, open_cubes(tmp_path / "cubes") as cubes:
         for ds in (merged, cubes):
@@ -175,14 +175,16 @@ def test_interrupted_capture_leaves_no_cube(tmp_path, monkeypatch) -> None:
     original = CubeWriter.write
     monkeypatch.setattr(CubeWriter, "write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_capture_stage("ckpt.pt", tmp_path / "test.nc", "attack.nc", tmp_path / "cubes", batch_size=2, device="cpu")
+        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"},
+                  {"capture": {"batch_size": 2}, "device": "cpu"})
     assert list((tmp_path / "cubes").iterdir()) == []
 
 
 def test_capture_stage_unknown_layer(tmp_path, monkeypatch) -> None:
     fake_run(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="capture.layers"):
-        run_capture_stage("ckpt.pt", tmp_path / "test.nc", "a.nc", tmp_path / "cubes", layers=["fc9"], device="cpu")
+        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "a.nc"}, {"out": tmp_path / "cubes"},
+                  {"capture": {"layers": ["fc9"]}, "device": "cpu"})
     assert not (tmp_path / "cubes" / "layers.json").exists()
 
 
@@ -229,7 +231,26 @@ def test_fx_extractor_orders_by_depth_and_names_unknown_nodes() -> None:
 
 def test_attack_beyond_the_test_set_is_refused(tmp_path, monkeypatch) -> None:
     fake_run(tmp_path, monkeypatch)
-    write_netcdf(open_netcdf(tmp_path / "test.nc").isel(sample=slice(0, 5)), tmp_path / "small.nc")
+    write_netcdf(open_netcdf(tmp_path / "test.nc", kind="dataset").isel(sample=slice(0, 5)), tmp_path / "small.nc",
+                 kind="dataset")
     with pytest.raises(DataError, match=r"attack.nc: sample_id 9 is outside the 5 images of .*small.nc"):
-        run_capture_stage("ckpt.pt", tmp_path / "small.nc", "attack.nc", tmp_path / "cubes", device="cpu")
+        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "small.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
     assert not (tmp_path / "cubes").exists()
+
+
+def test_capture_and_propagation_are_bit_identical_across_runs(toy, tmp_path):
+    attack = tmp_path / "attack.nc"
+    files = {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}
+    config = {"attack": {"num_images": 6, "population": 16, "generations": 3}, "device": "cpu"}
+    run_stage("attack", files, {"out": attack}, config)
+    for run in ("a", "b"):
+        run_stage("capture", {**files, "attack": attack}, {"out": tmp_path / f"cubes_{run}"}, config)
+        run_stage("propagation", {"cubes": tmp_path / f"cubes_{run}"}, {"out": tmp_path / f"pm_{run}.nc"}, config)
+    cubes = sorted(p.name for p in (tmp_path / "cubes_a").glob("*.nc"))
+    assert cubes and cubes == sorted(p.name for p in (tmp_path / "cubes_b").glob("*.nc"))
+    for name in cubes:
+        with xr.open_dataset(tmp_path / "cubes_a" / name) as a, xr.open_dataset(tmp_path / "cubes_b" / name) as b:
+            _assert_bit_identical(a.load(), b.load(), name)
+    with xr.open_dataset(tmp_path / "pm_a.nc") as a, xr.open_dataset(tmp_path / "pm_b.nc") as b:
+        _assert_bit_identical(a.load(), b.load(), "propagation")
+        assert any(np.issubdtype(v.dtype, np.floating) and v.size for v in a.data_vars.values())

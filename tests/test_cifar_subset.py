@@ -26,6 +26,7 @@ import pytest
 import torch
 import yaml
 
+from onepixel.stages import run_stage
 from onepixel.cli import main
 from onepixel.config import load_config, validate_config
 from onepixel.data import (
@@ -248,12 +249,13 @@ def test_prepare_dataset_from_root(tmp_path, capsys):
 
 def test_cli_prepare_data_root(tmp_path, capsys):
     _write_folder(tmp_path / "staged")
-    assert main(["prepare-data", "--root", str(tmp_path / "staged"), "--out", str(tmp_path / "out")]) == 0
-    out, err = capsys.readouterr()
-    assert out.split() == [str(tmp_path / "out" / "train.nc"), str(tmp_path / "out" / "test.nc")]
-    assert "10 training and 2 test images" in err
-    assert main(["prepare-data", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "out2")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'nope'}: CIFAR-10 root not found")
+    out = tmp_path / "out"
+    args = ["--set", "dataset.name=cifar10", "--train", str(out / "train.nc"), "--test", str(out / "test.nc")]
+    assert main(["prepare-data", "--set", f"dataset.root={tmp_path / 'staged'}", *args]) == 0
+    assert "10 training and 2 test images" in capsys.readouterr().err
+    assert load_dataset(out / "train.nc").sizes["sample"] == 10 and load_dataset(out / "test.nc").sizes["sample"] == 2
+    assert main(["prepare-data", "--set", f"dataset.root={tmp_path / 'nope'}", *args]) == 2
+    assert capsys.readouterr().err.startswith(f"error: dataset.root: not found: {tmp_path / 'nope'}")
 
 
 def test_subset_config_is_valid(monkeypatch):
@@ -357,11 +359,10 @@ def test_subset_reader(subset):
 @pytest.fixture(scope="module")
 def lenet(subset):
     """LeNet trained briefly on the 4,660 real training images (about 20 s on 2 CPU cores)."""
-    from onepixel.train import run_train_stage
-
     checkpoint, metrics = subset["dir"] / "lenet.pt", subset["dir"] / "lenet.json"
     cfg = {"epochs": 4, "batch_size": 128, "lr": 0.05, "augment": False, "seed": 0}
-    run_train_stage("lenet", subset["train"], subset["test"], checkpoint, metrics, cfg, device="cpu")
+    run_stage("train", {"train": subset["train"], "test": subset["test"]}, {"checkpoint": checkpoint, "metrics": metrics},
+              {"train": cfg, "device": "cpu"}, {"model": "lenet"})
     return checkpoint
 
 
@@ -374,11 +375,9 @@ def test_lenet_learns_real_images(lenet, subset):
 
 @pytest.fixture(scope="module")
 def attack(lenet, subset):
-    from onepixel.attack import run_attack_stage
-
     out = subset["dir"] / "attack_lenet.nc"
     cfg = {"num_images": 24, "population": 40, "generations": 10, "seed": 0}
-    run_attack_stage(lenet, subset["test"], out, cfg, device="cpu", log=lambda line: None)
+    run_stage("attack", {"checkpoint": lenet, "test": subset["test"]}, {"out": out}, {"attack": cfg, "device": "cpu"})
     return out
 
 
@@ -416,10 +415,10 @@ def test_attack_successes_are_real_misclassifications(lenet, subset, attack):
 def test_capture_cubes_have_the_layer_shapes(lenet, subset, attack):
     import xarray as xr
 
-    from onepixel.capture import run_capture_stage
     from onepixel.models import load_checkpoint
 
-    files = run_capture_stage(lenet, subset["test"], attack, subset["dir"] / "cubes", device="cpu")
+    files = run_stage("capture", {"checkpoint": lenet, "test": subset["test"], "attack": attack},
+                      {"out": subset["dir"] / "cubes"}, {"device": "cpu"})
     assert [f.name for f in files] == ["00_relu1.nc", "01_relu2.nc"]
     model, _ = load_checkpoint(lenet)
     model.eval()

@@ -12,18 +12,16 @@ import xarray as xr
 from helpers import png_size
 from torch import nn
 
-from onepixel.capture import run_capture_stage
+from onepixel.stages import run_stage
 from onepixel.errors import ConfigError
 from onepixel.figures import (
     plot_average_pm,
     plot_locality,
     plot_pm_depth,
     plot_pm_grid,
-    run_figures_stage,
 )
 from onepixel.analysis.locality import locality_analysis
-from onepixel.analysis.propagation import run_propagation_stage
-from onepixel.files import open_netcdf, write_netcdf
+from onepixel.files import write_netcdf
 
 N = 6
 
@@ -78,16 +76,16 @@ def run(tmp_path_factory):
         },
         coords={"sample_id": ("sample", ids)},
     )
-    write_netcdf(test, tmp / "test.nc")
+    write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
-    patch.setitem(sys.modules, "onepixel.data", types.SimpleNamespace(load_dataset=open_netcdf))
     patch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
     patch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {})))
-    run_capture_stage("c.pt", tmp / "test.nc", "a.nc", tmp / "cubes", device="cpu")
-    prop = run_propagation_stage(tmp / "cubes", tmp / "prop.nc")
+    run_stage("capture", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": "a.nc"}, {"out": tmp / "cubes"},
+              {"device": "cpu"})
+    prop = run_stage("propagation", {"cubes": tmp / "cubes"}, {"out": tmp / "prop.nc"})
     ok = attack["success"].values
     loc = locality_analysis(net, torch.from_numpy(images[ids][ok]), np.zeros(ok.sum()), px[ok], py[ok], color[ok], max_distance=3)
-    write_netcdf(loc, tmp / "loc.nc")
+    write_netcdf(loc, tmp / "loc.nc", kind="locality")
     yield types.SimpleNamespace(tmp=tmp, prop=prop, loc=loc, attack=attack, images=images)
     patch.undo()
 
@@ -113,10 +111,12 @@ def test_average_pm_locality_depth(run, tmp_path) -> None:
         assert path.stat().st_size > 20_000
 
 
-def test_run_figures_stage(run, tmp_path) -> None:
-    files = run_figures_stage(
-        "toy", ["small"], run.tmp / "test.nc", {"small": "a.nc"}, {"small": run.tmp / "prop.nc"},
-        {"small": run.tmp / "loc.nc"}, tmp_path / "fig", examples=5, formats=("png", "pdf"),
+def test_figures_stage(run, tmp_path) -> None:
+    files = run_stage(
+        "figures",
+        {"test": run.tmp / "test.nc", "attack": {"small": "a.nc"}, "propagation": {"small": run.tmp / "prop.nc"},
+         "locality": {"small": run.tmp / "loc.nc"}},
+        {"out": tmp_path / "fig"}, {"figures": {"examples": 5, "formats": ["png", "pdf"]}},
     )
     names = sorted(str(p.relative_to(tmp_path / "fig")) for p in files)
     expected = [f"small/pm_grid_{k}.{ext}" for k in range(5) for ext in ("png", "pdf")]

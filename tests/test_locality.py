@@ -12,6 +12,7 @@ import torch
 import xarray as xr
 from helpers import P_CLEAN, P_FOOLED, BlockModel
 
+from onepixel.stages import run_stage
 from onepixel.errors import ConfigError
 from onepixel.analysis.locality import (
     bootstrap_ratio_ci,
@@ -22,7 +23,6 @@ from onepixel.analysis.locality import (
     random_shifts,
     ring_distance,
     ring_positions,
-    run_locality_stage,
     write_locality_table,
 )
 from onepixel.files import open_netcdf, write_netcdf
@@ -125,16 +125,16 @@ def fake_stage_inputs(tmp_path, monkeypatch, success):
         },
         coords={"sample_id": ("sample", np.arange(n) + 2)},
     )
-    write_netcdf(test, tmp_path / "test.nc")
-    monkeypatch.setitem(sys.modules, "onepixel.data", types.SimpleNamespace(load_dataset=open_netcdf))
+    write_netcdf(test, tmp_path / "test.nc", kind="dataset")
     monkeypatch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
     monkeypatch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (BlockModel(), {})))
 
 
 def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:
     fake_stage_inputs(tmp_path, monkeypatch, [True, False, True])
-    ds = run_locality_stage("c.pt", tmp_path / "test.nc", "a.nc", tmp_path / "loc.nc", max_distance=2, device="cpu")
-    saved = open_netcdf(tmp_path / "loc.nc")
+    ds = run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": "a.nc"}, {"out": tmp_path / "loc.nc"},
+                   {"locality": {"max_distance": 2}, "device": "cpu"})
+    saved = open_netcdf(tmp_path / "loc.nc", kind="locality")
     np.testing.assert_array_equal(saved["sample_id"].values, [2, 4])
     np.testing.assert_allclose(saved["success_rate"].values, [3 / 8, 5 / 16])
     np.testing.assert_allclose(saved["success_rate"].values, ds["success_rate"].values)
@@ -142,8 +142,8 @@ def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:
 
 def test_stage_without_successful_attacks(tmp_path, monkeypatch) -> None:
     fake_stage_inputs(tmp_path, monkeypatch, [False, False])
-    run_locality_stage("c.pt", tmp_path / "test.nc", "a.nc", tmp_path / "loc.nc", device="cpu")
-    saved = open_netcdf(tmp_path / "loc.nc")
+    run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": "a.nc"}, {"out": tmp_path / "loc.nc"}, {"device": "cpu"})
+    saved = open_netcdf(tmp_path / "loc.nc", kind="locality")
     assert saved.sizes["sample"] == 0 and saved.sizes["distance"] == 3
     assert np.isnan(saved["success_rate"].values).all() and np.isnan(float(saved["baseline_success_rate"]))
     assert np.isnan(saved["success_rate_ci"].values).all()

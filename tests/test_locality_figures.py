@@ -13,15 +13,11 @@ import xarray as xr
 from helpers import png_size
 from torch import nn
 
+from onepixel.stages import run_stage
 from onepixel.errors import ConfigError
-from onepixel.figures import (
-    _example_rows,
-    plot_vulnerability_examples,
-    run_locality_figures_stage,
-)
-from onepixel.analysis.locality import run_locality_stage
+from onepixel.figures import plot_vulnerability_examples
+from onepixel.figures.vulnerability import _example_rows
 from onepixel.files import open_netcdf, write_netcdf
-from onepixel.analysis.vulnerability import run_vulnerability_stage
 
 N = 6
 
@@ -62,21 +58,22 @@ def run(tmp_path_factory):
         },
         coords={"sample_id": ("sample", np.arange(N) + 1)},
     )
-    write_netcdf(test, tmp / "test.nc")
+    write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
-    patch.setitem(sys.modules, "onepixel.data", types.SimpleNamespace(load_dataset=open_netcdf))
     patch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
     patch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {"arch": "small"})))
-    run_locality_stage("c.pt", tmp / "test.nc", "a.nc", tmp / "loc.nc", max_distance=3, device="cpu")
-    run_vulnerability_stage("c.pt", tmp / "test.nc", "a.nc", tmp / "vul.nc", device="cpu")
+    run_stage("locality", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": "a.nc"}, {"out": tmp / "loc.nc"}, {"locality": {"max_distance": 3}, "device": "cpu"})
+    run_stage("vulnerability", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": "a.nc"}, {"out": tmp / "vul.nc"}, {"device": "cpu"})
     yield types.SimpleNamespace(tmp=tmp, images=images)
     patch.undo()
 
 
 def test_stage_writes_table_and_figures(run, tmp_path) -> None:
-    files = run_locality_figures_stage(
-        "toy", ["small", "again"], run.tmp / "test.nc", {"small": run.tmp / "loc.nc", "again": run.tmp / "loc.nc"},
-        {"small": run.tmp / "vul.nc", "again": run.tmp / "vul.nc"}, tmp_path / "fig", examples=2, formats=("png", "pdf"),
+    files = run_stage(
+        "locality_figures",
+        {"test": run.tmp / "test.nc", "locality": {"small": run.tmp / "loc.nc", "again": run.tmp / "loc.nc"},
+         "vulnerability": {"small": run.tmp / "vul.nc", "again": run.tmp / "vul.nc"}},
+        {"out": tmp_path / "fig"}, {"figures": {"examples": 2, "formats": ["png", "pdf"]}},
     )
     names = sorted(str(p.relative_to(tmp_path / "fig")) for p in files)
     expected = ["locality_table.csv", "locality_table.html"]
@@ -87,7 +84,7 @@ def test_stage_writes_table_and_figures(run, tmp_path) -> None:
     assert png_size(tmp_path / "fig" / "receptive_fields.png") == (1680, 1440)
     # 2 successful examples + the first failed attack: 3 rows
     assert png_size(tmp_path / "fig" / "small" / "vulnerability_maps.png") == (round((3 * 1.85 + 1.6) * 200), round((3 * 2.4 + 1.3) * 200))
-    loc = open_netcdf(run.tmp / "loc.nc")
+    loc = open_netcdf(run.tmp / "loc.nc", kind="locality")
     with open(tmp_path / "fig" / "locality_table.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["model"] for r in rows] == ["small", "again"] and rows[0]["attacks"] == "4"
@@ -98,7 +95,7 @@ def test_stage_writes_table_and_figures(run, tmp_path) -> None:
 
 
 def test_example_rows_and_placeholder(run, tmp_path) -> None:
-    vul = open_netcdf(run.tmp / "vul.nc")
+    vul = open_netcdf(run.tmp / "vul.nc", kind="vulnerability")
     assert _example_rows(vul, 2) == [0, 2, 1] and _example_rows(vul, 0) == [1] and _example_rows(vul, 9) == [0, 2, 3, 5, 1]
     (empty,) = plot_vulnerability_examples(vul.isel(sample=slice(0, 0)), run.images, tmp_path / "none", ["a", "b", "c"], formats=("png",))
     assert png_size(empty) == (1000, 300)
@@ -106,7 +103,9 @@ def test_example_rows_and_placeholder(run, tmp_path) -> None:
 
 def test_bad_settings(run, tmp_path) -> None:
     with pytest.raises(ConfigError, match="figures.formats"):
-        run_locality_figures_stage("toy", ["small"], run.tmp / "test.nc", {"small": run.tmp / "loc.nc"},
-                                   {"small": run.tmp / "vul.nc"}, tmp_path, formats=("gif",))
+        run_stage("locality_figures", {"test": run.tmp / "test.nc", "locality": {"small": run.tmp / "loc.nc"},
+                                       "vulnerability": {"small": run.tmp / "vul.nc"}},
+                  {"out": tmp_path}, {"figures": {"formats": ["gif"]}})
     with pytest.raises(ConfigError, match="no vulnerability file given for model"):
-        run_locality_figures_stage("toy", ["small"], run.tmp / "test.nc", {"small": run.tmp / "loc.nc"}, {}, tmp_path)
+        run_stage("locality_figures", {"test": run.tmp / "test.nc", "locality": {"small": run.tmp / "loc.nc"},
+                                       "vulnerability": {"other": run.tmp / "vul.nc"}}, {"out": tmp_path})

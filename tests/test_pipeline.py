@@ -13,13 +13,11 @@ import pytest
 import torch
 import xarray as xr
 
-from onepixel.attack import load_attack, run_attack_stage
-from onepixel.capture import run_capture_stage
+from onepixel.attack import load_attack
 from onepixel.data import load_dataset, prepare_dataset
-from onepixel.analysis.locality import run_locality_stage
 from onepixel.models import build_model, load_checkpoint, save_checkpoint
-from onepixel.analysis.propagation import run_propagation_stage
-from onepixel.train import build_kwargs_for, run_train_stage
+from onepixel.stages import run_stage
+from onepixel.train import build_kwargs_for
 
 ATTACK = {"num_images": 6, "population": 40, "generations": 6, "seed": 3}
 
@@ -34,8 +32,9 @@ def _checkpoint(name, digits, tmp_path):
     train_path, test_path = digits
     path = tmp_path / f"{name}.pt"
     if name == "lenet":
-        run_train_stage("lenet", train_path, test_path, path, tmp_path / "metrics.json",
-                        {"epochs": 6, "batch_size": 64, "seed": 0}, device="cpu")
+        run_stage("train", {"train": train_path, "test": test_path},
+                  {"checkpoint": path, "metrics": tmp_path / "metrics.json"},
+                  {"train": {"epochs": 6, "batch_size": 64, "seed": 0}, "device": "cpu"}, {"model": "lenet"})
     else:  # an untrained network is enough to check the arithmetic of a deep model
         torch.manual_seed(0)
         kwargs = build_kwargs_for(load_dataset(train_path))
@@ -59,9 +58,11 @@ def _float64_feature_maps(model, images_u8, layers):
 def test_stored_propagation_maps_match_float64_hooks(name, digits, tmp_path):
     _, test_path = digits
     checkpoint = _checkpoint(name, digits, tmp_path)
-    run_attack_stage(checkpoint, test_path, tmp_path / "attack.nc", ATTACK, device="cpu", log=lambda _l: None)
-    cube_files = run_capture_stage(checkpoint, test_path, tmp_path / "attack.nc", tmp_path / "cubes", device="cpu")
-    prop = run_propagation_stage(tmp_path / "cubes", tmp_path / "pm.nc")
+    files = {"checkpoint": checkpoint, "test": test_path}
+    run_stage("attack", files, {"out": tmp_path / "attack.nc"}, {"attack": ATTACK, "device": "cpu"})
+    cube_files = run_stage("capture", {**files, "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
+                           {"device": "cpu"})
+    prop = run_stage("propagation", {"cubes": tmp_path / "cubes"}, {"out": tmp_path / "pm.nc"})
     stored = xr.open_dataset(tmp_path / "pm.nc")
 
     attack = load_attack(tmp_path / "attack.nc")
@@ -97,10 +98,11 @@ def test_stored_propagation_maps_match_float64_hooks(name, digits, tmp_path):
 def test_locality_rates_match_a_brute_force_loop(digits, tmp_path):
     _, test_path = digits
     checkpoint = _checkpoint("lenet", digits, tmp_path)
-    attack = run_attack_stage(checkpoint, test_path, tmp_path / "attack.nc", {**ATTACK, "num_images": 10},
-                              device="cpu", log=lambda _l: None)
-    locality = run_locality_stage(checkpoint, test_path, tmp_path / "attack.nc", tmp_path / "loc.nc",
-                                  max_distance=2, random_positions=4, device="cpu")
+    files = {"checkpoint": checkpoint, "test": test_path}
+    attack = run_stage("attack", files, {"out": tmp_path / "attack.nc"},
+                       {"attack": {**ATTACK, "num_images": 10}, "device": "cpu"})
+    locality = run_stage("locality", {**files, "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "loc.nc"},
+                         {"locality": {"max_distance": 2, "random_positions": 4}, "device": "cpu"})
     model, _ = load_checkpoint(checkpoint)
     images = load_dataset(test_path)["image"].values
     fooled = {1: [0, 0], 2: [0, 0]}

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import xarray as xr
 
+from onepixel.stages import run_stage
 from onepixel.errors import ConfigError, DataError
 from onepixel.analysis.propagation import (
     compute_propagation,
     map_summaries,
     normalise,
+    maps_from_delta,
     propagation_maps,
-    run_propagation_stage,
 )
+from onepixel.cubes import MAP_VARIABLES, CubeWriter, write_layer_index
 from onepixel.files import open_netcdf, write_netcdf
 
 
@@ -75,34 +75,35 @@ def test_normalise_zero_scale() -> None:
 
 
 def write_cubes(directory, rng, n=4, success=(True, False, True, True)):
-    """Two layer cubes (4x4 and 2x2) with known activations, plus layers.json; returned with ``adversarial`` too."""
+    """Two layer cubes (4x4 and 2x2) with known activations, written by the capture stage's writers
+    (:class:`onepixel.cubes.CubeWriter`, raw maps beside the cube, then ``layers.json``);
+    returned in memory with ``adversarial`` too."""
     shapes = [(3, 4, 4), (2, 2, 2)]
     cubes = []
     px, py = np.array([0, 3, 1, 2]), np.array([3, 0, 1, 2])
     for i, shape in enumerate(shapes):
         clean = (rng.normal(size=(n, *shape)) * np.arange(1, n + 1)[:, None, None, None]).astype(np.float32)
         adv = (clean + rng.normal(size=clean.shape) * 0.3).astype(np.float32)
+        delta = adv - clean
         stride = 4 // shape[1]
-        ds = xr.Dataset(
-            {"clean": (("sample", "channel", "y", "x"), clean), "delta": (("sample", "channel", "y", "x"), adv - clean)},
-            coords={
-                "sample_id": ("sample", np.array([5, 1, 8, 3])),
-                "success": ("sample", np.array(success)),
-                "pixel_x_layer": ("sample", px // stride),
-                "pixel_y_layer": ("sample", py // stride),
-            },
-            attrs={"layer": f"block{i}", "layer_index": i, "stride": float(stride)},
-        )
-        write_netcdf(ds, directory / f"{i:02d}_block{i}.nc")
-        cubes.append(ds.assign(adversarial=(("sample", "channel", "y", "x"), adv)))
-    (directory / "layers.json").write_text(json.dumps({"layers": [{"file": f"{i:02d}_block{i}.nc"} for i in range(2)]}))
+        coords = {"sample_id": np.array([5, 1, 8, 3]), "success": np.array(success),
+                  "pixel_x_layer": px // stride, "pixel_y_layer": py // stride}
+        attrs = {"layer": f"block{i}", "layer_index": i, "stride": float(stride), "receptive_field": -1,
+                 "input_size": np.array([4, 4])}
+        with CubeWriter(directory / f"{i:02d}_block{i}.nc", shape, coords, attrs) as writer:
+            writer.write(0, clean, delta, dict(zip(MAP_VARIABLES, maps_from_delta(clean, delta), strict=True)))
+        data = {"clean": clean, "delta": delta, "adversarial": adv}
+        cubes.append(xr.Dataset({name: (("sample", "channel", "y", "x"), value) for name, value in data.items()},
+                                coords={name: ("sample", value) for name, value in coords.items()}))
+    write_layer_index(directory, [{"index": i, "file": f"{i:02d}_block{i}.nc"} for i in range(2)])
     return cubes
 
 
 def test_round_trip_and_normalisations(tmp_path) -> None:
     cubes = write_cubes(tmp_path, np.random.default_rng(3))
-    run_propagation_stage(tmp_path, tmp_path / "out" / "prop.nc", "image", 0.2)
-    prop = open_netcdf(tmp_path / "out" / "prop.nc")
+    run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "out" / "prop.nc"},
+              {"propagation": {"normalisation": "image", "spread_threshold": 0.2}})
+    prop = open_netcdf(tmp_path / "out" / "prop.nc", kind="propagation")
     by_layer = compute_propagation(sorted(tmp_path.glob("0*.nc")), "layer", 0.2)
     assert list(prop["layer"].values) == ["block0", "block1"]
     np.testing.assert_array_equal(prop["layer_height"].values, [4, 2])
@@ -147,49 +148,30 @@ def test_no_failures_gives_nan_average(tmp_path) -> None:
 
 def test_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="normalisation.*image, layer"):
-        run_propagation_stage(tmp_path, tmp_path / "p.nc", normalisation="global")
+        run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"}, {"propagation": {"normalisation": "global"}})
     with pytest.raises(DataError, match="layers.json"):
-        run_propagation_stage(tmp_path / "missing", tmp_path / "p.nc")
-    (tmp_path / "layers.json").write_text('{"layers": []}')
+        run_stage("propagation", {"cubes": tmp_path / "missing"}, {"out": tmp_path / "p.nc"})
+    write_layer_index(tmp_path, [])
     with pytest.raises(DataError, match="no layers"):
-        run_propagation_stage(tmp_path, tmp_path / "p.nc")
+        run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
 
 
-def test_cubes_read_in_steps_give_the_same_maps(tmp_path, monkeypatch) -> None:
-    from onepixel import propagation
+def test_stored_raw_maps_are_read_not_recomputed(tmp_path) -> None:
+    """Cubes of the capture stage carry pm_max/pm_avg/scale; the propagation maps are those, not recomputed."""
+    import netCDF4
 
-    write_cubes(tmp_path, np.random.default_rng(5))
-    whole = compute_propagation(sorted(tmp_path.glob("0*.nc")))
-    monkeypatch.setattr(propagation, "READ_BUDGET", 1)  # one sample per read
-    stepped = compute_propagation(sorted(tmp_path.glob("0*.nc")))
-    for name in whole.data_vars:
-        np.testing.assert_array_equal(stepped[name].values, whole[name].values, err_msg=name)
-
-
-def test_stored_raw_maps_are_used_and_agree(tmp_path) -> None:
-    """Cubes of the capture stage carry pm_max/pm_avg/scale; they must equal the maps computed from the cube."""
-    cubes = write_cubes(tmp_path, np.random.default_rng(6))
-    from_cubes = compute_propagation(sorted(tmp_path.glob("0*.nc")))
-    for i, cube in enumerate(cubes):
-        pm_max, pm_avg, scale = brute_force(cube["clean"].values, cube["adversarial"].values)
-        stored = cube.drop_vars("adversarial").assign(
-            pm_max=(("sample", "y", "x"), pm_max.astype(np.float32)),
-            pm_avg=(("sample", "y", "x"), pm_avg.astype(np.float32)),
-            scale=("sample", scale.astype(np.float32)),
-        )
-        write_netcdf(stored, tmp_path / f"{i:02d}_block{i}.nc")
-    with_maps = compute_propagation(sorted(tmp_path.glob("0*.nc")))
-    for name in from_cubes.data_vars:
-        np.testing.assert_allclose(with_maps[name].values, from_cubes[name].values, rtol=1e-6, err_msg=name)
-    with xr.open_dataset(tmp_path / "00_block0.nc") as cube:
-        marked = cube.load().assign(pm_max=cube["pm_max"] * 0 + 7)
-    write_netcdf(marked, tmp_path / "00_block0.nc")
-    assert (compute_propagation(sorted(tmp_path.glob("0*.nc")))["pm_max_0"].values == 7).all()  # read, not recomputed
+    write_cubes(tmp_path, np.random.default_rng(6))
+    with netCDF4.Dataset(tmp_path / "00_block0.nc", "a") as nc:
+        nc["pm_max"][:] = 7
+    assert (compute_propagation(sorted(tmp_path.glob("0*.nc")))["pm_max_0"].values == 7).all()
 
 
 def test_foreign_netcdf_is_not_a_cube(tmp_path) -> None:
-    write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}), tmp_path / "00_x.nc")
-    (tmp_path / "layers.json").write_text(json.dumps({"layers": [{"file": "00_x.nc"}]}))
-    with pytest.raises(DataError, match=r"00_x.nc: missing variable\(s\) clean, delta"):
-        run_propagation_stage(tmp_path, tmp_path / "p.nc")
+    write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}), tmp_path / "00_x.nc", kind="dataset")
+    write_layer_index(tmp_path, [{"index": 0, "file": "00_x.nc"}])
+    with pytest.raises(DataError, match=r"00_x.nc: is a onepixel-dataset/1 file, expected onepixel-cube/1$"):
+        run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
+    write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}), tmp_path / "00_x.nc", kind="cube")
+    with pytest.raises(DataError, match=r"00_x.nc: missing variable\(s\) clean, delta, pm_max"):
+        run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
     assert not (tmp_path / "p.nc").exists()

@@ -15,21 +15,16 @@ import pytest
 import torch
 import xarray as xr
 
-from onepixel.attack import (
-    load_attack,
-    read_selection,
-    run_attack_stage,
-    run_merge_stage,
-    run_select_stage,
-    select_correct_images,
-    shard_indices,
-)
+from onepixel.attack import load_attack
+from onepixel.attack.stage import read_selection, select_correct_images, shard_indices
 from onepixel.cli import main
 from onepixel.errors import ConfigError, DataError
+from onepixel.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
-#: attributes that measure the run rather than describe the result
-TIMING_ATTRS = ("wall_time_s", "candidates_per_s", "shards", "shard")
+#: attributes that measure the run or record how it was split (the config digest includes attack.shards
+#: and batch_size), rather than describe the result
+TIMING_ATTRS = ("wall_time_s", "candidates_per_s", "shards", "shard", "config_digest", "study_config")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +45,21 @@ def toy(tmp_path_factory):
                       root / "test.nc")
     models.save_checkpoint(root / "lenet.pt", model, "lenet", {"num_classes": 3, "in_channels": 1, "image_size": 8})
     return root
+
+
+def run_attack(toy, out, cfg, shard=0, shards=1, selection=None):
+    """The attack stage on the toy model: shard ``shard`` of ``shards`` (the selection made here without one)."""
+    return run_stage("attack", {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc", "selection": selection},
+                     {"out": out}, {"attack": {**cfg, "shards": shards}, "device": "cpu"}, {"shard": shard})
+
+
+def run_select(toy, out, cfg):
+    return run_stage("select_images", {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}, {"out": out},
+                     {"attack": cfg, "device": "cpu"})
+
+
+def run_merge(paths, out, selection=None):
+    return run_stage("merge_attack", {"shards": paths, "selection": selection}, {"out": out})
 
 
 def _same_result(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -90,11 +100,10 @@ def test_shard_indices_partition():
 @pytest.mark.parametrize("targeted", [False, True])
 def test_sharded_equals_unsharded(toy, tmp_path, targeted):
     cfg = {"num_images": 11, "population": 20, "generations": 6, "batch_size": 45, "seed": 3, "targeted": targeted}
-    quiet = lambda line: None
-    whole = run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "whole.nc", cfg, device="cpu", log=quiet)
+    whole = run_attack(toy, tmp_path / "whole.nc", cfg)
 
     selection = tmp_path / "selection.json"
-    chosen = run_select_stage(toy / "lenet.pt", toy / "test.nc", selection, {**cfg, "shards": 3}, device="cpu", log=quiet)
+    chosen = run_select(toy, selection, {**cfg, "shards": 3})
     assert len(chosen) == 11 and len(set(chosen.tolist())) == 11
     np.testing.assert_array_equal(read_selection(selection, {**cfg, "shards": 3}, toy / "lenet.pt"), chosen)
     np.testing.assert_array_equal(np.unique(whole["sample_id"].values), np.sort(chosen))
@@ -103,15 +112,14 @@ def test_sharded_equals_unsharded(toy, tmp_path, targeted):
     paths = []
     for shard in (2, 0, 1):
         path = tmp_path / f"shard_{shard}-of-3.nc"
-        ds = run_attack_stage(toy / "lenet.pt", toy / "test.nc", path, {**cfg, "batch_size": 20, "shards": 3},
-                              device="cpu", log=quiet, shard=shard, shards=3, selection_path=selection)
+        ds = run_attack(toy, path, {**cfg, "batch_size": 20}, shard, 3, selection)
         assert ds.attrs["shard"] == shard and ds.attrs["shards"] == 3
         paths.append(path)
     ids = [set(load_attack(p)["sample_id"].values.tolist()) for p in paths]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])  # disjoint
     assert set().union(*ids) == set(chosen.tolist())  # covering
 
-    merged = run_merge_stage(paths, tmp_path / "merged.nc", selection_path=selection, log=quiet)
+    merged = run_merge(paths, tmp_path / "merged.nc", selection)
     # batch_size differs between the runs, but it is part of the stored config: compare without it
     on_disk_whole, on_disk_merged = load_attack(tmp_path / "whole.nc"), load_attack(tmp_path / "merged.nc")
     for ds in (on_disk_whole, on_disk_merged, whole, merged):
@@ -129,54 +137,49 @@ def test_sharded_equals_unsharded(toy, tmp_path, targeted):
     shard_paths = []
     for shard in range(3):
         path = tmp_path / f"self_{shard}.nc"
-        run_attack_stage(toy / "lenet.pt", toy / "test.nc", path, cfg, device="cpu", log=quiet, shard=shard, shards=3)
+        run_attack(toy, path, cfg, shard, 3)
         shard_paths.append(path)
-    run_merge_stage(shard_paths[::-1], tmp_path / "merged2.nc", log=quiet)
+    run_merge(shard_paths[::-1], tmp_path / "merged2.nc")
     _same_result(load_attack(tmp_path / "whole.nc"), load_attack(tmp_path / "merged2.nc"))
 
 
 def test_more_shards_than_images(toy, tmp_path):
     cfg = {"num_images": 2, "population": 12, "generations": 2, "seed": 1}
-    quiet = lambda line: None
-    whole = run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "whole.nc", cfg, device="cpu", log=quiet)
+    whole = run_attack(toy, tmp_path / "whole.nc", cfg)
     paths = []
     for shard in range(4):
         path = tmp_path / f"s{shard}.nc"
-        ds = run_attack_stage(toy / "lenet.pt", toy / "test.nc", path, cfg, device="cpu", log=quiet,
-                              shard=shard, shards=4)
+        ds = run_attack(toy, path, cfg, shard, 4)
         assert ds.sizes["sample"] == (1 if shard in (0, 1) else 0)
         paths.append(path)
-    merged = run_merge_stage(paths, tmp_path / "merged.nc", log=quiet)
+    merged = run_merge(paths, tmp_path / "merged.nc")
     _same_result(whole, merged)
 
 
 def test_merge_refuses_incomplete_or_foreign_shards(toy, tmp_path):
     cfg = {"num_images": 6, "population": 12, "generations": 2, "seed": 1}
-    quiet = lambda line: None
     selection = tmp_path / "sel.json"
-    run_select_stage(toy / "lenet.pt", toy / "test.nc", selection, cfg, device="cpu", log=quiet)
+    run_select(toy, selection, cfg)
     paths = []
     for shard in range(3):
         paths.append(tmp_path / f"s{shard}.nc")
-        run_attack_stage(toy / "lenet.pt", toy / "test.nc", paths[-1], cfg, device="cpu", log=quiet,
-                         shard=shard, shards=3, selection_path=selection)
+        run_attack(toy, paths[-1], cfg, shard, 3, selection)
     with pytest.raises(DataError, match="expected shards 0..1 of 2"):
-        run_merge_stage(paths[:2], tmp_path / "m.nc", log=quiet)
+        run_merge(paths[:2], tmp_path / "m.nc")
     with pytest.raises(DataError, match="expected shards"):
-        run_merge_stage([paths[0], paths[0], paths[1]], tmp_path / "m.nc", log=quiet)
+        run_merge([paths[0], paths[0], paths[1]], tmp_path / "m.nc")
     other = tmp_path / "other.json"
-    run_select_stage(toy / "lenet.pt", toy / "test.nc", other, {**cfg, "num_images": 7}, device="cpu", log=quiet)
+    run_select(toy, other, {**cfg, "num_images": 7})
     with pytest.raises(DataError, match="selects 7"):
-        run_merge_stage(paths, tmp_path / "m.nc", selection_path=other, log=quiet)
+        run_merge(paths, tmp_path / "m.nc", other)
     assert not (tmp_path / "m.nc").exists()
     # a selection made with another seed is refused by the shard
     with pytest.raises(DataError, match="attack.seed"):
-        run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "x.nc", {**cfg, "seed": 2}, device="cpu",
-                         log=quiet, shard=0, shards=3, selection_path=selection)
+        run_attack(toy, tmp_path / "x.nc", {**cfg, "seed": 2}, 0, 3, selection)
     with pytest.raises(DataError, match="selection file not found"):
         read_selection(tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="^shard:"):
-        run_attack_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "x.nc", cfg, device="cpu", shard=3, shards=3)
+        run_attack(toy, tmp_path / "x.nc", cfg, 3, 3)
 
 
 def test_cli_shards_and_merge(toy, tmp_path, capsys):
@@ -186,13 +189,14 @@ def test_cli_shards_and_merge(toy, tmp_path, capsys):
     assert main(["attack", *common, "--out", str(tmp_path / "whole.nc")]) == 0
     assert main(["select-images", *common, "--out", str(tmp_path / "sel.json")]) == 0
     for shard in range(2):
-        assert main(["attack", *common, "--shard", str(shard), "--shards", "2", "--selection", str(tmp_path / "sel.json"),
+        assert main(["attack", *common, "--shard", str(shard), "--set", "attack.shards=2",
+                     "--selection", str(tmp_path / "sel.json"),
                      "--out", str(tmp_path / f"s{shard}.nc")]) == 0
     assert main(["merge-attack", "--shards", str(tmp_path / "s1.nc"), str(tmp_path / "s0.nc"),
                  "--selection", str(tmp_path / "sel.json"), "--out", str(tmp_path / "merged.nc")]) == 0
-    assert "merged 2 shards" in capsys.readouterr().out
+    assert "merged 2 shards" in capsys.readouterr().err
     _same_result(load_attack(tmp_path / "whole.nc"), load_attack(tmp_path / "merged.nc"))
-    assert main(["attack", *common, "--shard", "2", "--shards", "2", "--out", str(tmp_path / "bad.nc")]) == 2
+    assert main(["attack", *common, "--shard", "2", "--set", "attack.shards=2", "--out", str(tmp_path / "bad.nc")]) == 2
     assert capsys.readouterr().err.startswith("error: shard: 2 is not allowed")
 
 
@@ -200,8 +204,7 @@ def test_selection_matches_select_correct_images(toy, tmp_path):
     data = pytest.importorskip("onepixel.data")
     models = pytest.importorskip("onepixel.models")
     cfg = {"num_images": 9, "seed": 4}
-    chosen = run_select_stage(toy / "lenet.pt", toy / "test.nc", tmp_path / "s.json", cfg, device="cpu",
-                              log=lambda line: None)
+    chosen = run_select(toy, tmp_path / "s.json", cfg)
     test = data.load_dataset(toy / "test.nc")
     model, _ = models.load_checkpoint(toy / "lenet.pt")
     expected = select_correct_images(model, torch.from_numpy(test["image"].values),
@@ -252,18 +255,18 @@ def _dry_run(workdir: Path, *args: str) -> dict[str, int]:
 
 def test_workflow_schedules_shards_and_a_merge(workdir):
     jobs = _dry_run(workdir, "--config", "models=[lenet]", 'attack={shards: 3}', "--", "results/digits/attack/lenet.nc")
-    assert jobs == {"prepare_data": 1, "train": 1, "attack_select": 1, "attack_shard": 3, "attack": 1}
+    assert jobs == {"prepare_data": 1, "train": 1, "select_images": 1, "attack": 3, "merge_attack": 1}
     jobs = _dry_run(workdir, "--config", "models=[lenet]", "--", "results/digits/attack/lenet.nc")
-    assert jobs == {"prepare_data": 1, "train": 1, "attack": 1}  # shards: 1 is one job, as before
+    assert jobs == {"prepare_data": 1, "train": 1, "select_images": 1, "attack": 1, "merge_attack": 1}  # one path
     full = _dry_run(workdir, "--config", 'attack={shards: 3}')
-    assert full["attack_shard"] == 6 and full["attack"] == 2 and full["capture"] == 2
+    assert full["attack"] == 6 and full["merge_attack"] == 2 and full["capture"] == 2
 
 
 def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
     """With finished upstream files and shards 0 and 2 done, only shard 1 and the merge are left.
 
     The files are placeholders without Snakemake's metadata, so only the mtime trigger is
-    used here; test_reliability.py interrupts a real run instead.
+    used here; test_workflow.py interrupts a real run instead.
     """
     root = tmp_path / "resume"
     shutil.copytree(workdir, root, symlinks=True)
@@ -281,8 +284,8 @@ def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
         os.utime(path, (now + i, now + i))
     jobs = _dry_run(root, "--rerun-triggers", "mtime", "--config", "models=[lenet]", 'attack={shards: 3}', "--",
                     "results/digits/attack/lenet.nc")
-    assert jobs == {"attack_shard": 1, "attack": 1}
+    assert jobs == {"attack": 1, "merge_attack": 1}
 
 
 # A real sharded run that is interrupted and resumed, and whose merged result equals an unsharded
-# attack, is tests/test_reliability.py::test_an_interrupted_workflow_resumes_without_redoing_finished_shards.
+# attack, is tests/test_workflow.py::test_an_interrupted_workflow_resumes_without_redoing_finished_shards.

@@ -10,6 +10,7 @@ import torch
 import xarray as xr
 
 from onepixel.data import load_digits_split, make_dataset, prepare_dataset
+from onepixel.stages import run_stage
 from onepixel.errors import ConfigError, DataError
 from onepixel.models import build_model, load_checkpoint, save_checkpoint
 from onepixel.train import (
@@ -18,7 +19,6 @@ from onepixel.train import (
     crop_padding,
     evaluate_accuracy,
     predict_logits,
-    run_train_stage,
     train_model,
 )
 
@@ -138,11 +138,17 @@ def digit_files(tmp_path_factory):
     return prepare_dataset("digits", tmp_path_factory.mktemp("digits"))
 
 
-def test_run_train_stage_trains(tmp_path, digit_files):
+def _train(model, digit_files, checkpoint, metrics, config, user_checkpoint=None):
+    train, test = digit_files
+    return run_stage("train", {"train": train, "test": test, "user_checkpoint": [user_checkpoint] if user_checkpoint else []},
+                     {"checkpoint": checkpoint, "metrics": metrics}, config, {"model": model})
+
+
+def test_train_stage_trains(tmp_path, digit_files):
     cfg = {"epochs": 2, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "augment": True, "seed": 0,
            "checkpoints": {}}
     ckpt, metrics_path = tmp_path / "models" / "lenet.pt", tmp_path / "metrics" / "lenet.json"
-    metrics = run_train_stage("lenet", *digit_files, ckpt, metrics_path, cfg, device="cpu")
+    metrics = _train("lenet", digit_files, ckpt, metrics_path, {"train": cfg, "device": "cpu"})
     written = json.loads(metrics_path.read_text())
     assert written == metrics
     assert written["epochs"] == 2 and written["provenance"]["device"] == "cpu"
@@ -152,22 +158,22 @@ def test_run_train_stage_trains(tmp_path, digit_files):
     assert evaluate_accuracy(model, test) == pytest.approx(written["test_accuracy"])
 
 
-def test_run_train_stage_user_checkpoint(tmp_path, digit_files):
+def test_train_stage_user_checkpoint(tmp_path, digit_files):
     train, test = load_digits_split()
     kwargs = build_kwargs_for(train)
     model = build_model("lenet", **kwargs)
     bare = tmp_path / "user.pt"
     torch.save(model.state_dict(), bare)
     ckpt, metrics_path = tmp_path / "lenet.pt", tmp_path / "lenet.json"
-    metrics = run_train_stage("lenet", *digit_files, ckpt, metrics_path, {"epochs": 50}, "cpu", str(bare))
+    metrics = _train("lenet", digit_files, ckpt, metrics_path, {"train": {"epochs": 50}, "device": "cpu"}, bare)
     assert metrics["epochs"] == 0 and metrics["checkpoint_source"] == str(bare)
     assert metrics["test_accuracy"] == pytest.approx(evaluate_accuracy(model, test))
     reloaded, meta = load_checkpoint(ckpt, name="lenet")
     assert meta["build_kwargs"]["mean"] == pytest.approx(kwargs["mean"])
     with pytest.raises(DataError, match="lenet.pt: checkpoint holds a 'lenet' model, not the requested 'resnet20'"):
-        run_train_stage("resnet20", *digit_files, tmp_path / "r.pt", tmp_path / "r.json", {}, "cpu", str(ckpt))
+        _train("resnet20", digit_files, tmp_path / "r.pt", tmp_path / "r.json", {"device": "cpu"}, ckpt)
     wrong_classes = tmp_path / "wrong.pt"
     save_checkpoint(wrong_classes, build_model("lenet", num_classes=3, in_channels=1, image_size=8), "lenet",
                     {"num_classes": 3, "in_channels": 1, "image_size": 8})
     with pytest.raises(DataError, match="wrong.pt: model predicts 3 classes but the data set has 10"):
-        run_train_stage("lenet", *digit_files, tmp_path / "w.pt", tmp_path / "w.json", {}, "cpu", str(wrong_classes))
+        _train("lenet", digit_files, tmp_path / "w.pt", tmp_path / "w.json", {"device": "cpu"}, wrong_classes)

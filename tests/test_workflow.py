@@ -1,14 +1,22 @@
 """The Snakemake + DVC workflow: lint, dry runs, bad config, and a real end-to-end run."""
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+
 from conftest import run_tool
+from helpers import _copy_workflow, _env
+from onepixel.stages import run_stage
+from onepixel.attack import load_attack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,3 +121,142 @@ def test_end_to_end_on_the_test_config(study):
     assert "Nothing to be done" in again.stdout + again.stderr
     status = _run(["dvc", "status", "--json"], study.repo)
     assert json.loads(status.stdout) == {}, status.stdout
+
+
+# ===========================================================================
+# interruption of a real workflow run (SIGINT during the attack, SIGTERM during capture)
+# ===========================================================================
+def _job_blocks(text: str) -> dict[int, tuple[str, str]]:
+    """Snakemake's log: {jobid: (rule, output)} of every job it started."""
+    jobs = {}
+    for block in re.split(r"\n\s*\n", text):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
+        jobid = re.search(r"^\s+jobid: (\d+)", block, re.MULTILINE)
+        output = re.search(r"^\s+output: (.+)$", block, re.MULTILINE)
+        if rule and jobid:
+            jobs[int(jobid.group(1))] = (rule.group(1), output.group(1).strip() if output else "")
+    return jobs
+
+
+def _finished(text: str) -> list[int]:
+    return [int(j) for j in re.findall(r"Finished jobid: (\d+) \(Rule: \w+\)", text)]
+
+
+def _job_counts(text: str) -> dict[str, int]:
+    """The ``Job stats`` table Snakemake prints before running: {rule: count}."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["job", "count"])
+    counts = {}
+    for line in lines[start + 2:]:
+        parts = line.split()
+        if not parts or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def _snakemake(root: Path, args: list[str], log: Path, trigger=None, sig: int = signal.SIGINT) -> tuple[int, str]:
+    """Run snakemake in its own process group; once ``trigger(output so far)`` is true, send ``sig`` to the
+    whole group (as Ctrl-C in a terminal or a batch scheduler's cancel does). Returns (status, output)."""
+    fired = False
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(["snakemake", *args], cwd=root, env=_env(), stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            while trigger is not None and proc.poll() is None:
+                if trigger(log.read_text()):
+                    os.killpg(proc.pid, sig)
+                    fired = True
+                    break
+                time.sleep(0.01)
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert trigger is None or fired, f"the run ended before the moment to interrupt it:\n{text[-3000:]}"
+    return proc.returncode, text
+
+
+def _leftovers(root: Path) -> list[Path]:
+    """Temporary files of atomic writes (``.<name>.<random>.tmp``) under results/ and resources/."""
+    return [p for top in ("results", "resources") for p in (root / top).rglob(".*.tmp")]
+
+
+@pytest.mark.slow
+def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_path):
+    """Ctrl-C during the sharded attack, then SIGTERM during capture, then a clean rerun: shards that had
+    finished are kept (same mtime, not rescheduled), nothing partial is taken as complete, and the merged
+    attack equals an unsharded one. Finally a corrupt user checkpoint fails its job with one line."""
+    root = _copy_workflow(tmp_path / "run")
+    config = ["--cores", "1", "--configfile", "config/test.yaml", "--config", "models=[lenet]", "train={epochs: 1}",
+              "attack={shards: 3, num_images: 6, population: 20, generations: 4}", "device=cpu", "threads=1",
+              "capture={batch_size: 2}"]
+    target = "results/digits/cubes/lenet"
+    shard_dir = root / "results/digits/attack/lenet"
+
+    # 1: Ctrl-C once a shard job has finished and the next one is running (its script has opened its log)
+    def next_shard_running(text: str) -> bool:
+        jobs = _job_blocks(text)
+        finished = sum(jobs.get(j, ("",))[0] == "attack_shard" for j in _finished(text))
+        started = len(list((root / "logs/digits").glob("attack_lenet_shard_*.log")))
+        return finished >= 1 and started > finished
+
+    status, text = _snakemake(root, [*config, "--", target], tmp_path / "run1.log",
+                              trigger=next_shard_running, sig=signal.SIGINT)
+    assert status != 0
+    jobs = _job_blocks(text)
+    done = {Path(jobs[j][1]).name for j in _finished(text) if jobs[j][0] == "attack_shard"}
+    assert len(done) >= 1
+    present = {p.name for p in shard_dir.glob("shard_*.nc")}
+    assert done <= present and len(present) < 3 and not (root / "results/digits/attack/lenet.nc").exists()
+    for name in present:  # whatever exists is complete
+        assert load_attack(shard_dir / name).sizes["sample"] == 2
+    assert _leftovers(root) == []
+    mtimes = {name: (shard_dir / name).stat().st_mtime_ns for name in done}
+
+    # 2: resume; SIGTERM to the whole group (what a batch scheduler sends) once capture is running
+    capture_log = root / "logs/digits/capture_lenet.log"
+    status, text = _snakemake(root, [*config, "--rerun-incomplete", "--", target], tmp_path / "run2.log",
+                              trigger=lambda text: capture_log.exists(), sig=signal.SIGTERM)
+    assert status != 0
+    counts = _job_counts(text)
+    assert counts.get("attack_shard") == 3 - len(done), counts  # finished shards are not redone
+    assert "train" not in counts and "attack_select" not in counts and "prepare_data" not in counts
+    assert {name: (shard_dir / name).stat().st_mtime_ns for name in done} == mtimes
+    assert sorted(p.name for p in shard_dir.glob("shard_*.nc")) == [f"shard_{i}-of-3.nc" for i in range(3)]
+    assert not (root / target / "layers.json").exists()  # capture did not complete
+    assert _leftovers(root) == []
+
+    # 3: finish; only capture is left
+    status, text = _snakemake(root, [*config, "--rerun-incomplete", "--", target], tmp_path / "run3.log")
+    assert status == 0, text[-3000:]
+    assert _job_counts(text) == {"capture": 1}
+    assert {name: (shard_dir / name).stat().st_mtime_ns for name in done} == mtimes
+    cubes = sorted((root / target).glob("*.nc"))
+    assert cubes and (root / target / "layers.json").is_file()
+    for cube in cubes:
+        with xr.open_dataset(cube) as ds:
+            assert ds.sizes["sample"] == 6
+    assert _leftovers(root) == []
+
+    # the merged attack equals an unsharded attack of the same model (streams keyed by test-set index)
+    merged = load_attack(root / "results/digits/attack/lenet.nc")
+    whole = run_stage("attack", {"checkpoint": root / "results/digits/models/lenet.pt",
+                                 "test": root / "resources/datasets/digits/test.nc"},
+                      {"out": tmp_path / "unsharded.nc"},
+                      {"attack": {"num_images": 6, "population": 20, "generations": 4}, "device": "cpu"})
+    for name in ("sample_id", "success", "pixel_x", "pixel_y", "color", "adversarial", "queries"):
+        np.testing.assert_array_equal(merged[name].values, whole[name].values.astype(merged[name].dtype), name)
+
+    # 4: a user error inside a job (a corrupt checkpoint of the user's) is one line, no traceback
+    bad = root / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    status, text = _snakemake(root, [*config[:-1], "capture={batch_size: 2}",
+                                     "train={epochs: 1, checkpoints: {lenet: bad.pt}}", "--",
+                                     "results/digits/models/lenet.pt"], tmp_path / "run4.log")
+    assert status != 0
+    errors = {line for line in text.splitlines() if line.startswith("error: ")}
+    assert len(errors) == 1, text[-3000:]
+    assert errors.pop().startswith("error: bad.pt: not a readable PyTorch checkpoint")
+    assert "Traceback" not in text

@@ -184,7 +184,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage(
         "figures", "onepixel.figures.stages:figures_stage",
         "propagation-map grids, average propagation maps, success against distance, PMs against depth",
-        reads=("models", "dataset.name", "figures"),
+        reads=("dataset.name", "figures"),
         inputs=(_TEST, _per_model("attack", "attack results"), _per_model("propagation", "propagation maps"),
                 _per_model("locality", "locality analysis")),
         outputs=(Port("out", "output directory of the figures", kind="dir"),),
@@ -192,14 +192,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage(
         "locality_figures", "onepixel.figures.stages:locality_figures_stage",
         "locality table, receptive-field overlay, effective receptive fields, vulnerability-map examples",
-        reads=("models", "dataset.name", "figures"),
+        reads=("dataset.name", "figures"),
         inputs=(_TEST, _per_model("locality", "locality analysis"), _per_model("vulnerability", "vulnerability maps")),
         outputs=(Port("out", "output directory of the figures", kind="dir"),),
     ),
     Stage(
         "summary", "onepixel.summary:summary_stage",
         "headline numbers across models (DVC metrics), plot tables and the metrics page of the report",
-        reads=("models", "dataset.name"),
+        reads=("dataset.name",),
         inputs=(_per_model("metrics", "metrics (.json)"), _per_model("attack", "attack results"),
                 _per_model("propagation", "propagation maps"), _per_model("locality", "locality analysis")),
         outputs=(Port("summary", "summary.json"), Port("models_csv", "per-model table (.csv)"),

@@ -1,53 +1,40 @@
-"""One-pixel attack by differential evolution (Su, Vargas & Sakurai, arXiv 1710.08864).
+"""One-pixel attack by differential evolution (Su, Vargas & Sakurai, arXiv 1710.08864): the engine and its files.
 
-* :class:`OnePixelAttack` — the vectorised, continuously batched DE engine.
-* :class:`AttackResult` — per-image outcome; :func:`result_to_dataset`,
-  :func:`save_attack`, :func:`load_attack`, :func:`merge_attacks` — netCDF I/O.
-* :func:`run_attack_stage` — the workflow stage (select images, attack, write);
-  for scale :func:`run_select_stage`, :func:`run_attack_stage` per shard
-  (:func:`shard_indices`) and :func:`run_merge_stage`.
+* :class:`OnePixelAttack`: the vectorised, continuously batched DE engine
+  (:mod:`onepixel.attack.de`, its random streams in :mod:`onepixel.attack.rng`);
+* :class:`AttackResult`: the per-image outcome;
+* :func:`result_to_dataset`, :func:`save_attack`, :func:`load_attack`,
+  :func:`merge_attacks`: its netCDF files.
+
+The workflow's stages (select the images, attack a shard, merge the shards) are in
+:mod:`onepixel.attack.stage`.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from onepixel.attack.de import STRATEGIES, AttackResult, OnePixelAttack
-from onepixel.attack.results import (
-    attack_config,
-    load_attack,
-    merge_attacks,
-    result_to_dataset,
-    save_attack,
-)
-from onepixel.attack.stage import (
-    DEFAULT_ATTACK_CONFIG,
-    attack_settings,
-    make_attack,
-    read_selection,
-    run_attack_stage,
-    run_merge_stage,
-    run_select_stage,
-    select_correct_images,
-    shard_indices,
-    stored_config,
-    targets_for,
-)
+from onepixel.attack.results import load_attack, merge_attacks, result_to_dataset, save_attack
 
 __all__ = [
-    "DEFAULT_ATTACK_CONFIG",
     "STRATEGIES",
     "AttackResult",
     "OnePixelAttack",
-    "attack_config",
-    "attack_settings",
     "load_attack",
-    "make_attack",
     "merge_attacks",
-    "read_selection",
     "result_to_dataset",
-    "run_attack_stage",
-    "run_merge_stage",
-    "run_select_stage",
     "save_attack",
-    "select_correct_images",
-    "shard_indices",
-    "stored_config",
-    "targets_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Transitional: other names (``attack_config``, the stage functions) still resolve here, from
+    :mod:`onepixel.attack.results` or :mod:`onepixel.attack.stage`; import them from there."""
+    import importlib
+
+    for module in ("onepixel.attack.results", "onepixel.attack.stage"):
+        found = importlib.import_module(module)
+        if not name.startswith("__") and hasattr(found, name):
+            return getattr(found, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

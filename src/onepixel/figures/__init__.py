@@ -4,7 +4,6 @@ from onepixel.figures.common import FORMATS, save_figure
 from onepixel.figures.locality import plot_locality
 from onepixel.figures.propagation import plot_average_pm, plot_pm_depth, plot_pm_grid
 from onepixel.figures.receptive_fields import plot_erf, plot_receptive_fields
-from onepixel.figures.stages import run_figures_stage, run_locality_figures_stage
 from onepixel.figures.vulnerability import plot_vulnerability_examples
 
 __all__ = [
@@ -16,7 +15,5 @@ __all__ = [
     "plot_pm_grid",
     "plot_receptive_fields",
     "plot_vulnerability_examples",
-    "run_figures_stage",
-    "run_locality_figures_stage",
     "save_figure",
 ]
