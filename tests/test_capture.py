@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 import sys
 import types
 
@@ -12,7 +13,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from helpers import _assert_bit_identical
+from helpers import _assert_bit_identical, save_attack_rows
 from onepixel.stages import run_stage
 from onepixel.capture import (
     FeatureExtractor,
@@ -103,7 +104,7 @@ def fake_run(tmp_path, monkeypatch, n: int = 5):
     )
     write_netcdf(test, tmp_path / "test.nc", kind="dataset")
     net = InplaceNet().eval()
-    monkeypatch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
+    save_attack_rows(attack, test, tmp_path / "attack.nc")
     monkeypatch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {})))
     return net, test, attack
 
@@ -118,7 +119,7 @@ def _expected_maps(net, test, attack):
 @pytest.mark.parametrize("compression", ["zstd", "zlib", "none"])
 def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
     net, test, attack = fake_run(tmp_path, monkeypatch)
-    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"},
+    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
                       {"capture": {"batch_size": 2, "compression": compression}, "device": "cpu"})
     # depth order comes from the forward pass, not from feature_layers' order
     assert [f.name for f in files] == ["00_conv1.nc", "01_conv2.nc"]
@@ -149,9 +150,13 @@ def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
 
 def test_cubes_open_as_one_dataset_across_layers(tmp_path, monkeypatch) -> None:
     net, test, attack = fake_run(tmp_path, monkeypatch)
-    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
+    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
     expected = _expected_maps(net, test, attack)
-    with xr.open_mfdataset(files, preprocess=layer_namespace) as merged, open_cubes(tmp_path / "cubes") as cubes:
+    explicit = {"combine": "by_coords", "data_vars": "all", "coords": "minimal", "compat": "override", "join": "exact"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # every option whose default xarray changes is set
+        merged = xr.open_mfdataset(files, preprocess=layer_namespace, **explicit)
+    with merged, open_cubes(tmp_path / "cubes") as cubes:
         for ds in (merged, cubes):
             assert ds["clean_1"].dims == ("sample", "channel_1", "y_1", "x_1")
             assert ds["delta_0"].attrs["layer"] == "conv1" and ds["delta_1"].attrs["receptive_field"] == 5
@@ -175,7 +180,7 @@ def test_interrupted_capture_leaves_no_cube(tmp_path, monkeypatch) -> None:
     original = CubeWriter.write
     monkeypatch.setattr(CubeWriter, "write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"},
+        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
                   {"capture": {"batch_size": 2}, "device": "cpu"})
     assert list((tmp_path / "cubes").iterdir()) == []
 
@@ -183,7 +188,7 @@ def test_interrupted_capture_leaves_no_cube(tmp_path, monkeypatch) -> None:
 def test_capture_stage_unknown_layer(tmp_path, monkeypatch) -> None:
     fake_run(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="capture.layers"):
-        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": "a.nc"}, {"out": tmp_path / "cubes"},
+        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
                   {"capture": {"layers": ["fc9"]}, "device": "cpu"})
     assert not (tmp_path / "cubes" / "layers.json").exists()
 
@@ -234,7 +239,7 @@ def test_attack_beyond_the_test_set_is_refused(tmp_path, monkeypatch) -> None:
     write_netcdf(open_netcdf(tmp_path / "test.nc", kind="dataset").isel(sample=slice(0, 5)), tmp_path / "small.nc",
                  kind="dataset")
     with pytest.raises(DataError, match=r"attack.nc: sample_id 9 is outside the 5 images of .*small.nc"):
-        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "small.nc", "attack": "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
+        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "small.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
     assert not (tmp_path / "cubes").exists()
 
 

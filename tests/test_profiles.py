@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, REPO, Study, check_tool, run_tool
 
-GPU_RULES = ("train", "attack", "attack_select", "attack_shard", "capture", "locality", "vulnerability")
+GPU_RULES = ("train", "select_images", "attack", "capture", "locality", "vulnerability")
 
 _PARSE = """
 import json, sys

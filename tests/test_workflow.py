@@ -198,7 +198,7 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
     # 1: Ctrl-C once a shard job has finished and the next one is running (its script has opened its log)
     def next_shard_running(text: str) -> bool:
         jobs = _job_blocks(text)
-        finished = sum(jobs.get(j, ("",))[0] == "attack_shard" for j in _finished(text))
+        finished = sum(jobs.get(j, ("",))[0] == "attack" for j in _finished(text))
         started = len(list((root / "logs/digits").glob("attack_lenet_shard_*.log")))
         return finished >= 1 and started > finished
 
@@ -206,7 +206,7 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
                               trigger=next_shard_running, sig=signal.SIGINT)
     assert status != 0
     jobs = _job_blocks(text)
-    done = {Path(jobs[j][1]).name for j in _finished(text) if jobs[j][0] == "attack_shard"}
+    done = {Path(jobs[j][1]).name for j in _finished(text) if jobs[j][0] == "attack"}
     assert len(done) >= 1
     present = {p.name for p in shard_dir.glob("shard_*.nc")}
     assert done <= present and len(present) < 3 and not (root / "results/digits/attack/lenet.nc").exists()
@@ -221,8 +221,8 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
                               trigger=lambda text: capture_log.exists(), sig=signal.SIGTERM)
     assert status != 0
     counts = _job_counts(text)
-    assert counts.get("attack_shard") == 3 - len(done), counts  # finished shards are not redone
-    assert "train" not in counts and "attack_select" not in counts and "prepare_data" not in counts
+    assert counts.get("attack") == 3 - len(done), counts  # finished shards are not redone
+    assert "train" not in counts and "select_images" not in counts and "prepare_data" not in counts
     assert {name: (shard_dir / name).stat().st_mtime_ns for name in done} == mtimes
     assert sorted(p.name for p in shard_dir.glob("shard_*.nc")) == [f"shard_{i}-of-3.nc" for i in range(3)]
     assert not (root / target / "layers.json").exists()  # capture did not complete

@@ -44,7 +44,7 @@ class Port:
 
     @property
     def option(self) -> str:
-        """The CLI option: ``--out`` for a stage's only output named ``out``, else ``--<name>``."""
+        """The CLI option ``--<name>`` (dashes for underscores)."""
         return "--" + self.name.replace("_", "-")
 
 

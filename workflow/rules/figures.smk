@@ -38,7 +38,7 @@ rule figures:
         ],
     params:
         settings=stage_settings("figures"),
-        out=f"{RESULTS}/figures",
+        out=lambda wildcards, output: os.path.dirname(output[0]),
     log:
         f"{LOGS}/figures.log",
     conda:
@@ -77,7 +77,7 @@ rule locality_figures:
         ],
     params:
         settings=stage_settings("locality_figures"),
-        out=f"{RESULTS}/figures",
+        out=lambda wildcards, output: os.path.dirname(output[0]),
     log:
         f"{LOGS}/locality_figures.log",
     conda:

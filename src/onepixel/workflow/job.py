@@ -10,7 +10,8 @@ from onepixel.stages import Port, get_stage, run_stage
 
 def _named(namedlist: Any, name: str) -> Any:
     """``namedlist.name`` of a Snakemake Namedlist, or ``None`` when it has no such entry."""
-    return getattr(namedlist, name) if name in namedlist.keys() else None
+    # `in namedlist` tests its values (paths), not its names
+    return getattr(namedlist, name) if name in namedlist.keys() else None  # noqa: SIM118
 
 
 def _port_value(port: Port, snakemake: Any, files: Any) -> Any:
@@ -38,7 +39,8 @@ def run_snakemake_job(snakemake: Any) -> Any:
     stage = get_stage(snakemake.rule)
     inputs = {port.name: _port_value(port, snakemake, snakemake.input) for port in stage.inputs}
     outputs = {port.name: _port_value(port, snakemake, snakemake.output) for port in stage.outputs}
-    wildcards = {w.name: snakemake.wildcards[w.name] for w in stage.wildcards if w.name in snakemake.wildcards.keys()}
+    given = snakemake.wildcards.keys()
+    wildcards = {w.name: snakemake.wildcards[w.name] for w in stage.wildcards if w.name in given}
     threads = snakemake.threads if stage.device else None
     with log_to(snakemake.log[0], threads):
         return run_stage(stage.name, inputs, outputs, config=snakemake.config, wildcards=wildcards, validated=True)
