@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run   - set up .venv and run the whole study on the embedded digits
 #   make test  - set up .venv and run the test suite
+#   make test-fast - the tests not marked slow (for development, under 2 minutes)
+#   make lint  - ruff (lint and format check), mypy and snakemake --lint
 #   make push / make pull - share models and results through DVC's default remote
 #   make report - the HTML report of the last run (results/report.html)
 PYTHON ?= python3
@@ -8,14 +10,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint clean push pull report
+.PHONY: setup run test test-fast lint clean push pull report
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[workflow,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[workflow,test,lint]'
 	touch $@
 
 run: setup
@@ -23,6 +25,9 @@ run: setup
 
 test: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
+
+test-fast: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -m "not slow"
 
 push: setup
 	$(BIN)/dvc push
@@ -35,7 +40,12 @@ pull: setup
 report: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --report results/report.html
 
+LINTED := src tests benchmarks workflow
+
 lint: setup
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --lint
 
 clean:

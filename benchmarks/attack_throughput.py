@@ -15,17 +15,28 @@ class is one the model never predicts, so every image uses its full budget
 registry (fresh weights) instead of the small CNN, e.g. the workflow's setting:
 
     PYTHONPATH=src python benchmarks/attack_throughput.py --model lenet --batch-size 8192 --population 400
+
+``--reference FILE`` times another copy of the engine module (e.g. the last
+commit's, to check that a change of ``onepixel/attack/de.py`` costs no speed)
+against the current one on the same workload, alternating which runs first in
+each round, and prints both best rates and their ratio:
+
+    git show HEAD:src/onepixel/attack/de.py > /tmp/de_ref.py
+    PYTHONPATH=src python benchmarks/attack_throughput.py --reference /tmp/de_ref.py --rounds 6
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from onepixel.attack import OnePixelAttack
+from onepixel.attack import de
 
 
 def small_cnn(channels: int, classes: int = 10, width: int = 8) -> nn.Module:
@@ -71,12 +82,22 @@ def make_model(name: str, channels: int, size: int, width: int) -> nn.Module:
     return build_model(name, num_classes=10, in_channels=channels, image_size=size)
 
 
-def bench(channels, size, args, device, model=None):
-    """Best plain forward rate, best attack rate, forward batch and the attack's last stats.
+@dataclass
+class Workload:
+    """A full-budget targeted attack workload: the images, their labels and never-predicted targets."""
 
-    ``model`` (default: ``make_model(args.model, ...)``) maps ``(N, channels, size, size)``
-    images to 10 logits.
-    """
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+    slots: int
+    plain_x: torch.Tensor  #: what one of the attack's forward batches holds
+    forwards: int  #: forward passes of one attack run
+
+
+def workload(channels: int, size: int, args: argparse.Namespace, device: torch.device,
+             model: nn.Module | None = None) -> Workload:
+    """The benchmark's images and model (default: ``make_model(args.model, ...)``) on ``device``."""
     if model is None:
         model = make_model(getattr(args, "model", "small"), channels, size, args.width)
     model = model.to(device).eval()
@@ -91,25 +112,77 @@ def bench(channels, size, args, device, model=None):
     targets = torch.full_like(labels, int(counts.argmin()))  # never predicted -> full budget
     if counts.min() > 0:
         print("warning: every class is predicted; some images may stop early")
-    attack = OnePixelAttack(model, population=pop, generations=args.generations, batch_size=batch,
-                            targeted=True, seed=0, device=device)
     # the plain batch holds what the attack's batches hold: copies of the images in flight (the
     # input data changes a CPU's speed: random noise runs ~15 % slower than such batches)
     rows = slots * pop if batch >= pop else batch
     x = imgs[:slots].to(device).float().div(255).repeat_interleave(pop, 0)[:rows].contiguous()
     forwards = -(-images * pop * (args.generations + 1) // x.shape[0])
-    attack.run(imgs[:slots], labels[:slots], targets[:slots])  # warm-up (shapes, allocator)
-    plain_rate(model, x, 1)
+    return Workload(model, imgs, labels, targets, slots, x, forwards)
+
+
+def make_attack(engine: object, work: Workload, args: argparse.Namespace, device: torch.device) -> object:
+    """``engine.OnePixelAttack`` for the workload, warmed up (shapes, allocator)."""
+    attack = engine.OnePixelAttack(work.model, population=args.population, generations=args.generations,
+                                   batch_size=args.batch_size, targeted=True, seed=0, device=device)
+    s = work.slots
+    attack.run(work.images[:s], work.labels[:s], work.targets[:s])
+    return attack
+
+
+def attack_rate(attack: object, work: Workload, device: torch.device) -> float:
+    """Candidates/s of one full attack run."""
+    attack.run(work.images, work.labels, work.targets)
+    _sync(device)
+    return attack.last_stats["candidates_per_s"]
+
+
+def bench(channels: int, size: int, args: argparse.Namespace, device: torch.device,
+          model: nn.Module | None = None) -> tuple[float, float, int, dict[str, float]]:
+    """Best plain forward rate, best attack rate, forward batch and the attack's last stats.
+
+    ``model`` (default: ``make_model(args.model, ...)``) maps ``(N, channels, size, size)``
+    images to 10 logits.
+    """
+    work = workload(channels, size, args, device, model)
+    attack = make_attack(de, work, args, device)
+    plain_rate(work.model, work.plain_x, 1)
     plains, attacks = [], []
     for _ in range(args.rounds):
-        plains.append(plain_rate(model, x, forwards))
-        attack.run(imgs, labels, targets)
-        _sync(device)
-        attacks.append(attack.last_stats["candidates_per_s"])
-    return max(plains), max(attacks), x.shape[0], attack.last_stats
+        plains.append(plain_rate(work.model, work.plain_x, work.forwards))
+        attacks.append(attack_rate(attack, work, device))
+    return max(plains), max(attacks), work.plain_x.shape[0], attack.last_stats
 
 
-def main(argv=None) -> None:
+def load_engine(path: str) -> object:
+    """The engine module in file ``path`` (a copy of ``onepixel/attack/de.py``)."""
+    spec = importlib.util.spec_from_file_location("de_reference", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare_engines(channels: int, size: int, args: argparse.Namespace, device: torch.device,
+                    reference: object) -> tuple[float, float, list[tuple[float, float]]]:
+    """Best candidates/s of the current engine and of ``reference`` on the same workload, and every round's
+    pair; the two alternate which runs first, so a slow spell of a busy machine hits both alike."""
+    work = workload(channels, size, args, device)
+    current, ref = make_attack(de, work, args, device), make_attack(reference, work, args, device)
+    rounds = []
+    for r in range(args.rounds):
+        if r % 2:
+            ref_rate = attack_rate(ref, work, device)
+            cur_rate = attack_rate(current, work, device)
+        else:
+            cur_rate = attack_rate(current, work, device)
+            ref_rate = attack_rate(ref, work, device)
+        rounds.append((cur_rate, ref_rate))
+    return max(c for c, _ in rounds), max(r for _, r in rounds), rounds
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=1000)
@@ -122,12 +195,23 @@ def main(argv=None) -> None:
                         help="input shapes as channels x side (default: 1x8 3x32)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved plain/attack timing rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    parser.add_argument("--reference", metavar="FILE",
+                        help="time this copy of onepixel/attack/de.py against the current engine")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device={device} threads={torch.get_num_threads()} model={args.model} batch_size={args.batch_size} "
           f"population={args.population} generations={args.generations} images={args.images} width={args.width}")
+    if args.reference:
+        reference = load_engine(args.reference)
+        print(f"{'input':>8} {'current cand/s':>14} {'reference':>14} {'ratio':>6}")
+        for shape in args.inputs:
+            channels, size = (int(v) for v in shape.lower().split("x"))
+            cur, ref, rounds = compare_engines(channels, size, args, device, reference)
+            print(f"{f'{channels}x{size}x{size}':>8} {cur:14.0f} {ref:14.0f} {cur / ref:6.3f}   (rounds: "
+                  + ", ".join(f"{c:.0f}/{r:.0f}" for c, r in rounds) + ")", flush=True)
+        return
     print(f"{'input':>8} {'batch':>6} {'forward img/s':>14} {'attack cand/s':>14} {'ratio':>6}")
     for shape in args.inputs:
         channels, size = (int(v) for v in shape.lower().split("x"))

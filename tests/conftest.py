@@ -13,6 +13,9 @@ import pytest
 import torch
 import yaml
 
+from onepixel.data import make_dataset, save_dataset
+from onepixel.models import build_model, save_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -24,6 +27,21 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    """A LeNet checkpoint (3 classes, 1x8x8) and a 24-image test set in the project's formats."""
+    root = tmp_path_factory.mktemp("toy")
+    torch.manual_seed(0)
+    model = build_model("lenet", num_classes=3, in_channels=1, image_size=8).eval()
+    images = torch.randint(0, 256, (24, 1, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    with torch.no_grad():
+        labels = model(images.float() / 255).argmax(1)
+    labels[::5] = (labels[::5] + 1) % 3  # some misclassified: never attacked
+    save_dataset(make_dataset(images.numpy(), labels.numpy(), ["a", "b", "c"], "toy", "test"), root / "test.nc")
+    save_checkpoint(root / "lenet.pt", model, "lenet", {"num_classes": 3, "in_channels": 1, "image_size": 8})
+    return root
 
 
 def tool_env(**extra: str) -> dict[str, str]:

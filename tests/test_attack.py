@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import sys
 import types
@@ -13,21 +14,30 @@ import torch
 import xarray as xr
 from torch import nn
 
+import onepixel.attack
 from onepixel.attack import (
-    DEFAULT_ATTACK_CONFIG,
     AttackResult,
     OnePixelAttack,
+    de,
     load_attack,
     merge_attacks,
     result_to_dataset,
-    run_attack_stage,
+    rng,
     save_attack,
-    select_correct_images,
-    targets_for,
 )
-from onepixel.attack.de import _distinct_members, _hash32
-from onepixel.errors import ConfigError, DataError
+from onepixel.attack.rng import distinct_members, hash32
+from onepixel.attack.stage import DEFAULT_ATTACK_CONFIG, select_correct_images, targets_for
 from onepixel.data.dataset import apply_pixels
+from onepixel.errors import ConfigError, DataError
+
+from onepixel.data import make_dataset, save_dataset
+from onepixel.stages import run_stage
+
+
+def run_attack_stage(checkpoint, test, out, attack_cfg):
+    """The registered attack stage, selecting its images itself, on the CPU."""
+    return run_stage("attack", {"checkpoint": checkpoint, "test": test}, {"out": out},
+                     {"attack": attack_cfg, "device": "cpu"})
 
 
 # ---------------------------------------------------------------------------
@@ -153,15 +163,15 @@ def test_engine_builds_candidates_like_apply_pixels():
 
 
 def test_random_streams():
-    keys = _hash32(torch.arange(50))
+    keys = hash32(torch.arange(50))
     assert keys.unique().numel() == 50
     assert ((keys >= 0) & (keys < 2**32)).all()
     member = torch.arange(4)  # smallest population: the only choices are forced
-    a, b, c = _distinct_members(keys, member, 3)
+    a, b, c = distinct_members(keys, member, 3)
     stacked = torch.stack([member.expand(50, 4), a, b, c], -1)
     assert (torch.sort(stacked, -1).values == torch.arange(4)).all()
     member = torch.arange(10)
-    a, b, c = _distinct_members(_hash32(torch.arange(2000)), member, 3)
+    a, b, c = distinct_members(hash32(torch.arange(2000)), member, 3)
     stacked = torch.stack([member.expand(2000, 10), a, b, c], -1)
     assert (torch.sort(stacked, -1).values.diff(dim=-1) > 0).all()
     counts = torch.bincount(a[:, 0], minlength=10).float()  # member 0 picks uniformly from 1..9
@@ -171,22 +181,19 @@ def test_random_streams():
 @pytest.mark.parametrize("wraps", [True, False])
 def test_mul32_is_exact_mod_2_32(monkeypatch, wraps):
     """Both forms of the 32-bit multiply (wrapping int64 product, overflow-free split) are exact."""
-    from onepixel.attack import de
-
-    monkeypatch.setitem(de._WRAPS, "cpu", wraps)
+    monkeypatch.setitem(rng._WRAPS, "cpu", wraps)
     values = [0, 1, 2, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF]
     values += torch.randint(0, 2**32, (200,), generator=torch.Generator().manual_seed(0)).tolist()
     x = torch.tensor(values, dtype=torch.int64)
     for c in (0x7FEB352D, 0x846CA68B, 0x9E3779B9, 0xFFFFFFFF, 3):
-        assert de._mul32(x, c).tolist() == [(v * c) % 2**32 for v in values]
+        assert rng.mul32(x, c).tolist() == [(v * c) % 2**32 for v in values]
     assert torch.equal(x, torch.tensor(values))  # the input is left alone
-    assert de._int64_mul_wraps(torch.device("cpu")) is wraps
+    assert rng.int64_mul_wraps(torch.device("cpu")) is wraps
 
 
 def test_initial_population_follows_the_paper():
-    attack = OnePixelAttack(Recorder(), population=4000, generations=1)
-    elem = torch.arange(4000)[:, None] * 3 + torch.arange(3)[None, :]
-    genes = attack._init_population(_hash32(torch.tensor([7])), elem, 1, 3, 8, 6)[0]
+    genome = de._Genome.create(pixels=1, population=4000, shape=(1, 6, 8), device=torch.device("cpu"))
+    genes = de._initial_population(hash32(torch.tensor([7])), genome)[0]
     x, y, col = genes[:, 0], genes[:, 1], genes[:, 2]
     assert torch.equal(x.unique(), torch.arange(8).float())
     assert torch.equal(y.unique(), torch.arange(6).float())
@@ -260,7 +267,7 @@ def test_multi_pixel_targeted_needs_both_pixels():
     res = attack.run(images, torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.long))
     assert res.success.all()
     assert res.pixel_x.shape == (3, 2) and res.color.shape == (3, 2, 1)
-    got = {(int(x), int(y)) for x, y in zip(res.pixel_x.flatten(), res.pixel_y.flatten())}
+    got = {(int(x), int(y)) for x, y in zip(res.pixel_x.flatten(), res.pixel_y.flatten(), strict=True)}
     assert got == {(2, 3), (5, 6)}
 
 
@@ -269,7 +276,7 @@ def test_deterministic_and_independent_of_batching():
     model = tiny_cnn(1)
     images = torch.randint(0, 256, (9, 1, 8, 8), generator=torch.Generator().manual_seed(9), dtype=torch.uint8)
     labels = predict(model, images)
-    kw = dict(population=20, generations=8, seed=11)
+    kw = {"population": 20, "generations": 8, "seed": 11}
     full = OnePixelAttack(model, batch_size=60, **kw).run(images, labels)  # 3 images in flight
     again = OnePixelAttack(model, batch_size=60, **kw).run(images, labels)
     assert_results_equal(full, again)
@@ -291,7 +298,7 @@ def test_targeted_determinism_with_ids():
     labels = torch.zeros(4, dtype=torch.long)
     targets = torch.tensor([1, 2, 2, 1])
     ids = torch.tensor([31, 32, 41, 42])
-    kw = dict(population=30, generations=10, targeted=True, seed=5, strategy="best1bin")
+    kw = {"population": 30, "generations": 10, "targeted": True, "seed": 5, "strategy": "best1bin"}
     full = OnePixelAttack(PixelRule(), batch_size=90, **kw).run(images, labels, targets, ids=ids)
     part = OnePixelAttack(model, batch_size=30, **kw).run(images[2:], labels[2:], targets[2:], ids=ids[2:])
     assert_results_equal(full.select(slice(2, 4)), part)
@@ -465,6 +472,69 @@ def test_run_input_validation():
         OnePixelAttack(PixelRule(), targeted=True).run(images, labels, torch.tensor([1, 3]))
 
 
+
+# ---------------------------------------------------------------------------
+# the torchattacks-like API: float or uint8 images, adversarial images in the input's dtype
+# ---------------------------------------------------------------------------
+def test_float_images_are_attacked_as_their_8_bit_values():
+    model = tiny_cnn(2)
+    u8 = torch.randint(0, 256, (5, 1, 8, 8), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    labels = predict(model, u8)
+    attack = OnePixelAttack(model, population=12, generations=4, seed=3, batch_size=30)
+    want = attack.run(u8, labels)
+    off_grid = (u8.float() + torch.where(u8 < 255, 0.3, -0.3)) / 255  # rounded to the nearest 8-bit value
+    for images in (u8.float() / 255, u8.double() / 255, off_grid, u8.half() / 255):
+        got = attack.run(images, labels)
+        assert_results_equal(want, got)
+        assert got.adversarial.dtype == torch.uint8
+    # calling the attack returns the adversarial images in the dtype given
+    assert torch.equal(attack(u8, labels), want.adversarial)
+    adv32 = attack(u8.float() / 255, labels)
+    assert adv32.dtype == torch.float32 and torch.equal(adv32, want.adversarial.float() / 255)
+    adv64 = attack(u8.double() / 255, labels)
+    assert adv64.dtype == torch.float64 and torch.equal(adv64, want.adversarial.double() / 255)
+    assert torch.equal((adv64 * 255).round().to(torch.uint8), want.adversarial)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.01, float("nan")])
+def test_float_images_outside_0_1_are_refused(bad):
+    images = torch.full((2, 1, 8, 8), 0.5)
+    images[1, 0, 2, 3] = bad
+    with pytest.raises(DataError, match=r"^images: float images must lie in \[0, 1\]") as err:
+        OnePixelAttack(PixelRule(), population=8, generations=1).run(images, torch.zeros(2, dtype=torch.long))
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="^images:"):
+        OnePixelAttack(PixelRule())(images.long(), torch.zeros(2, dtype=torch.long))
+
+
+def test_result_repr_is_a_one_line_summary():
+    res = small_result(4)
+    text = repr(res)
+    hits = int(res.success.sum())
+    mean = float(res.queries.double().mean())
+    assert text == (f"AttackResult(n=4, success={hits}/4 ({100 * hits / 4:.1f} %), pixels=1, channels=1, "
+                    f"image=8x8, mean queries={mean:.0f})")
+    assert "tensor" not in text and "\n" not in text
+    assert repr(res.select(slice(0, 0))) == ("AttackResult(n=0, success=0/0, pixels=1, channels=1, image=8x8, "
+                                             "mean queries=-)")
+
+
+def test_docstring_examples_run():
+    outcome = doctest.testmod(de, optionflags=doctest.ELLIPSIS)
+    assert outcome.attempted > 0 and outcome.failed == 0
+
+
+def test_package_exports_only_the_engine_and_its_files():
+    assert sorted(onepixel.attack.__all__) == sorted([
+        "OnePixelAttack", "AttackResult", "STRATEGIES", "result_to_dataset", "save_attack", "load_attack",
+        "merge_attacks",
+    ])
+    # other names still resolve (transitional), from the module that defines them
+    assert onepixel.attack.targets_for is targets_for
+    with pytest.raises(AttributeError):
+        onepixel.attack.no_such_name  # noqa: B018
+
+
 # ---------------------------------------------------------------------------
 def small_result(n=3):
     model = PixelRule()
@@ -493,8 +563,11 @@ def test_dataset_roundtrip(tmp_path: Path):
     with pytest.raises(DataError):
         load_attack(tmp_path / "missing.nc")
     xr.Dataset({"foo": ("a", [1])}).to_netcdf(tmp_path / "foreign.nc")
-    with pytest.raises(DataError, match="missing variable"):
+    with pytest.raises(DataError, match="foreign.nc: has no onepixel format attribute"):
         load_attack(tmp_path / "foreign.nc")
+    save_attack(ds.drop_vars("rejected_candidates"), tmp_path / "thin.nc")
+    with pytest.raises(DataError, match=r"thin.nc: missing variable\(s\) rejected_candidates"):
+        load_attack(tmp_path / "thin.nc")
 
 
 def test_merge_attacks():
@@ -548,27 +621,23 @@ def test_defaults_match_schema():
 
 
 @pytest.mark.parametrize("targeted", [False, True])
-def test_run_attack_stage(tmp_path: Path, monkeypatch, targeted):
-    """The stage with stand-ins for onepixel.models / onepixel.data (written elsewhere)."""
+def test_run_attack_stage(tmp_path: Path, monkeypatch, caplog, targeted):
+    """The stage on a real test file, with a rule model (known decision) in place of a checkpoint's."""
+    import onepixel.models
+
     images = dim_images(12, seed=3).numpy()
     labels = np.zeros(12, dtype=np.int64)
     labels[5] = 2  # misclassified: never selected
-    test = xr.Dataset(
-        {"image": (("sample", "channel", "y", "x"), images), "label": ("sample", labels)},
-        coords={"class_name": ("class", ["zero", "one", "two"])},
-    )
+    save_dataset(make_dataset(images, labels, ["zero", "one", "two"], "toy", "test"), tmp_path / "test.nc")
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")
-    fake_models = types.ModuleType("onepixel.models")
-    fake_models.load_checkpoint = lambda path, map_location=None: (AnyPixel(), {"name": "rule"})
-    fake_data = types.ModuleType("onepixel.data")
-    fake_data.load_dataset = lambda path: test
-    monkeypatch.setitem(sys.modules, "onepixel.models", fake_models)
-    monkeypatch.setitem(sys.modules, "onepixel.data", fake_data)
-    lines: list[str] = []
+    monkeypatch.setattr(onepixel.models, "load_checkpoint",
+                        lambda path, map_location=None: (AnyPixel(), {"name": "rule"}))
+    caplog.set_level("INFO", logger="onepixel.attack")
     cfg = {"num_images": 4, "population": 40, "generations": 20, "targeted": targeted, "batch_size": 200}
     out = tmp_path / "attack.nc"
-    ds = run_attack_stage(ckpt, tmp_path / "test.nc", out, cfg, device="cpu", log=lines.append)
+    ds = run_attack_stage(ckpt, tmp_path / "test.nc", out, cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "onepixel.attack"]
     back = load_attack(out)
     rows = 4 * (2 if targeted else 1)
     assert back.sizes["sample"] == rows
@@ -587,20 +656,20 @@ def test_run_attack_stage(tmp_path: Path, monkeypatch, targeted):
     xr.testing.assert_equal(ds, back.assign(success=back["success"].astype(np.uint8)))
     # a sub-selection reproduces the same rows (streams keyed by test-set index)
     cfg2 = {**cfg, "num_images": 2, "batch_size": 40}
-    ds2 = run_attack_stage(ckpt, tmp_path / "test.nc", tmp_path / "a2.nc", cfg2, device="cpu", log=lines.append)
+    ds2 = run_attack_stage(ckpt, tmp_path / "test.nc", tmp_path / "a2.nc", cfg2)
     k = 2 * (2 if targeted else 1)
     for name in ("pixel_x", "pixel_y", "color", "queries", "sample_id"):
         np.testing.assert_array_equal(ds2[name].values, ds[name].values[:k])
     with pytest.raises(ConfigError, match="^unknown key attack.popsize = 3; allowed keys: F, batch_size"):
-        run_attack_stage(ckpt, tmp_path / "test.nc", out, {"popsize": 3}, device="cpu")
+        run_attack_stage(ckpt, tmp_path / "test.nc", out, {"popsize": 3})
     with pytest.raises(ConfigError, match=r"^attack.population: 3 is out of range; must be >= 4"):
-        run_attack_stage(ckpt, tmp_path / "test.nc", out, {"population": 3}, device="cpu")
+        run_attack_stage(ckpt, tmp_path / "test.nc", out, {"population": 3})
 
 
 def test_run_attack_stage_with_project_models(tmp_path: Path):
-    """Integration with onepixel.models / onepixel.data (skipped until they exist)."""
-    models = pytest.importorskip("onepixel.models")
-    data = pytest.importorskip("onepixel.data")
+    """Integration with onepixel.models / onepixel.data."""
+    from onepixel import data, models
+
     torch.manual_seed(0)
     model = models.build_model("lenet", num_classes=3, in_channels=1, image_size=8).eval()
     images = dim_images(12, seed=11, low=0, high=256).numpy()
@@ -608,8 +677,7 @@ def test_run_attack_stage_with_project_models(tmp_path: Path):
     data.save_dataset(data.make_dataset(images, labels, ["a", "b", "c"], "toy", "test"), tmp_path / "test.nc")
     models.save_checkpoint(tmp_path / "lenet.pt", model, "lenet", {"num_classes": 3, "in_channels": 1, "image_size": 8})
     cfg = {"num_images": 5, "population": 20, "generations": 3, "batch_size": 100, "seed": 2}
-    ds = run_attack_stage(tmp_path / "lenet.pt", tmp_path / "test.nc", tmp_path / "a.nc", cfg, device="cpu",
-                          log=lambda line: None)
+    ds = run_attack_stage(tmp_path / "lenet.pt", tmp_path / "test.nc", tmp_path / "a.nc", cfg)
     back = load_attack(tmp_path / "a.nc")
     assert back.sizes["sample"] == 5 and back.sizes["class"] == 3
     np.testing.assert_array_equal(back["true_class"].values, labels[back["sample_id"].values])

@@ -1,10 +1,12 @@
 """Config validation: defaults filled from the schema, one-line errors naming the key."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from helpers import _copy_workflow, _env
 from onepixel.config import SCHEMA_PATH, load_config, load_schema, validate_config
 from onepixel.errors import ConfigError
 
@@ -94,7 +96,7 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_paper_configs_are_the_papers_setting():
-    """CIFAR-10, the zoo of PAPER.md in our registry, 1 pixel, population 400, 100 generations, >= 500 images;
+    """CIFAR-10, the zoo of docs/science.md#reference-numbers in our registry, 1 pixel, population 400, 100 generations, >= 500 images;
     untargeted and targeted in two studies with their own results directories."""
     untargeted, targeted = (load_config(REPO / "config" / name) for name in ("paper.yaml", "paper-targeted.yaml"))
     for config in (untargeted, targeted):
@@ -290,3 +292,31 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys, text, expected)
     captured = capsys.readouterr()
     assert captured.err.startswith(expected) and captured.err.count("\n") == 1, captured.err
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+# ===========================================================================
+# config errors stop `snakemake` before any job, in one line
+# ===========================================================================
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return _copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (["attack={popsize: 10}"], "error: unknown key attack.popsize = '10'; allowed keys: F, batch_size"),
+        (["train={lr: .nan}"], "error: train.lr: nan is not allowed; must be a finite number"),
+        (["dataset={name: mnist}"], "error: dataset.name: 'mnist' is not allowed; allowed values: digits, cifar10"),
+        (["locality={max_distance: 0}"], "error: locality.max_distance: 0 is out of range; must be >= 1"),
+    ],
+    ids=["unknown-key", "nan", "dataset", "distance"],
+)
+def test_snakemake_stops_on_a_bad_config_before_any_job(workdir, override, expected):
+    result = subprocess.run(["snakemake", "-n", "--config", *override], cwd=workdir, env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
+import io
 import os
 import pickle
+import tarfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,7 @@ import torch
 import xarray as xr
 from sklearn.datasets import load_digits
 
+from helpers import _attack_file, _damaged
 from onepixel.data import (
     CIFAR10_MD5,
     CIFAR10_URL,
@@ -27,6 +34,7 @@ from onepixel.data import (
     to_float,
 )
 from onepixel.errors import ConfigError, DataError
+from onepixel.files import write_netcdf
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_BATCH = 3
@@ -122,11 +130,11 @@ def test_load_dataset_errors(tmp_path):
     with pytest.raises(DataError, match="notes.nc"):
         load_dataset(text)
     no_label = tmp_path / "no_label.nc"
-    _tiny_dataset().drop_vars("label").to_netcdf(no_label)
+    write_netcdf(_tiny_dataset().drop_vars("label"), no_label, kind="dataset")
     with pytest.raises(DataError, match="no_label.nc: missing variable.*label"):
         load_dataset(no_label)
     as_float = tmp_path / "float.nc"
-    _tiny_dataset().assign(image=lambda d: d["image"].astype(np.float32)).to_netcdf(as_float)
+    save_dataset(_tiny_dataset().assign(image=lambda d: d["image"].astype(np.float32)), as_float)
     with pytest.raises(DataError, match="float.nc: variable image must be uint8"):
         load_dataset(as_float)
 
@@ -277,3 +285,125 @@ def test_prepare_cifar10_from_raw(tmp_path, monkeypatch):
     expected_train, expected_test = read_cifar10_batches(batch_dir)
     xr.testing.assert_identical(load_dataset(train_path), expected_train)
     xr.testing.assert_identical(load_dataset(test_path), expected_test)
+
+
+# ---------------------------------------------------------------- downloads verified, damaged files named
+CIFAR_FILES = ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
+
+def _cifar_archive(path: Path, per_batch: int = 3) -> tuple[str, dict[str, str], np.ndarray, np.ndarray]:
+    """A small archive in the layout of the official cifar-10-python.tar.gz.
+
+    ``cifar-10-batches-py/`` holds ``batches.meta``, ``data_batch_1..5``, ``test_batch``
+    (pickles of dicts with ``batch_label``, ``labels``, ``data`` (N, 3072) uint8 with the
+    R, G, B planes row by row, ``filenames``) and ``readme.html``.
+
+    Returns:
+        The archive's md5, every batch file's md5, and the test images ``(N, 3, 32, 32)``
+        and labels as they must come out.
+    """
+    rng = np.random.default_rng(0)
+    members: dict[str, bytes] = {}
+    test_images = test_labels = None
+    for b, name in enumerate(CIFAR_FILES[1:]):
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = [(b + k) % 10 for k in range(per_batch)]
+        members[name] = pickle.dumps({"batch_label": f"{name} of 6", "labels": labels, "data": data,
+                                      "filenames": [f"img_{b}_{k}.png" for k in range(per_batch)]}, protocol=2)
+        if name == "test_batch":
+            test_images, test_labels = data.reshape(-1, 3, 32, 32), np.array(labels)
+    members["batches.meta"] = pickle.dumps({"label_names": CIFAR_NAMES, "num_cases_per_batch": per_batch,
+                                            "num_vis": 3072}, protocol=2)
+    members["readme.html"] = b"<html>fixture</html>"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, raw in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    sums = {name: hashlib.md5(members[name]).hexdigest() for name in CIFAR_FILES}
+    return hashlib.md5(path.read_bytes()).hexdigest(), sums, test_images, test_labels
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no request lines on stderr
+        pass
+
+
+@pytest.fixture()
+def cifar_server(tmp_path):
+    """The fixture archive served over HTTP on localhost, fetched by the same downloader as the official one."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    served = folder / "cifar-10-python.tar.gz"
+    md5, sums, images, labels = _cifar_archive(served)
+    handler = functools.partial(_Quiet, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        yield {"path": served, "url": f"{base}/{served.name}", "base": base, "md5": md5, "sums": sums,
+               "images": images, "labels": labels}
+        server.shutdown()
+
+
+def test_download_is_verified_and_a_truncated_archive_is_fetched_again(tmp_path, cifar_server):
+    s = cifar_server
+    root = tmp_path / "raw"
+    root.mkdir()
+    # an interrupted earlier download: the first half of the archive
+    (root / "cifar-10-python.tar.gz").write_bytes(s["path"].read_bytes()[: s["path"].stat().st_size // 2])
+    notices: list[str] = []
+    batch_dir = download_cifar10(root, url=s["url"], md5=s["md5"], file_md5s=s["sums"], log=notices.append)
+    assert batch_dir == root / "cifar-10-batches-py"
+    assert any("truncated or corrupt download" in line and "fetching it again" in line for line in notices), notices
+    assert hashlib.md5((root / "cifar-10-python.tar.gz").read_bytes()).hexdigest() == s["md5"]
+    _train, test = read_cifar10_batches(batch_dir)
+    np.testing.assert_array_equal(test["image"].values, s["images"])
+    np.testing.assert_array_equal(test["label"].values, s["labels"])
+    # a verified copy is used as it is: no network (the URL is gone)
+    notices.clear()
+    gone = f"{s['base']}/nowhere.tar.gz"
+    assert download_cifar10(root, url=gone, md5=s["md5"], file_md5s=s["sums"], log=notices.append) == batch_dir
+    assert notices == []
+
+
+def test_a_corrupt_download_is_reported_and_removed(tmp_path, cifar_server):
+    s = cifar_server
+    damaged = s["path"].with_name("damaged.tar.gz")
+    raw = bytearray(s["path"].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte: same size, other md5
+    damaged.write_bytes(bytes(raw))
+    root = tmp_path / "raw"
+    with pytest.raises(DataError) as info:
+        download_cifar10(root, url=f"{s['base']}/{damaged.name}", md5=s["md5"], file_md5s=s["sums"], log=None)
+    message = str(info.value)
+    assert message.startswith(f"{root / 'cifar-10-python.tar.gz'}: the downloaded archive has md5 ")
+    assert f"not the published {s['md5']}" in message and "truncated or corrupt" in message and "\n" not in message
+    assert not (root / "cifar-10-python.tar.gz").exists()  # the next run fetches it anew
+    assert not (root / "cifar-10-batches-py").exists()
+
+
+def test_a_damaged_extraction_is_extracted_again(tmp_path, cifar_server):
+    s = cifar_server
+    root = tmp_path / "raw"
+    batch_dir = download_cifar10(root, url=s["url"], md5=s["md5"], file_md5s=s["sums"], log=None)
+    test_batch = batch_dir / "test_batch"
+    test_batch.write_bytes(test_batch.read_bytes()[:100])  # e.g. a full disk during extraction
+    (batch_dir / "data_batch_2").unlink()
+    notices: list[str] = []
+    gone = f"{s['base']}/nowhere.tar.gz"  # the verified archive is reused: no download
+    assert download_cifar10(root, url=gone, md5=s["md5"], file_md5s=s["sums"], log=notices.append) == batch_dir
+    assert len(notices) == 1 and "extracting the archive again" in notices[0]
+    assert hashlib.md5(test_batch.read_bytes()).hexdigest() == s["sums"]["test_batch"]
+    np.testing.assert_array_equal(read_cifar10_batches(batch_dir)[1]["image"].values, s["images"])
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "other-stage"])
+def test_a_bad_dataset_file_is_named(tmp_path, toy, kind):
+    path = _attack_file(tmp_path / "attack.nc") if kind == "other-stage" else _damaged(kind, tmp_path, toy)
+    with pytest.raises(DataError) as info:
+        load_dataset(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    if kind == "other-stage":
+        assert message == f"{path}: is a onepixel-attack/1 file, expected onepixel-dataset/1"

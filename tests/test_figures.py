@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from helpers import png_size
+from helpers import png_size, save_attack_rows
 from torch import nn
 
 from onepixel.stages import run_stage
@@ -78,9 +78,9 @@ def run(tmp_path_factory):
     )
     write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
-    patch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
+    save_attack_rows(attack, test, tmp / "a.nc")
     patch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {})))
-    run_stage("capture", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": "a.nc"}, {"out": tmp / "cubes"},
+    run_stage("capture", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"}, {"out": tmp / "cubes"},
               {"device": "cpu"})
     prop = run_stage("propagation", {"cubes": tmp / "cubes"}, {"out": tmp / "prop.nc"})
     ok = attack["success"].values
@@ -114,7 +114,7 @@ def test_average_pm_locality_depth(run, tmp_path) -> None:
 def test_figures_stage(run, tmp_path) -> None:
     files = run_stage(
         "figures",
-        {"test": run.tmp / "test.nc", "attack": {"small": "a.nc"}, "propagation": {"small": run.tmp / "prop.nc"},
+        {"test": run.tmp / "test.nc", "attack": {"small": run.tmp / "a.nc"}, "propagation": {"small": run.tmp / "prop.nc"},
          "locality": {"small": run.tmp / "loc.nc"}},
         {"out": tmp_path / "fig"}, {"figures": {"examples": 5, "formats": ["png", "pdf"]}},
     )

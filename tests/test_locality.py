@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from helpers import P_CLEAN, P_FOOLED, BlockModel
+from helpers import P_CLEAN, P_FOOLED, BlockModel, save_attack_rows
 
 from onepixel.stages import run_stage
 from onepixel.errors import ConfigError
@@ -126,13 +126,13 @@ def fake_stage_inputs(tmp_path, monkeypatch, success):
         coords={"sample_id": ("sample", np.arange(n) + 2)},
     )
     write_netcdf(test, tmp_path / "test.nc", kind="dataset")
-    monkeypatch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
+    save_attack_rows(attack, test, tmp_path / "a.nc")
     monkeypatch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (BlockModel(), {})))
 
 
 def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:
     fake_stage_inputs(tmp_path, monkeypatch, [True, False, True])
-    ds = run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": "a.nc"}, {"out": tmp_path / "loc.nc"},
+    ds = run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "a.nc"}, {"out": tmp_path / "loc.nc"},
                    {"locality": {"max_distance": 2}, "device": "cpu"})
     saved = open_netcdf(tmp_path / "loc.nc", kind="locality")
     np.testing.assert_array_equal(saved["sample_id"].values, [2, 4])
@@ -142,7 +142,7 @@ def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:
 
 def test_stage_without_successful_attacks(tmp_path, monkeypatch) -> None:
     fake_stage_inputs(tmp_path, monkeypatch, [False, False])
-    run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": "a.nc"}, {"out": tmp_path / "loc.nc"}, {"device": "cpu"})
+    run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "a.nc"}, {"out": tmp_path / "loc.nc"}, {"device": "cpu"})
     saved = open_netcdf(tmp_path / "loc.nc", kind="locality")
     assert saved.sizes["sample"] == 0 and saved.sizes["distance"] == 3
     assert np.isnan(saved["success_rate"].values).all() and np.isnan(float(saved["baseline_success_rate"]))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from helpers import png_size
+from helpers import png_size, save_attack_rows
 from torch import nn
 
 from onepixel.stages import run_stage
@@ -60,10 +60,10 @@ def run(tmp_path_factory):
     )
     write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
-    patch.setitem(sys.modules, "onepixel.attack", types.SimpleNamespace(load_attack=lambda p: attack))
+    save_attack_rows(attack, test, tmp / "a.nc")
     patch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {"arch": "small"})))
-    run_stage("locality", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": "a.nc"}, {"out": tmp / "loc.nc"}, {"locality": {"max_distance": 3}, "device": "cpu"})
-    run_stage("vulnerability", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": "a.nc"}, {"out": tmp / "vul.nc"}, {"device": "cpu"})
+    run_stage("locality", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"}, {"out": tmp / "loc.nc"}, {"locality": {"max_distance": 3}, "device": "cpu"})
+    run_stage("vulnerability", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"}, {"out": tmp / "vul.nc"}, {"device": "cpu"})
     yield types.SimpleNamespace(tmp=tmp, images=images)
     patch.undo()
 

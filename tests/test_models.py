@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import _bad_checkpoint
 from onepixel.errors import ConfigError, DataError
 from onepixel.models import (
     MODEL_NAMES,
@@ -189,3 +190,44 @@ def test_save_checkpoint_rejects_objects(tmp_path):
     with pytest.raises(TypeError, match="plain data"):
         save_checkpoint(tmp_path / "x.pt", build_model("lenet"), "lenet", {"layer": nn.ReLU()})
     assert not list(tmp_path.iterdir())
+
+
+# checkpoints of other architectures, damaged or unsafe files: refused, the file named
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("kind", ["random", "truncated", "whole-model-pickle", "code-payload", "plain-pickle"])
+def test_a_bad_checkpoint_is_refused_and_named(tmp_path, kind):
+    path, expected = _bad_checkpoint(kind, tmp_path)
+    with pytest.raises(DataError) as info:
+        load_checkpoint(path, name="lenet", build_kwargs={})
+    message = str(info.value)
+    assert message.startswith(f"{path}: {expected}"), message
+    assert "\n" not in message
+    assert not (tmp_path / "PWNED").exists()  # nothing was executed
+
+
+def _key_listing(keys: list[str]) -> str:
+    """How the loader lists keys: the first 5, then the count of the others."""
+    return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_with_the_keys_listed(tmp_path):
+    resnet = build_model("resnet20", num_classes=10, in_channels=1, image_size=8)
+    path = tmp_path / "resnet20.pt"
+    save_checkpoint(path, resnet, "resnet20", {"num_classes": 10, "in_channels": 1, "image_size": 8})
+    lenet_keys = list(build_model("lenet", num_classes=10, in_channels=1, image_size=8).state_dict())
+    resnet_keys = list(resnet.state_dict())
+    missing = [k for k in lenet_keys if k not in resnet_keys]
+    unexpected = [k for k in resnet_keys if k not in lenet_keys]
+    with pytest.raises(DataError) as info:
+        load_checkpoint(path, name="lenet")
+    message = str(info.value)
+    assert message.startswith(f"{path}: checkpoint holds a 'resnet20' model, not the requested 'lenet'; ")
+    assert f"missing keys: {_key_listing(missing)}" in message
+    assert f"unexpected keys: {_key_listing(unexpected)}" in message
+    # the same weights as a bare state_dict: the same keys listed
+    bare = tmp_path / "bare.pt"
+    torch.save(resnet.state_dict(), bare)
+    with pytest.raises(DataError) as info:
+        load_checkpoint(bare, name="lenet", build_kwargs={"num_classes": 10, "in_channels": 1, "image_size": 8})
+    assert f"missing keys: {_key_listing(missing)}" in str(info.value)
+    assert f"unexpected keys: {_key_listing(unexpected)}" in str(info.value)

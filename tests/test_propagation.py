@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from onepixel.stages import run_stage
-from onepixel.errors import ConfigError, DataError
 from onepixel.analysis.propagation import (
     compute_propagation,
     map_summaries,
-    normalise,
     maps_from_delta,
+    normalise,
     propagation_maps,
 )
 from onepixel.cubes import MAP_VARIABLES, CubeWriter, write_layer_index
+from onepixel.errors import ConfigError, DataError
 from onepixel.files import open_netcdf, write_netcdf
+from onepixel.stages import run_stage
 
 
 def brute_force(clean: np.ndarray, adv: np.ndarray):

@@ -39,14 +39,14 @@ def test_writers_add_missing_provenance_inside_a_run(tmp_path):
     config = validate_config({})
     ds = xr.Dataset({"v": ("s", np.arange(3.0))}, attrs={"seed": 5, "note": "kept"})
     with run_context(config, seed=1):
-        write_json({"a": 1}, tmp_path / "a.json")
-        write_json({"a": 1, "provenance": {"own": "yes"}}, tmp_path / "own.json")
-        write_netcdf(ds, tmp_path / "a.nc")
-    write_json({"a": 1}, tmp_path / "outside.json")
+        write_json({"a": 1}, tmp_path / "a.json", kind="metrics")
+        write_json({"a": 1, "provenance": {"own": "yes"}}, tmp_path / "own.json", kind="metrics")
+        write_netcdf(ds, tmp_path / "a.nc", kind="attack")
+    write_json({"a": 1}, tmp_path / "outside.json", kind="metrics")
 
     assert json.loads((tmp_path / "a.json").read_text())["provenance"]["config_digest"] == config_digest(config)
     assert json.loads((tmp_path / "own.json").read_text())["provenance"] == {"own": "yes"}
-    assert json.loads((tmp_path / "outside.json").read_text()) == {"a": 1}
+    assert json.loads((tmp_path / "outside.json").read_text()) == {"a": 1, "format": "onepixel-metrics/1"}
     with xr.open_dataset(tmp_path / "a.nc") as stored:
         assert stored.attrs["config_digest"] == config_digest(config)
         assert stored.attrs["seed"] == 5 and stored.attrs["note"] == "kept"  # what the stage wrote wins

@@ -3,8 +3,11 @@
 import csv
 
 import numpy as np
+import pytest
 import xarray as xr
 
+from onepixel.errors import DataError
+from onepixel.files import write_netcdf
 from onepixel.summary import _write_csv, locality_rows, summary_html
 
 
@@ -14,7 +17,7 @@ def _locality(path, rates, ci=True):
         bounds = np.array([[r - 0.1, r + 0.1] for r in rates])
         data["success_rate_ci"] = (("distance", "bound"), bounds)
     ds = xr.Dataset(data, coords={"distance": np.arange(1, len(rates) + 1), "bound": ["low", "high"]})
-    ds.to_netcdf(path)
+    write_netcdf(ds, path, kind="locality")
     return path
 
 
@@ -26,8 +29,8 @@ def test_locality_rows_one_per_distance_with_interval_and_baseline(tmp_path):
         {"model": "lenet", "distance": 2, "success_rate": 0.25, "ci_low": 0.15, "ci_high": 0.35,
          "baseline_success_rate": 0.05},
     ]
-    without = locality_rows("lenet", _locality(tmp_path / "n.nc", [0.5], ci=False))
-    assert without[0]["ci_low"] is None and without[0]["ci_high"] is None
+    with pytest.raises(DataError, match=r"n.nc: missing variable\(s\) success_rate_ci of a onepixel-locality/1 file"):
+        locality_rows("lenet", _locality(tmp_path / "n.nc", [0.5], ci=False))
 
 
 def test_csv_leaves_missing_values_empty(tmp_path):

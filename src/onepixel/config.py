@@ -30,7 +30,7 @@ def load_schema() -> dict[str, Any]:
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
-def _with_defaults(validator_class: type) -> type:
+def _with_defaults(validator_class: type[Any]) -> type[Any]:
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator: Any, properties: Mapping[str, Any], instance: Any, schema: Any) -> Iterator[ValidationError]:
@@ -160,7 +160,7 @@ def _check_finite(value: Any, key: str) -> None:
             _check_finite(item, f"{key}[{i}]")
 
 
-_SCALAR_TYPES = {"integer": int, "number": (int, float), "boolean": bool}
+_SCALAR_TYPES: dict[str, type | tuple[type, ...]] = {"integer": int, "number": (int, float), "boolean": bool}
 
 
 def _coerce_scalars(value: Any, schema: Mapping[str, Any]) -> Any:

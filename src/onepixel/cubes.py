@@ -11,14 +11,14 @@ rounding of the sum).
 Files are written incrementally by :class:`CubeWriter` (a batch of samples at a
 time, so memory does not grow with the number of samples), one chunk per
 sample, compressed with the codec chosen by measurement
-(``benchmarks/cube_encoding.py``), under a temporary name renamed on success.
+(``benchmarks/capture_throughput.py``, results in ``benchmarks/RESULTS.md``), under a
+temporary name renamed on success.
 :func:`open_cubes` opens all layers of a model lazily as one dataset with
 ``xarray.open_mfdataset``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -28,10 +28,11 @@ from typing import Any, Self
 import numpy as np
 
 from onepixel.errors import ConfigError, DataError
-from onepixel.files import atomic_path, write_json
+from onepixel.files import atomic_path, read_json, write_json
+from onepixel.formats import FORMAT_KEY, check_format, format_name
 
 #: Codecs for the cube variables (netCDF4/HDF5 filters). Measured by
-#: ``benchmarks/cube_encoding.py`` on ResNet-20 cubes of CIFAR-10 images: zstd
+#: ``benchmarks/capture_throughput.py`` on ResNet-20 cubes of CIFAR-10 images (``benchmarks/RESULTS.md``): zstd
 #: level 1 and zlib level 1 (with byte shuffle, 2 % smaller than without) give
 #: the same size (about 0.4 of the raw float32), but zstd writes about 4x and
 #: reads about 2.4x faster. zlib is readable by every netCDF tool; zstd needs
@@ -134,7 +135,7 @@ class CubeWriter:
         try:
             # netCDF4 directly: a file first written by xarray and reopened here writes ~10x slower
             self._nc = netCDF4.Dataset(tmp, "w", format="NETCDF4")
-            self._nc.setncatts(self.attrs)
+            self._nc.setncatts({FORMAT_KEY: format_name("cube"), **{k: v for k, v in self.attrs.items() if k != FORMAT_KEY}})
             self._create_coords()
             self._create_variables()
         except BaseException:
@@ -156,7 +157,7 @@ class CubeWriter:
 
     def _create_variables(self) -> None:
         nc = self._nc
-        for dim, size in zip(("channel", "y", "x"), self.shape):
+        for dim, size in zip(("channel", "y", "x"), self.shape, strict=True):
             nc.createDimension(dim, size)
         chunks = (1, *self.shape) if self.n_samples else None
         layer = self.attrs.get("layer", "?")
@@ -203,7 +204,7 @@ class CubeWriter:
 def write_layer_index(out_dir: str | os.PathLike[str], entries: list[dict[str, Any]]) -> Path:
     """Write ``out_dir/layers.json`` (the last file of a capture: it marks the cubes complete)."""
     path = Path(out_dir) / INDEX_FILE
-    write_json({"layers": entries}, path)
+    write_json({"layers": entries}, path, kind="layers")
     return path
 
 
@@ -213,10 +214,10 @@ def read_layer_index(cube_dir: str | os.PathLike[str]) -> list[Path]:
     index = directory / INDEX_FILE
     if not index.is_file():
         raise DataError(f"{directory}: no {INDEX_FILE}; run the capture stage first")
+    entries = read_json(index, kind="layers")
     try:
-        entries = json.loads(index.read_text())["layers"]
-        files = [directory / entry["file"] for entry in entries]
-    except (ValueError, KeyError, TypeError) as exc:
+        files = [directory / entry["file"] for entry in entries["layers"]]
+    except (KeyError, TypeError) as exc:
         raise DataError(f"{index}: not a layer index written by the capture stage ({exc})") from exc
     if not files:
         raise DataError(f"{index}: lists no layers")
@@ -236,8 +237,7 @@ def layer_namespace(ds: Any) -> Any:
     shared. The layer's metadata (name, stride, receptive field) is copied from
     the file's attributes to its variables' attributes.
     """
-    if "layer_index" not in ds.attrs:
-        raise DataError(f"{ds.encoding.get('source', 'cube')}: not a layer cube (no layer_index attribute)")
+    check_format(ds.attrs.get(FORMAT_KEY), "cube", ds.encoding.get("source", "cube"))
     i = int(ds.attrs["layer_index"])
     layer_attrs = {key: ds.attrs[key] for key in ("layer", "layer_index", "stride", "receptive_field", "receptive_field_start")
                    if key in ds.attrs}
@@ -260,7 +260,7 @@ def open_cubes(cube_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
     import xarray as xr
 
     files = read_layer_index(cube_dir)
-    options = {"preprocess": layer_namespace, "combine": "by_coords", "engine": "netcdf4",
+    options: dict[str, Any] = {"preprocess": layer_namespace, "combine": "by_coords", "engine": "netcdf4",
                "data_vars": "all", "coords": "minimal", "compat": "override", "join": "exact"}
     options.update(kwargs)
     return xr.open_mfdataset([str(file) for file in files], **options)

@@ -1,4 +1,6 @@
-"""Files that are never seen half-written: atomic writes, JSON and netCDF readers and writers with one-line errors."""
+"""Files that are never seen half-written: atomic writes, JSON and netCDF readers and writers with one-line errors.
+
+Every file is stamped with its format (:mod:`onepixel.formats`) and read only as that format."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from onepixel.errors import DataError
+from onepixel.formats import FORMAT_KEY, check_format, format_name
 from onepixel.provenance import current_run, json_default, provenance
 
 
@@ -42,41 +45,72 @@ def _umask() -> int:
     return current
 
 
-def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically.
+def write_json(obj: dict[str, Any], path: str | os.PathLike[str], *, kind: str) -> dict[str, Any]:
+    """Write the dict ``obj`` as indented JSON to ``path`` atomically, with ``"format": "onepixel-<kind>/<version>"``.
 
     Inside :func:`run_context`, a dict without a ``provenance`` key gets one.
+
+    Returns:
+        The dict as written (a new dict, with ``format`` and any added ``provenance``).
     """
-    if isinstance(obj, dict) and "provenance" not in obj and current_run() is not None:
-        obj = {**obj, "provenance": provenance()}
+    if not isinstance(obj, dict):
+        raise TypeError(f"write_json writes a dict (a JSON object), not {type(obj).__name__}")
+    obj = {FORMAT_KEY: format_name(kind), **{key: value for key, value in obj.items() if key != FORMAT_KEY}}
+    if "provenance" not in obj and current_run() is not None:
+        obj["provenance"] = provenance()
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
+    return obj
 
 
-def write_netcdf(ds: Any, path: str | os.PathLike[str], encoding: dict[str, Any] | None = None) -> None:
-    """Write an ``xarray.Dataset`` to ``path`` atomically (netCDF4 engine).
+def read_json(path: str | os.PathLike[str], *, kind: str) -> dict[str, Any]:
+    """The JSON object of a file written by :func:`write_json` with ``kind``, without its ``format``
+    (checked here, so what comes back is what was given to :func:`write_json`, plus any provenance).
+
+    Raises:
+        DataError: one line naming the file: not found, not readable JSON, not a
+            JSON object, or without the format of ``kind`` (see
+            :func:`onepixel.formats.check_format`).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: file not found")
+    try:
+        obj = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{file}: not a readable JSON file, truncated or corrupt? ({one_line(str(exc))})") from exc
+    if not isinstance(obj, dict):
+        raise DataError(f"{file}: holds a JSON {type(obj).__name__}, not an object; expected {format_name(kind)}")
+    check_format(obj.pop(FORMAT_KEY, None), kind, file, field='"format" key')
+    return obj
+
+
+def write_netcdf(ds: Any, path: str | os.PathLike[str], *, kind: str, encoding: dict[str, Any] | None = None) -> None:
+    """Write an ``xarray.Dataset`` to ``path`` atomically (netCDF4 engine), stamped with the global
+    attribute ``format = "onepixel-<kind>/<version>"``.
 
     Inside :func:`run_context`, provenance attributes the dataset lacks are added.
     """
+    attrs = {FORMAT_KEY: format_name(kind), **{key: value for key, value in ds.attrs.items() if key != FORMAT_KEY}}
     if current_run() is not None:
-        missing = {key: value for key, value in provenance().items() if key not in ds.attrs}
-        if missing:
-            ds = ds.copy(deep=False)
-            ds.attrs = {**ds.attrs, **missing}
+        attrs.update({key: value for key, value in provenance().items() if key not in attrs})
+    ds = ds.copy(deep=False)
+    ds.attrs = attrs
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
 
 
-def open_netcdf(path: str | os.PathLike[str], required: tuple[str, ...] = (), kind: str | None = None) -> Any:
-    """Load a netCDF file fully into memory, with a clear error if it is missing or foreign.
+def open_netcdf(path: str | os.PathLike[str], *, kind: str, required: tuple[str, ...] = ()) -> Any:
+    """Load a netCDF file of ``kind`` (see :mod:`onepixel.formats`) fully into memory, strictly.
 
-    ``required`` names variables that must be present; ``kind`` (e.g. "an attack
-    result") says in the error what the file was expected to be.
+    ``required`` names variables that must be present. The ``format`` attribute is
+    checked and dropped, so the dataset is the one given to :func:`write_netcdf`.
 
     Raises:
         DataError: one line naming the file: not found, not a readable netCDF file
-            (truncated, corrupt, another format), or missing a required variable
-            (listing the variables it does hold, e.g. a file of another stage).
+            (truncated, corrupt, another format), not of the format of ``kind``
+            (another kind, another version, no format), or missing a required
+            variable (listing the variables it does hold).
     """
     import xarray as xr
 
@@ -89,12 +123,12 @@ def open_netcdf(path: str | os.PathLike[str], required: tuple[str, ...] = (), ki
     except Exception as exc:  # netCDF4 raises OSError/ValueError/RuntimeError for corrupt files
         detail = one_line(f"{exc.__class__.__name__}: {exc}")
         raise DataError(f"{file}: not a readable netCDF file, truncated or corrupt? ({detail})") from exc
+    check_format(loaded.attrs.pop(FORMAT_KEY, None), kind, file)
     missing = [name for name in required if name not in loaded.variables]
     if missing:
         held = ", ".join(sorted(map(str, loaded.data_vars))) or "no data variables"
-        expected = f"; expected {kind}" if kind else ""
-        raise DataError(f"{file}: missing variable(s) {', '.join(missing)}{expected}; the file holds {held} "
-                        "(is it the right kind of file, e.g. the output of another stage?)")
+        raise DataError(f"{file}: missing variable(s) {', '.join(missing)} of a {format_name(kind)} file; "
+                        f"the file holds {held}")
     return loaded
 
 

@@ -41,11 +41,14 @@ def log_to(path: str | os.PathLike[str] | None, threads: int | None = None) -> I
                 yield
             return
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", buffering=1) as handle:
-            with _user_errors_as_one_line(handle), contextlib.redirect_stdout(handle), \
-                    contextlib.redirect_stderr(handle):
-                configure_logging(handle)
-                yield
+        with (
+            open(path, "w", buffering=1) as handle,
+            _user_errors_as_one_line(handle),
+            contextlib.redirect_stdout(handle),
+            contextlib.redirect_stderr(handle),
+        ):
+            configure_logging(handle)
+            yield
 
 
 @contextlib.contextmanager

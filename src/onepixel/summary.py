@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onepixel.errors import DataError
-from onepixel.files import atomic_path, open_netcdf, write_json
+from onepixel.files import atomic_path, open_netcdf, read_json, write_json
 from onepixel.provenance import provenance
 from onepixel.stages import Job
 
@@ -39,13 +36,10 @@ def model_summary(metrics_path: PathLike, attack_path: PathLike, propagation_pat
     random-position baseline, and the peak / spread of the last captured layer's
     normalised PMmax averaged over successful attacks.
     """
-    try:
-        metrics = json.loads(Path(metrics_path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{metrics_path}: not a readable metrics JSON ({exc})") from exc
-    attack = open_netcdf(attack_path, required=("success", "queries"))
-    locality = open_netcdf(locality_path, required=("success_rate", "baseline_success_rate"))
-    prop = open_netcdf(propagation_path, required=("peak", "spread"))
+    metrics = read_json(metrics_path, kind="metrics")
+    attack = open_netcdf(attack_path, kind="attack", required=("success", "queries"))
+    locality = open_netcdf(locality_path, kind="locality", required=("success_rate", "baseline_success_rate"))
+    prop = open_netcdf(propagation_path, kind="propagation", required=("peak", "spread"))
 
     success = attack["success"].values.astype(bool)
     out: dict[str, Any] = {
@@ -55,7 +49,7 @@ def model_summary(metrics_path: PathLike, attack_path: PathLike, propagation_pat
         "mean_queries": _finite(attack["queries"].values.mean()) if success.size else None,
         "baseline_success_rate": _finite(locality["baseline_success_rate"].values),
     }
-    for d, rate in zip(locality["distance"].values, locality["success_rate"].values):
+    for d, rate in zip(locality["distance"].values, locality["success_rate"].values, strict=True):
         out[f"locality_d{int(d)}"] = _finite(rate)
     succeeded = prop["success"].values.astype(bool)
     last = prop["peak"].isel(layer=-1).values[succeeded]
@@ -67,21 +61,17 @@ def model_summary(metrics_path: PathLike, attack_path: PathLike, propagation_pat
 
 def locality_rows(model: str, locality_path: PathLike) -> list[dict[str, Any]]:
     """One row per ring distance of a locality file: the success rate with its
-    95 % interval (``ci_low``, ``ci_high``; empty when the file has none) and the
-    random-position baseline."""
-    locality = open_netcdf(locality_path, required=("success_rate", "baseline_success_rate"))
+    95 % interval (``ci_low``, ``ci_high``) and the random-position baseline."""
+    locality = open_netcdf(locality_path, kind="locality",
+                           required=("success_rate", "success_rate_ci", "baseline_success_rate"))
     rate = locality["success_rate"]
-    low = high = [None] * rate.size
-    if "success_rate_ci" in locality:  # (distance, bound), bound = low, high
-        ci = locality["success_rate_ci"]
-        bound = next(dim for dim in ci.dims if dim not in rate.dims)
-        low, high = ci.isel({bound: 0}).values, ci.isel({bound: 1}).values
+    ci = locality["success_rate_ci"].transpose("distance", "bound")  # bound = low, high
+    low, high = ci.isel(bound=0).values, ci.isel(bound=1).values
     baseline = _finite(locality["baseline_success_rate"].values)
     return [
-        {"model": model, "distance": int(d), "success_rate": _finite(r),
-         "ci_low": None if lo is None else _finite(lo), "ci_high": None if hi is None else _finite(hi),
+        {"model": model, "distance": int(d), "success_rate": _finite(r), "ci_low": _finite(lo), "ci_high": _finite(hi),
          "baseline_success_rate": baseline}
-        for d, r, lo, hi in zip(rate["distance"].values, rate.values, low, high)
+        for d, r, lo, hi in zip(rate["distance"].values, rate.values, low, high, strict=True)
     ]
 
 
@@ -183,8 +173,7 @@ def write_summary(metrics: Mapping[str, PathLike], attacks: Mapping[str, PathLik
     if html_path is not None:
         with atomic_path(html_path) as tmp:
             tmp.write_text(summary_html(summary, locality, dataset))
-    write_json(summary, out_path)
-    return summary
+    return write_json(summary, out_path, kind="summary")
 
 
 def summary_stage(job: Job) -> dict[str, Any]:

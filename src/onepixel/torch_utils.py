@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +74,9 @@ def deterministic_torch() -> Iterator[None]:
     given thread count. Sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (if unset), which
     cuBLAS reads when it is first used in the process.
     """
-    from torch.utils import deterministic
+    from torch.utils import deterministic as _deterministic
+
+    deterministic: Any = _deterministic  # the stubs do not declare its fill_uninitialized_memory flag
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul

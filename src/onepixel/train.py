@@ -220,5 +220,4 @@ def train_stage(job: Job) -> dict[str, Any]:
         build_kwargs = build_kwargs_for(train_ds)
     metrics["provenance"] = provenance(dev)
     save_checkpoint(job.output("checkpoint"), model, model_name, build_kwargs, extra=metrics)
-    write_json(metrics, job.output("metrics"))
-    return metrics
+    return write_json(metrics, job.output("metrics"), kind="metrics")

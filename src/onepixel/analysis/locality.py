@@ -1,4 +1,4 @@
-"""Locality analysis of one-pixel attacks (PAPER.md section 3).
+"""Locality analysis of one-pixel attacks (docs/science.md#locality).
 
 Vargas & Su (arXiv 1902.02947) find that "nearby pixels of the perturbed one
 tend to share the same vulnerability". This project's test of that claim: for
@@ -35,6 +35,7 @@ from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
 from onepixel.provenance import provenance
+from onepixel.scoring import Classifier, as_classifier
 from onepixel.stages import Job
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def evaluate_shifts(
-    model: nn.Module,
+    model: nn.Module | Classifier,
     images: torch.Tensor,
     labels: np.ndarray,
     targets: np.ndarray,
@@ -167,52 +168,68 @@ def evaluate_shifts(
     colors: np.ndarray,
     jobs: np.ndarray,
     batch_size: int,
-    device: torch.device | str,
+    device: torch.device | str | None = None,
+    output: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate every job: image ``sample`` with its attack pattern shifted by ``(dx, dy)``.
 
     Args:
+        model: a :class:`~onepixel.scoring.Classifier` (its device is used), or a model
+            returning ``output`` (``logits``, ``probabilities`` or ``auto``) run on ``device``
+            (default: its own).
         images: ``(N, C, H, W)`` uint8 clean images.
         labels, targets: ``(N,)``; a negative target means untargeted.
         pixel_x, pixel_y: ``(N, k)`` attacked pixels; colors ``(N, k, C)`` uint8.
         jobs: ``(M, 3)`` int64 rows ``(sample, dx, dy)``; every shifted pixel must lie inside.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (one :meth:`Classifier.score_batch` each).
 
     Returns:
         ``fooled`` ``(M,)`` bool (prediction != label when untargeted, == target when
         targeted), ``true_prob`` ``(M,)`` float64 softmax probability of the true
-        class, ``pred`` ``(M,)`` int64 predicted class.
+        class, ``pred`` ``(M,)`` int64 predicted class (argmax of the probabilities).
+        A job whose model output has a NaN or an infinity is rejected (the attack's
+        rule): not fooled, ``true_prob`` NaN, ``pred`` -1, counted in the classifier's
+        ``rejected``.
     """
+    clf = as_classifier(model, output=output, device=device)
+    device = clf.device
     n_jobs = len(jobs)
     fooled, true_prob, pred = np.zeros(n_jobs, bool), np.zeros(n_jobs), np.zeros(n_jobs, np.int64)
     images = images.to(device=device, dtype=torch.uint8)
     labels_t, targets_t = (torch.as_tensor(a, device=device) for a in (labels, targets))
     px, py, cols = (torch.as_tensor(a, device=device) for a in (pixel_x, pixel_y, colors))
     jobs_t = torch.as_tensor(jobs, device=device)
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, n_jobs, batch_size):
             sample, dx, dy = jobs_t[start : start + batch_size].T
             batch = apply_pixels(images[sample], px[sample] + dx[:, None], py[sample] + dy[:, None], cols[sample])
-            probs = torch.softmax(model(batch.float() / 255).float(), dim=1)
-            guess = probs.argmax(dim=1)
-            target = targets_t[sample]
-            hit = torch.where(target >= 0, guess == target, guess != labels_t[sample])
+            scores = clf.score_batch(batch, labels_t[sample], targets_t[sample])
             stop = start + len(sample)
-            fooled[start:stop] = hit.cpu().numpy()
-            true_prob[start:stop] = probs.gather(1, labels_t[sample, None])[:, 0].double().cpu().numpy()
-            pred[start:stop] = guess.cpu().numpy()
+            fooled[start:stop] = scores.fooled.numpy()
+            true_prob[start:stop] = scores.true_prob.numpy()
+            pred[start:stop] = scores.pred.numpy()
     return fooled, true_prob, pred
 
 
-def clean_true_prob(model: nn.Module, images: torch.Tensor, labels: np.ndarray, batch_size: int, device: torch.device | str) -> np.ndarray:
-    """``(N,)`` float64 softmax probability of the true class on the clean images."""
+def clean_true_prob(
+    model: nn.Module | Classifier,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    output: str = "auto",
+) -> np.ndarray:
+    """``(N,)`` float64 softmax probability of the true class on the clean images (NaN where rejected).
+
+    ``model``: a :class:`~onepixel.scoring.Classifier` or a model returning ``output``
+    (see :func:`evaluate_shifts`); ``batch_size`` images per forward pass.
+    """
+    clf = as_classifier(model, output=output, device=device)
     out = np.zeros(len(images))
-    labels_t = torch.as_tensor(labels, device=device)
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device=device, dtype=torch.float32) / 255
-            probs = torch.softmax(model(batch).float(), dim=1)
-            out[start : start + len(batch)] = probs.gather(1, labels_t[start : start + len(batch), None])[:, 0].double().cpu().numpy()
+    labels_t = torch.as_tensor(labels)
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        out[start:stop] = clf.score_batch(images[start:stop], labels_t[start:stop]).true_prob.numpy()
     return out
 
 
@@ -246,7 +263,7 @@ def mean_ci(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def locality_analysis(
-    model: nn.Module,
+    model: nn.Module | Classifier,
     images: torch.Tensor,
     labels: np.ndarray | torch.Tensor,
     pixel_x: np.ndarray,
@@ -259,6 +276,7 @@ def locality_analysis(
     batch_size: int = 4096,
     device: torch.device | str | None = None,
     rings: str = "chebyshev",
+    output: str = "auto",
 ) -> xr.Dataset:
     """Success of each attack's colour moved to ring distance ``1..max_distance``, plus a random baseline.
 
@@ -267,7 +285,8 @@ def locality_analysis(
     evaluated on its own, in batched forward passes.
 
     Args:
-        model: returns logits for float images in [0, 1] (eval mode).
+        model: a :class:`~onepixel.scoring.Classifier` (its device is used), or a model
+            returning ``output`` for float images in [0, 1] (evaluated in eval mode).
         images: ``(N, C, H, W)`` uint8 clean images.
         labels: ``(N,)`` true classes.
         pixel_x, pixel_y: ``(N, k)`` attacked pixels (``(N,)`` for k = 1).
@@ -277,7 +296,16 @@ def locality_analysis(
         max_distance: largest ring distance ``D``.
         random_positions: positions per image of the baseline (distinct, not the attacked one).
         seed: seed of the baseline positions and of the bootstrap.
+        batch_size: images per forward pass.
         rings: ``chebyshev`` or ``euclidean`` (see the module docstring).
+        output: what a bare ``model`` returns: ``logits``, ``probabilities`` or ``auto``
+            (decided on the first batch); ignored for a Classifier.
+
+    Probabilities are ``softmax`` of the logits (of ``log p`` for a model returning
+    probabilities, so both read the same). An evaluation whose output has a NaN or an
+    infinity is rejected (not fooled, probability NaN, left out of the mean
+    probability changes); the attribute ``rejected_evaluations`` counts them, and
+    ``model_output`` records the kind of output used.
 
     Returns:
         Dataset with ``n_positions``, ``n_fooled``, ``rate``, ``mean_true_prob`` ``(sample, distance)``;
@@ -295,9 +323,10 @@ def locality_analysis(
     check_rings(rings)
     n, _channels, height, width = images.shape
     px, py, cols, labels_np, targets_np = attack_arrays(images, labels, pixel_x, pixel_y, colors, targets)
-    device = model_device(model) if device is None else device
+    clf = as_classifier(model, output=output, device=device)
+    rejected_before = clf.rejected
     jobs, group = _locality_jobs(px, py, height, width, max_distance, random_positions, rings, np.random.default_rng(seed))
-    fooled, true_prob, _pred = evaluate_shifts(model, images, labels_np, targets_np, px, py, cols, jobs, batch_size, device)
+    fooled, true_prob, _pred = evaluate_shifts(clf, images, labels_np, targets_np, px, py, cols, jobs, batch_size)
 
     shape = (n, max_distance + 1)
     counts, n_fooled, prob_sum = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape)
@@ -307,11 +336,16 @@ def locality_analysis(
     with np.errstate(invalid="ignore", divide="ignore"):
         rate, mean_prob = n_fooled / counts, prob_sum / counts
         total_rate = n_fooled.sum(axis=0) / counts.sum(axis=0)
-    clean = clean_true_prob(model, images, labels_np, batch_size, device)
+    clean = clean_true_prob(clf, images, labels_np, batch_size)
     change, change_ci = mean_ci(mean_prob - clean[:, None], seed=seed)
     ci = bootstrap_ratio_ci(n_fooled, counts, seed=seed)
     ds = _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels_np, targets_np, random_positions, seed)
-    return _add_probability_change(ds, clean, change, change_ci, rings)
+    ds = _add_probability_change(ds, clean, change, change_ci, rings)
+    rejected = clf.rejected - rejected_before
+    if rejected:
+        log.warning("locality: %d evaluations rejected (NaN or infinite model output; counted as not fooled)", rejected)
+    ds.attrs.update(model_output=str(clf.output or clf.requested_output), rejected_evaluations=int(rejected))
+    return ds
 
 
 def _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels, targets, random_positions, seed) -> xr.Dataset:
@@ -361,7 +395,7 @@ def _add_probability_change(ds: xr.Dataset, clean: np.ndarray, change: np.ndarra
     ds["distance"].attrs["long_name"] = f"{_RING_NAMES[rings]} distance from the attacked pixel"
     ds.attrs["rings"] = rings
     ds.attrs["description"] = (
-        "Locality analysis (PAPER.md section 3, interpretation of Vargas & Su 2019): the attack's colour(s) "
+        "Locality analysis (docs/science.md#locality, interpretation of Vargas & Su 2019): the attack's colour(s) "
         f"applied at every position of the {_RING_NAMES[rings]} ring at distance d from the attacked pixel "
         + ("(max(|dx|, |dy|) == d)" if rings == "chebyshev" else "(round(sqrt(dx^2 + dy^2)) == d)")
         + " (rigid shift of the whole pattern; shifts leaving the image dropped), one at a time; baseline: "
@@ -382,13 +416,14 @@ def locality_stage(job: Job) -> xr.Dataset:
                                                          job.input("attack"), job.output())
     max_distance, random_positions, seed, rings = cfg["max_distance"], cfg["random_positions"], cfg["seed"], cfg["rings"]
     device = job.cfg["device"]
-    model, _meta, test, attack, dev = load_attacked_model(checkpoint_path, test_path, attack_path, device)
+    loaded = load_attacked_model(checkpoint_path, test_path, attack_path, device)
+    test, attack, dev = loaded.test, loaded.attack, loaded.device
     successful = attack.isel(sample=np.flatnonzero(attack["success"].values))
     if successful.sizes["sample"] == 0:
         log.warning("%s: no successful attack; writing an empty locality analysis", attack_path)
     sample_id = successful["sample_id"].values
     ds = locality_analysis(
-        model,
+        loaded.classifier(),  # reads the model's output as the attack did (its model_output)
         torch.from_numpy(test["image"].values[sample_id]),
         successful["true_class"].values,
         successful["pixel_x"].values,
@@ -403,7 +438,8 @@ def locality_stage(job: Job) -> xr.Dataset:
     )
     ds = ds.assign_coords(sample_id=("sample", sample_id))
     ds.attrs.update(provenance(dev))
-    write_netcdf(ds, out_path)
+    ds.attrs["model_output"] = loaded.model_output
+    write_netcdf(ds, out_path, kind="locality")
     log.info("locality of %d successful attacks -> %s", ds.sizes["sample"], out_path)
     return ds
 
@@ -421,7 +457,7 @@ def locality_table(localities: Mapping[str, xr.Dataset], distances: Sequence[int
     """
     rows = []
     for model, loc in localities.items():
-        row: dict[str, object] = {"model": model, "attacks": int(loc.sizes["sample"]), "rings": loc.attrs.get("rings", "chebyshev")}
+        row: dict[str, object] = {"model": model, "attacks": int(loc.sizes["sample"]), "rings": loc.attrs["rings"]}
         known = [int(d) for d in loc["distance"].values]
         for d in distances:
             at = known.index(d) if d in known else None

@@ -1,4 +1,4 @@
-"""Propagation maps (PM) of one-pixel attacks, layer by layer (PAPER.md section 2).
+"""Propagation maps (PM) of one-pixel attacks, layer by layer (docs/science.md#propagation-maps).
 
 Interpretation used by this project (Vargas & Su, arXiv 1902.02947, define PMs
 only through their Figure 1): for layer ``l`` with feature maps ``F_l(x)`` of
@@ -22,6 +22,7 @@ import xarray as xr
 from onepixel.cubes import MAP_VARIABLES, read_layer_index
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import atomic_path
+from onepixel.formats import FORMAT_KEY, check_format, format_name
 from onepixel.provenance import provenance
 from onepixel.stages import Job
 
@@ -38,7 +39,7 @@ INTERPRETATION = (
     "Averages are element-wise means of normalised PMmax/PMavg over successful (resp. failed) attacks, NaN maps excluded. "
     "peak = max of normalised PMmax; spread = fraction of positions with normalised PMmax > spread_threshold; "
     "mass_distance = PMmax-weighted mean Chebyshev distance (layer cells) from the attacked pixel mapped into the "
-    "layer grid (floor(x * W_l / W)), mass_distance_rel = mass_distance / max(H_l, W_l). Interpretation of PAPER.md section 2."
+    "layer grid (floor(x * W_l / W)), mass_distance_rel = mass_distance / max(H_l, W_l). Interpretation: docs/science.md#propagation-maps."
 )
 
 
@@ -135,9 +136,7 @@ def _average(maps: np.ndarray, select: np.ndarray) -> tuple[np.ndarray, int]:
     return maps[valid].astype(np.float64).mean(axis=0).astype(np.float32), int(valid.sum())
 
 
-#: Bytes of cube data (clean + delta) read per step.
-READ_BUDGET = 128 * 2**20
-_CUBE_REQUIRED = ("clean", "delta", "pixel_x_layer", "pixel_y_layer", "success", "sample_id")
+_CUBE_REQUIRED = ("clean", "delta", *MAP_VARIABLES, "pixel_x_layer", "pixel_y_layer", "success", "sample_id")
 
 
 def _check_options(normalisation: str, spread_threshold: float) -> None:
@@ -155,32 +154,15 @@ def _open_cube(path: Path) -> xr.Dataset:
         cube = xr.open_dataset(path, engine="netcdf4")
     except Exception as exc:  # netCDF4 raises OSError/ValueError/RuntimeError for corrupt files
         raise DataError(f"{path}: not a readable netCDF file ({exc.__class__.__name__}: {exc})") from exc
-    missing = [name for name in _CUBE_REQUIRED if name not in cube.variables]
-    if missing:
+    try:
+        check_format(cube.attrs.get(FORMAT_KEY), "cube", path)
+        missing = [name for name in _CUBE_REQUIRED if name not in cube.variables]
+        if missing:
+            raise DataError(f"{path}: missing variable(s) {', '.join(missing)} of a {format_name('cube')} file")
+    except DataError:
         cube.close()
-        raise DataError(f"{path}: missing variable(s) {', '.join(missing)}; not a layer cube of the capture stage")
+        raise
     return cube
-
-
-def _raw_layer_maps(cube: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw ``pm_max``, ``pm_avg`` ``(N, H, W)`` and ``scale`` ``(N,)`` of a cube.
-
-    The capture stage stores them beside the cube (:data:`onepixel.cubes.MAP_VARIABLES`);
-    for a cube without them they are computed from ``clean`` and ``delta``, read a
-    few samples at a time.
-    """
-    if all(name in cube.variables for name in MAP_VARIABLES):
-        return tuple(cube[name].values.astype(np.float32) for name in MAP_VARIABLES)  # type: ignore[return-value]
-    n = cube.sizes["sample"]
-    per_sample = 2 * 4 * int(np.prod(cube["clean"].shape[1:]))
-    step = max(1, READ_BUDGET // max(per_sample, 1))
-    parts = [maps_from_delta(cube["clean"][s : s + step].values, cube["delta"][s : s + step].values)
-             for s in range(0, n, step)]
-    if not parts:
-        height, width = cube["clean"].shape[2:]
-        empty = np.zeros((0, height, width), np.float32)
-        return empty, empty, np.zeros(0, np.float32)
-    return tuple(np.concatenate(arrays) for arrays in zip(*parts))  # type: ignore[return-value]
 
 
 def layer_propagation(
@@ -196,16 +178,16 @@ def layer_propagation(
         ``stride``, ``receptive_field``.
     """
     with _open_cube(path) as cube:
-        pm_max, pm_avg, scale = _raw_layer_maps(cube)
+        # the raw maps stored by the capture stage (onepixel.cubes.MAP_VARIABLES)
+        pm_max, pm_avg, scale = (cube[name].values.astype(np.float32) for name in MAP_VARIABLES)
         coords = {name: ("sample", cube[name].values) for name in
                   ("sample_id", "success", "true_class", "adv_class", "pixel_x", "pixel_y") if name in cube.variables}
         px, py = cube["pixel_x_layer"].values, cube["pixel_y_layer"].values
         success = cube["success"].values.astype(bool)
-        name = str(cube.attrs.get("layer", Path(path).stem))
+        name = str(cube.attrs["layer"])
         info = {"layer": name, "layer_index": i, "layer_height": pm_max.shape[1], "layer_width": pm_max.shape[2],
-                "stride": float(cube.attrs.get("stride", np.nan)),
-                "receptive_field": int(cube.attrs.get("receptive_field", -1)),
-                "input_size": cube.attrs.get("input_size")}
+                "stride": float(cube.attrs["stride"]), "receptive_field": int(cube.attrs["receptive_field"]),
+                "input_size": cube.attrs["input_size"]}
     if normalisation == "layer":
         scale = np.full_like(scale, scale.max(initial=0.0))
     pm_max_norm, pm_avg_norm = normalise(pm_max, scale), normalise(pm_avg, scale)
@@ -247,9 +229,8 @@ def _global_attrs(normalisation: str, spread_threshold: float, n_layers: int, in
         "spread_threshold": float(spread_threshold),
         "interpretation": INTERPRETATION,
         "n_layers": n_layers,
+        "input_size": info["input_size"],
     }
-    if info.get("input_size") is not None:
-        attrs["input_size"] = info["input_size"]
     return attrs
 
 
@@ -327,7 +308,8 @@ def propagation_stage(job: Job) -> xr.Dataset:
             maps, summary, info = layer_propagation(i, path, normalisation, spread_threshold)
             if first is None:
                 first = maps
-                maps.attrs = {**_global_attrs(normalisation, spread_threshold, len(files), info), **provenance(), **(attrs or {})}
+                maps.attrs = {FORMAT_KEY: format_name("propagation"),
+                              **_global_attrs(normalisation, spread_threshold, len(files), info), **provenance(), **attrs}
                 maps.to_netcdf(tmp, mode="w", engine="netcdf4", encoding=_encoding(maps))
             else:
                 _check_same_samples(first, maps, path, files[0])

@@ -42,7 +42,7 @@ import math
 import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -188,7 +188,7 @@ def _window(state: _State, kernel: Any, stride: Any, padding: Any, dilation: Any
 def _conv(module: nn.Conv2d, state: _State) -> _State:
     padding = module.padding
     if isinstance(padding, str):  # "valid" or "same" (stride 1; PyTorch puts the odd extra unit after)
-        padding = tuple(0 if padding == "valid" else d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation))
+        padding = tuple(0 if padding == "valid" else d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True))
     return _window(state, module.kernel_size, module.stride, padding, module.dilation)
 
 
@@ -197,9 +197,9 @@ def _adaptive(state: _State, node: fx.Node) -> _State:
     before, after = _spatial(node.args[0]), _spatial(node)  # type: ignore[arg-type]
     if not isinstance(state, _Field) or before is None or after is None:
         return state
-    if any(n % o for n, o in zip(before, after)):
+    if any(n % o for n, o in zip(before, after, strict=True)):
         return _Opaque(f"adaptive pooling from {before} to {after} has windows of unequal size")
-    kernel = tuple(n // o for n, o in zip(before, after))
+    kernel = tuple(n // o for n, o in zip(before, after, strict=True))
     return _window(state, kernel, kernel, 0)
 
 
@@ -254,7 +254,7 @@ def _getitem(state: _State, node: fx.Node) -> _State:
     if len(index) != 4 or shape is None or not all(isinstance(i, slice) for i in index[2:]):
         return _Opaque(f"{node.name}: indexing {node.args[1]!r} is not a slice of the spatial axes")
     axes = []
-    for axis, part, extent in zip((state.y, state.x), index[2:], shape):
+    for axis, part, extent in zip((state.y, state.x), index[2:], shape, strict=True):
         first, _stop, step = part.indices(extent)
         if step < 1 or not all(isinstance(v, int | None) for v in (part.start, part.step)):
             return _Opaque(f"{node.name}: slice {part!r} is not supported")
@@ -266,7 +266,8 @@ def _pad(state: _State, node: fx.Node) -> _State:
     """``F.pad(x, pad)``: padding of the last two axes moves unit 0 (constant padding only)."""
     if not isinstance(state, _Field):
         return state
-    pad = list(node.args[1] if len(node.args) > 1 else node.kwargs["pad"]) + [0, 0, 0, 0]
+    given = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+    pad = [*cast(Sequence[Any], given), 0, 0, 0, 0]
     return _Field(state.y.padded(int(pad[2])), state.x.padded(int(pad[0])))
 
 
@@ -290,7 +291,7 @@ def _function_state(node: fx.Node, states: Sequence[_State]) -> _State:
     if target is torch.cat:
         return _cat(states, node)
     if target in _POOL_PARAMS:
-        given = dict(zip(_POOL_PARAMS[target], node.args[1:])) | {k: v for k, v in node.kwargs.items() if k in _POOL_PARAMS[target]}
+        given = dict(zip(_POOL_PARAMS[target], node.args[1:], strict=False)) | {k: v for k, v in node.kwargs.items() if k in _POOL_PARAMS[target]}
         kernel = given["kernel_size"]
         stride = given.get("stride") or kernel
         return _window(states[0], kernel, stride, given.get("padding", 0), given.get("dilation", 1))
@@ -369,7 +370,7 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[_LayerT
     except Exception as exc:  # torch.fx raises TraceError, TypeError, ... on data-dependent control flow
         raise ConfigError(f"model {type(model).__name__}: cannot be traced with torch.fx ({exc.__class__.__name__}: {exc})") from exc
     module = fx.GraphModule(model, graph)
-    reference = next(iter(model.parameters()), None)
+    reference: torch.Tensor | None = next(iter(model.parameters()), None)
     if reference is None:
         reference = next(iter(model.buffers()), torch.empty(0))
     training = {m: m.training for m in model.modules()}

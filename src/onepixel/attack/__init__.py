@@ -10,10 +10,6 @@ The workflow's stages (select the images, attack a shard, merge the shards) are 
 :mod:`onepixel.attack.stage`.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
 from onepixel.attack.de import STRATEGIES, AttackResult, OnePixelAttack
 from onepixel.attack.results import load_attack, merge_attacks, result_to_dataset, save_attack
 
@@ -27,14 +23,3 @@ __all__ = [
     "save_attack",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """Transitional: other names (``attack_config``, the stage functions) still resolve here, from
-    :mod:`onepixel.attack.results` or :mod:`onepixel.attack.stage`; import them from there."""
-    import importlib
-
-    for module in ("onepixel.attack.results", "onepixel.attack.stage"):
-        found = importlib.import_module(module)
-        if not name.startswith("__") and hasattr(found, name):
-            return getattr(found, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,40 +10,44 @@ Design (see :class:`OnePixelAttack`):
   flight are written into a preallocated float buffer by ``scatter_`` and
   evaluated in forward passes of at most ``batch_size`` candidate images.
 * Continuous batching: up to ``max(1, batch_size // population)`` images are in
-  flight; when one succeeds or exhausts its budget it leaves and the next
-  pending image takes its slot (its initial population is evaluated in the same
-  forward pass as the other images' trial vectors), so the batches stay full.
-* Random numbers come from a counter-based generator keyed by
-  ``(seed, image id, generation, purpose, member, gene)``. An image's run
-  therefore does not depend on which other images share its batches, on
-  ``batch_size``, or on how the image set is sharded; and integer random
-  streams are identical on every device.
+  flight (:class:`_Slots`); when one succeeds or exhausts its budget it leaves
+  and the next pending image (:class:`_Queue`) takes its slot (its initial
+  population is evaluated in the same forward pass as the other images' trial
+  vectors), so the batches stay full.
+* Random numbers come from the counter-based generator of
+  :mod:`onepixel.attack.rng`, keyed by ``(seed, image id, generation, purpose,
+  member, gene)``. An image's run therefore does not depend on which other
+  images share its batches, on ``batch_size``, or on how the image set is
+  sharded; and integer random streams are identical on every device.
+
+Reading order for a change: :meth:`OnePixelAttack.run` -> :meth:`~OnePixelAttack._evolve`
+-> :meth:`~OnePixelAttack._generation` (one DE step of all images in flight) ->
+:func:`_initial_population` / the strategies in ``_TRIALS`` -> :meth:`~OnePixelAttack._evaluate`
+-> :meth:`~OnePixelAttack._score`. ``tests/test_de_golden.py`` checks that a change
+leaves every attack bit for bit as it was (or tells you it did not).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
+from onepixel.attack import rng
+from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError, DataError
 from onepixel.scoring import MODEL_OUTPUTS, looks_like_probabilities, output_as_logits
 from onepixel.torch_utils import eval_mode
 
-STRATEGIES = ("rand1", "best1bin")
 #: images of the probe forward pass that checks the classes and detects probabilities
 _PROBE = 4
 
-_MASK32 = 0xFFFFFFFF
 
-# purposes of the counter-based random streams
-_P_INIT_POS, _P_INIT_U1, _P_INIT_U2, _P_A, _P_B, _P_C, _P_CROSS, _P_FORCED = range(8)
-
-
-@dataclass
+@dataclass(repr=False)
 class AttackResult:
     """Outcome of :meth:`OnePixelAttack.run`, one row per attacked image (all CPU tensors).
 
@@ -65,6 +69,8 @@ class AttackResult:
         rejected_candidates: ``(N,)`` int64, evaluated candidates whose model output
             had a NaN or infinite value: each counted as not adversarial with the worst
             fitness (they are included in ``queries``).
+
+    ``repr`` is a one-line summary (counts and shapes), not the tensors.
     """
 
     success: torch.Tensor
@@ -84,6 +90,15 @@ class AttackResult:
     def __len__(self) -> int:
         return int(self.success.shape[0])
 
+    def __repr__(self) -> str:
+        n = len(self)
+        hits = int(self.success.sum())
+        rate = f" ({100 * hits / n:.1f} %)" if n else ""
+        queries = f"{float(self.queries.double().mean()):.0f}" if n else "-"
+        _, c, h, w = self.adversarial.shape
+        return (f"AttackResult(n={n}, success={hits}/{n}{rate}, pixels={self.pixel_x.shape[1]}, channels={c}, "
+                f"image={h}x{w}, mean queries={queries})")
+
     def select(self, index: torch.Tensor | slice) -> AttackResult:
         """Rows ``index`` of every field, as a new result."""
         return AttackResult(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
@@ -97,150 +112,313 @@ class AttackResult:
 
 
 # ---------------------------------------------------------------------------
-# counter-based random numbers (integer arithmetic only: identical on every device)
+# the state of one run: gene layout, images in flight, images waiting, outcome
 # ---------------------------------------------------------------------------
-_WRAPS: dict[str, bool] = {}
+@dataclass(frozen=True)
+class _Genome:
+    """How a candidate encodes k pixels, and the counters its random draws are keyed by.
 
-
-def _int64_mul_wraps(device: torch.device) -> bool:
-    """Whether int64 products on ``device`` keep their low 64 bits on overflow (two's complement).
-
-    Checked once per device type against Python integers; every known backend wraps,
-    and where one does not, :func:`_mul32` uses its overflow-free form.
+    A candidate is ``D = k * (2 + C)`` float genes ``(x, y, c_1..c_C)`` per pixel,
+    kept inside the box ``[lo, hi]`` and rounded only for evaluation. Every tensor
+    here is fixed for the run, so it is built once instead of per generation.
     """
-    kind = device.type
-    if kind not in _WRAPS:
-        values = [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x9E3779B9, 0xDEADBEEF]
-        consts = (0x7FEB352D, 0x846CA68B, 0x9E3779B9)
-        x = torch.tensor(values, dtype=torch.int64, device=device)
-        got = [((x * c) & _MASK32).tolist() for c in consts]
-        _WRAPS[kind] = got == [[(v * c) & _MASK32 for v in values] for c in consts]
-    return _WRAPS[kind]
+
+    pixels: int
+    shape: tuple[int, int, int]  #: image (C, H, W)
+    lo: torch.Tensor  #: (D,) lower bound of each gene (0)
+    hi: torch.Tensor  #: (D,) upper bound: W - 1 for x, H - 1 for y, 255 for colours
+    pos_cols: torch.Tensor  #: gene columns that hold x or y
+    col_cols: torch.Tensor  #: gene columns that hold a colour
+    pos_high: torch.Tensor  #: (1, 1, len(pos_cols)) exclusive bound of the initial x / y draws
+    member: torch.Tensor  #: (P,) member counters
+    elem: torch.Tensor  #: (P, D) counter of each gene of each member
+    member_mixed: torch.Tensor  #: rng.mix_counter(member), their share of every draw
+    elem_mixed: torch.Tensor  #: rng.mix_counter(elem)
+
+    @classmethod
+    def create(cls, pixels: int, population: int, shape: tuple[int, int, int], device: torch.device) -> _Genome:
+        """The layout of ``pixels`` pixels on images ``shape`` (C, H, W) for a population of ``population``."""
+        c, h, w = shape
+        per_pixel = 2 + c
+        genes = pixels * per_pixel
+        kind = torch.arange(genes, device=device) % per_pixel  # gene kind within a pixel: 0 x, 1 y, 2.. colour
+        pos_cols = (kind < 2).nonzero().squeeze(1)
+        member = torch.arange(population, device=device)
+        elem = member[:, None] * genes + torch.arange(genes, device=device)[None, :]
+        return cls(
+            pixels=pixels, shape=shape,
+            lo=torch.zeros(genes, dtype=torch.float32, device=device),
+            hi=torch.tensor([w - 1, h - 1] + [255] * c, dtype=torch.float32, device=device).repeat(pixels),
+            pos_cols=pos_cols, col_cols=(kind >= 2).nonzero().squeeze(1),
+            pos_high=torch.where(kind[pos_cols] == 0, w, h)[None, None, :],
+            member=member, elem=elem, member_mixed=rng.mix_counter(member), elem_mixed=rng.mix_counter(elem),
+        )
+
+    @property
+    def genes(self) -> int:
+        """D, the genes of one candidate."""
+        return int(self.lo.shape[0])
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``(x * c) mod 2**32`` for int64 ``x`` in [0, 2**32) and ``c`` < 2**32 (``x`` is not modified).
+@dataclass
+class _Queue:
+    """The images of a run in row order; ``next`` is the first one not yet in a slot."""
 
-    The low 32 bits of the wrapped 64-bit product where int64 products wrap (checked
-    by :func:`_int64_mul_wraps`), else a form whose products stay below 2**48.
+    images: torch.Tensor  #: (N, C, H, W) uint8, anywhere (copied to the device on admission)
+    cls: torch.Tensor  #: (N,) class whose log-probability is the fitness: the target, else the label
+    key: torch.Tensor  #: (N,) stream key of each image (rng.image_keys)
+    next: int = 0
+
+    def take(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``(m',)`` and images of the next ``m' = min(m, pending)`` images, now taken out."""
+        m = max(0, min(m, self.images.shape[0] - self.next))
+        start, self.next = self.next, self.next + m
+        return torch.arange(start, start + m, device=self.cls.device), self.images[start : start + m]
+
+
+@dataclass
+class _Outcome:
+    """What DE found per image row, filled in as the images retire."""
+
+    genes: torch.Tensor  #: (N, D) the returned candidate
+    gens: torch.Tensor  #: (N,) generations run
+    ok: torch.Tensor  #: (N,) DE's own success verdict
+    rejected: torch.Tensor  #: (N,) candidates with non-finite model output
+
+    @classmethod
+    def empty(cls, n: int, genes: int, device: torch.device) -> _Outcome:
+        """Room for ``n`` images of ``genes`` genes; every row is written when its image retires."""
+        return cls(
+            genes=torch.zeros(n, genes, dtype=torch.float32, device=device),
+            gens=torch.zeros(n, dtype=torch.long, device=device),
+            ok=torch.zeros(n, dtype=torch.bool, device=device),
+            rejected=torch.zeros(n, dtype=torch.long, device=device),
+        )
+
+
+@dataclass
+class _Slots:
+    """The images in flight, one row per slot (``S`` slots of a population of ``P`` each)."""
+
+    pop: torch.Tensor  #: (S, P, D) float genes
+    fit: torch.Tensor  #: (S, P) fitness (minimised)
+    img: torch.Tensor  #: (S,) row of the image in the slot, -1 when the slot is free
+    gen: torch.Tensor  #: (S,) the generation evaluated next (0: the initial population)
+    base: torch.Tensor  #: (S, C, H, W) the clean image as float in [0, 1]
+    cls: torch.Tensor  #: (S,) class whose log-probability is the fitness
+    key: torch.Tensor  #: (S,) stream key of the image (without the generation)
+    rej: torch.Tensor  #: (S,) rejected (non-finite) candidates so far
+    buf: torch.Tensor  #: (<= batch_size, C, H, W) where the candidate images are built
+
+    @classmethod
+    def empty(cls, slots: int, genome: _Genome, batch_size: int, device: torch.device) -> _Slots:
+        """``slots`` free slots for populations of ``genome.member.numel()`` members."""
+        P = genome.member.numel()
+        c, h, w = genome.shape
+
+        def zeros() -> torch.Tensor:
+            return torch.zeros(slots, dtype=torch.long, device=device)
+
+        return cls(
+            pop=torch.zeros(slots, P, genome.genes, dtype=torch.float32, device=device),
+            fit=torch.full((slots, P), math.inf, dtype=torch.float32, device=device),
+            img=torch.full((slots,), -1, dtype=torch.long, device=device),
+            gen=zeros(), base=torch.zeros(slots, c, h, w, dtype=torch.float32, device=device),
+            cls=zeros(), key=zeros(), rej=zeros(),
+            buf=torch.empty(min(batch_size, slots * P), c, h, w, dtype=torch.float32, device=device),
+        )
+
+    @property
+    def size(self) -> int:
+        """S, the number of slots (images in flight at most)."""
+        return int(self.img.shape[0])
+
+    def active(self) -> torch.Tensor:
+        """Indices of the occupied slots, in slot order."""
+        return (self.img >= 0).nonzero().squeeze(1)
+
+    def admit(self, free: torch.Tensor, queue: _Queue) -> None:
+        """Put the next pending images into the ``free`` slots (in slot order); copy them to the device."""
+        rows, images = queue.take(free.numel())
+        if rows.numel() == 0:
+            return
+        slots = free[: rows.numel()]
+        self.img[slots] = rows
+        self.gen[slots] = 0
+        self.rej[slots] = 0
+        self.base[slots] = images.to(self.base.device).float() / 255
+        self.cls[slots] = queue.cls[rows]
+        self.key[slots] = queue.key[rows]
+
+    def retire(self, slots: torch.Tensor, genes: torch.Tensor, gens: torch.Tensor, ok: torch.Tensor,
+               out: _Outcome) -> None:
+        """Record the finished images of ``slots`` (their chosen ``genes``, ``gens``, ``ok``) and free the slots."""
+        rows = self.img[slots]
+        out.genes[rows] = genes
+        out.gens[rows] = gens
+        out.ok[rows] = ok
+        out.rejected[rows] = self.rej[slots]
+        self.img[slots] = -1
+
+    def members(self, act: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Population and fitness of slots ``act`` (the slot tensors themselves when ``full``)."""
+        return (self.pop, self.fit) if full else (self.pop[act], self.fit[act])
+
+    def replace(self, act: torch.Tensor, full: bool, pop: torch.Tensor, fit: torch.Tensor) -> None:
+        """New population and fitness of slots ``act``."""
+        if full:
+            self.pop, self.fit = pop, fit
+        else:
+            self.pop[act] = pop
+            self.fit[act] = fit
+
+
+# ---------------------------------------------------------------------------
+# DE operators: initial population and trial vectors
+# ---------------------------------------------------------------------------
+def _initial_population(keys: torch.Tensor, genome: _Genome) -> torch.Tensor:
+    """The paper's initialisation for B images (stream ``keys`` (B,)): ``(B, P, D)`` float genes.
+
+    x, y are uniform integers over the image; colours ~ N(128, 127) (Box-Muller)
+    rounded and clipped to [0, 255]. Each gene draws only the numbers it uses,
+    keyed by its own counter, so adding genes does not shift the others' draws.
     """
-    if _int64_mul_wraps(x.device):
-        return (x * c).bitwise_and_(_MASK32)
-    hi = x * (c >> 16)
-    hi &= 0xFFFF
-    hi <<= 16
-    hi += x * (c & 0xFFFF)
-    return hi.bitwise_and_(_MASK32)
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """Bijective 32-bit integer mixer ("lowbias32", C. Wellons) on int64 tensors in [0, 2**32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x ^= x >> 15
-    x = _mul32(x, 0x846CA68B)
-    x ^= x >> 16
-    return x
-
-
-def _split32(value: int) -> tuple[int, int]:
-    value &= (1 << 64) - 1
-    return value & _MASK32, value >> 32
-
-
-_GOLDEN = 0x9E3779B9
-
-
-def _mix_counter(counter: torch.Tensor) -> torch.Tensor:
-    """The counter's share of :func:`_bits`; precompute it for counters that are used again."""
-    return _mul32(counter, _GOLDEN)
-
-
-def _bits(key: torch.Tensor, counter: torch.Tensor, mixed: torch.Tensor | None = None) -> torch.Tensor:
-    """32 random bits for each ``(key, counter)`` (broadcast), as int64 in [0, 2**32).
-
-    ``mixed``: ``_mix_counter(counter)`` when already computed (``counter`` is then unused).
-    """
-    h = key + (_mix_counter(counter) if mixed is None else mixed)
-    h = _hash32(h.bitwise_and_(_MASK32))
-    h ^= key
-    return _hash32(h)
-
-
-def _uniform(key: torch.Tensor, counter: torch.Tensor, mixed: torch.Tensor | None = None) -> torch.Tensor:
-    """Float64 uniform in (0, 1) for each ``(key, counter)``."""
-    return (_bits(key, counter, mixed).double() + 0.5) * (1.0 / 2**32)
-
-
-def _randint(key: torch.Tensor, counter: torch.Tensor, high: int | torch.Tensor,
-             mixed: torch.Tensor | None = None) -> torch.Tensor:
-    """Uniform integers in ``[0, high)`` (Lemire's multiply-shift; ``high`` < 2**31)."""
-    r = _bits(key, counter, mixed)
-    r *= high
-    r >>= 32
-    return r
-
-
-def _purpose_keys(keys: torch.Tensor, purposes: tuple[int, ...]) -> torch.Tensor:
-    """``_hash32(key ^ purpose)`` for every key ``(B,)`` and purpose: ``(B, len(purposes))``, one pass."""
-    return _hash32(keys[:, None] ^ torch.tensor(purposes, dtype=keys.dtype, device=keys.device))
-
-
-def _member_draws(pkeys: torch.Tensor, highs: tuple[int, ...], mixed: torch.Tensor) -> torch.Tensor:
-    """``_randint(pkeys[:, j], member, highs[j])`` for every stream j and member: ``(B, n, P)``.
-
-    ``pkeys`` ``(B, n)`` are purpose keys, ``mixed`` ``(P,)`` is ``_mix_counter(member)``;
-    the n draws run as one batch of integer operations.
-    """
-    bits = _bits(pkeys[:, :, None], None, mixed[None, None, :])
-    bits *= torch.tensor(highs, dtype=bits.dtype, device=bits.device)[None, :, None]
-    bits >>= 32
-    return bits
-
-
-def _skip_excluded(draws: torch.Tensor, member: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """Turn draws ``r_j`` in [0, P - 1 - j) (``draws[:, j]``) into distinct members != i.
-
-    r_j skips member i and the members already chosen, in increasing order, which
-    makes every admissible choice equally likely. ``draws`` is modified.
-    """
-    i = member[None, :]
-    out: list[torch.Tensor] = []
-    for j in range(count):
-        r = draws[:, j]
-        if j == 0:
-            ordered = [i]
-        elif j == 1:
-            ordered = [torch.minimum(i, out[0]), torch.maximum(i, out[0])]
-        else:  # the three excluded values i, a, b are distinct: sort them with min/max
-            a, b = out
-            low = torch.minimum(torch.minimum(i, a), b)
-            high = torch.maximum(torch.maximum(i, a), b)
-            ordered = [low, a + b + i - low - high, high]
-        for e in ordered:
-            r += r >= e
-        out.append(r)
+    P, D = genome.elem.shape
+    pk = rng.purpose_keys(keys, (rng.P_INIT_POS, rng.P_INIT_U1, rng.P_INIT_U2))[:, :, None, None]  # (B, 3, 1, 1)
+    pos = rng.randint(pk[:, 0], None, genome.pos_high, genome.elem_mixed[:, genome.pos_cols]).float()
+    mixed_col = genome.elem_mixed[:, genome.col_cols]
+    u1 = rng.uniform(pk[:, 1], None, mixed_col)
+    u2 = rng.uniform(pk[:, 2], None, mixed_col)
+    normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+    col = torch.round(128.0 + 127.0 * normal).clamp(0, 255).float()
+    out = torch.empty(keys.shape[0], P, D, dtype=torch.float32, device=keys.device)
+    out[..., genome.pos_cols] = pos
+    out[..., genome.col_cols] = col
     return out
 
 
-def _distinct_members(keys: torch.Tensor, member: torch.Tensor, count: int,
-                      mixed: torch.Tensor | None = None, pkeys: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """For B images (stream ``keys`` (B,)) and each member i of ``member`` (P,): ``count``
-    (<= 3) mutually distinct random members, all != i, each ``(B, P)`` int64.
+def _gather_members(pop: torch.Tensor, *indices: torch.Tensor) -> list[torch.Tensor]:
+    """``pop[b, index[b, i]]`` ``(B, P, D)`` for populations ``(B, P, D)`` and each member index ``(B, P)``."""
+    B, P, D = pop.shape
+    rows = pop.reshape(B * P, D)
+    offset = (torch.arange(B, device=pop.device) * P)[:, None]
+    return [rows.index_select(0, (index + offset).view(-1)).view(B, P, D) for index in indices]
 
-    Draw r_j uniform in [0, P - 1 - j) and skip the already excluded indices in
-    increasing order, which makes every admissible choice equally likely.
-    ``mixed`` (``_mix_counter(member)``) and ``pkeys`` (``_purpose_keys(keys,
-    (_P_A, _P_B, _P_C)[:count])``) may be passed when already computed.
+
+def _rand1(pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Genome,
+           F: float, crossover: float) -> torch.Tensor:
+    """The paper's DE/rand/1 without crossover: trial = a + F (b - c), a, b, c distinct members != target."""
+    pk = rng.purpose_keys(keys, (rng.P_A, rng.P_B, rng.P_C))
+    a, b, c = rng.distinct_members(keys, genome.member, 3, genome.member_mixed, pk)
+    pa, pb, pc = _gather_members(pop, a, b, c)
+    return pa + F * (pb - pc)
+
+
+def _best1bin(pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Genome,
+              F: float, crossover: float) -> torch.Tensor:
+    """scipy's best/1/bin: mutant = best + F (a - b); binomial crossover (rate ``crossover``, one forced gene)."""
+    B, P, D = pop.shape
+    pk = rng.purpose_keys(keys, (rng.P_A, rng.P_B, rng.P_FORCED, rng.P_CROSS))
+    draws = rng.member_draws(pk[:, :3], (P - 1, P - 2, D), genome.member_mixed)  # a, b, forced gene: one batch
+    a, b = rng.skip_excluded(draws, genome.member, 2)
+    forced = draws[:, 2]
+    pa, pb = _gather_members(pop, a, b)
+    pbest = pop[torch.arange(B, device=pop.device), fit.argmin(1)][:, None, :]
+    mutant = pbest + F * (pa - pb)
+    cross = rng.uniform(pk[:, 3, None, None], None, genome.elem_mixed) < crossover
+    cross |= torch.arange(D, device=pop.device)[None, None, :] == forced[..., None]
+    return torch.where(cross, mutant, pop)
+
+
+#: a strategy maps (pop (B, P, D), fit (B, P), keys (B,), genome, F, crossover) to unclipped trials (B, P, D)
+Strategy = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, _Genome, float, float], torch.Tensor]
+#: the DE strategies by name; a new one needs its own rng purposes for new kinds of draws
+_TRIALS: dict[str, Strategy] = {"rand1": _rand1, "best1bin": _best1bin}
+STRATEGIES = tuple(_TRIALS)
+
+
+def _decode(genes: torch.Tensor, pixels: int, shape: tuple[int, int, int]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round/clip float genes ``(M, D)`` -> xs, ys ``(M, k)`` long, colours ``(M, k, C)`` float."""
+    c, h, w = shape
+    g = genes.view(-1, pixels, 2 + c)
+    xs = torch.round(g[..., 0]).clamp(0, w - 1).long()
+    ys = torch.round(g[..., 1]).clamp(0, h - 1).long()
+    cols = torch.round(g[..., 2:]).clamp(0, 255)
+    return xs, ys, cols
+
+
+def _chosen_genes(cand: torch.Tensor, cand_fit: torch.Tensor, cand_ok: torch.Tensor, pop: torch.Tensor,
+                  fit: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """Genes ``(B, D)`` returned for B finished images: the best-fitness successful candidate
+    (``ok``), else the best member of the population.
+
+    ``cand``/``cand_fit``/``cand_ok`` are this generation's candidates, ``pop``/``fit``
+    the population after selection. A successful candidate never has a non-finite
+    fitness (non-finite outputs are no successes), so the argmin finds it.
     """
-    P = member.numel()
-    if mixed is None:
-        mixed = _mix_counter(member)
-    if pkeys is None:
-        pkeys = _purpose_keys(keys, (_P_A, _P_B, _P_C)[:count])
-    draws = _member_draws(pkeys[:, :count], tuple(P - 1 - j for j in range(count)), mixed)
-    out: list[torch.Tensor | None] = list(_skip_excluded(draws, member, count))
-    return out + [None] * (3 - count)
+    rows = torch.arange(ok.shape[0], device=ok.device)
+    succ_fit = torch.where(cand_ok, cand_fit, torch.full_like(cand_fit, math.inf))
+    best_succ = cand[rows, succ_fit.argmin(1)]
+    best_pop = pop[rows, fit.argmin(1)]
+    return torch.where(ok[:, None], best_succ, best_pop)
+
+
+def _as_uint8(images: object) -> torch.Tensor:
+    """``images`` ``(N, C, H, W)`` as uint8: uint8 as given, float in [0, 1] as ``round(x * 255)``.
+
+    Floats are rounded half to even in their own precision (float32 for 16-bit
+    floats): images on the 8-bit grid (``k / 255``) come back exactly, others
+    are moved to the nearest grid value. NaN or values outside [0, 1] are refused.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not (
+            images.dtype == torch.uint8 or images.dtype.is_floating_point):
+        desc = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DataError(f"images: expected a uint8 tensor (N, C, H, W) in [0, 255] or a float one in [0, 1]; "
+                        f"got {desc}")
+    if images.dtype == torch.uint8:
+        return images
+    x = images.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    if x.numel() and (bool(torch.isnan(x).any()) or float(x.min()) < 0 or float(x.max()) > 1):
+        low, high = float(x.min()), float(x.max())
+        raise DataError(f"images: float images must lie in [0, 1] (or pass uint8); got values in [{low}, {high}]")
+    return torch.round(x * 255).to(torch.uint8)
+
+
+def _check_int(key: str, value: object, minimum: int) -> None:
+    """A one-line :class:`ConfigError` unless ``value`` is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}: {value!r} is not allowed; use an integer >= {minimum}")
+
+
+def _check_options(pixels: int, population: int, generations: int, F: float, crossover: float, strategy: str,
+                   targeted: bool, seed: int, batch_size: int, output: str) -> None:
+    """One-line :class:`ConfigError` naming the first bad option."""
+    _check_int("pixels", pixels, 1)
+    _check_int("population", population, 4)
+    _check_int("generations", generations, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0)
+    if isinstance(F, bool) or not isinstance(F, (int, float)) or not (0 < F <= 2) or math.isnan(F):
+        raise ConfigError(f"F: {F!r} is out of range; use a number with 0 < F <= 2")
+    if isinstance(crossover, bool) or not isinstance(crossover, (int, float)) or not (0 <= crossover <= 1):
+        raise ConfigError(f"crossover: {crossover!r} is out of range; use a number in [0, 1]")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    if not isinstance(targeted, bool):
+        raise ConfigError(f"targeted: {targeted!r} is not a boolean; use true or false")
+    if output not in MODEL_OUTPUTS:
+        raise ConfigError(f"output: {output!r} is unknown; use one of {', '.join(MODEL_OUTPUTS)}")
+
+
+def _labels(key: str, values: object, n: int) -> torch.Tensor:
+    """``values`` as a CPU int64 tensor of shape ``(n,)``, else a one-line :class:`DataError`."""
+    t = torch.as_tensor(values).long().cpu()
+    if t.shape != (n,):
+        raise DataError(f"{key}: expected shape ({n},); got {tuple(t.shape)}")
+    return t
 
 
 # ---------------------------------------------------------------------------
@@ -286,8 +464,14 @@ class OnePixelAttack:
             number), so fitness, success and the stored softmax probabilities mean
             the same for both kinds. The resolved kind is ``model_output`` after ``run``.
 
-    Shapes (``run``): images ``(N, C, H, W)`` uint8 in [0, 255], labels ``(N,)``,
-    targets ``(N,)``; returns an :class:`AttackResult` of N rows.
+    Shapes: images ``(N, C, H, W)``, labels ``(N,)``, targets ``(N,)``. Images are
+    uint8 in [0, 255] or float in [0, 1] (any float dtype; NaN or values outside
+    [0, 1] raise :class:`DataError`). The attack searches 8-bit images: float
+    images are converted with ``round(x * 255)`` (exact for images on the
+    ``k / 255`` grid; others move to the nearest grid value). Calling the attack,
+    ``attack(images, labels)``, returns the adversarial images like torchattacks:
+    in the dtype and on the device of ``images`` (float: the uint8 result / 255).
+    :meth:`run` returns an :class:`AttackResult` of N rows (uint8 images, on the CPU).
 
     Details:
         * Fitness (minimised) is ``log p(label)`` untargeted and ``-log p(target)``
@@ -321,6 +505,28 @@ class OnePixelAttack:
     After ``run``, ``last_stats`` holds ``candidates`` (evaluated), ``seconds``,
     ``candidates_per_s``, ``de_success`` (DE's own count of successes) and
     ``rejected`` (candidates with non-finite model output).
+
+    Examples::
+
+        >>> import torch
+        >>> from torch import nn
+        >>> from onepixel.attack import OnePixelAttack
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+        >>> images = torch.rand(4, 3, 8, 8)  # float in [0, 1]
+        >>> labels = model(images).argmax(1)
+        >>> attack = OnePixelAttack(model, population=20, generations=5, seed=0)
+        >>> adv = attack(images, labels)  # torchattacks-style: adversarial images, same dtype
+        >>> adv.dtype, tuple(adv.shape)
+        (torch.float32, (4, 3, 8, 8))
+        >>> changed = (adv != (images * 255).round() / 255).any(1)  # pixels that differ from the 8-bit input
+        >>> bool((changed.flatten(1).sum(1) <= 1).all())
+        True
+        >>> result = attack.run(images, labels)  # everything about the run (uint8 images)
+        >>> result  # doctest: +ELLIPSIS
+        AttackResult(n=4, success=.../4 (... %), pixels=1, channels=3, image=8x8, mean queries=...)
+        >>> torch.equal(result.adversarial.float() / 255, adv)
+        True
     """
 
     def __init__(
@@ -338,21 +544,7 @@ class OnePixelAttack:
         device: str | torch.device | None = None,
         output: str = "auto",
     ) -> None:
-        _check_int("pixels", pixels, 1)
-        _check_int("population", population, 4)
-        _check_int("generations", generations, 1)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("seed", seed, 0)
-        if isinstance(F, bool) or not isinstance(F, (int, float)) or not (0 < F <= 2) or math.isnan(F):
-            raise ConfigError(f"F: {F!r} is out of range; use a number with 0 < F <= 2")
-        if isinstance(crossover, bool) or not isinstance(crossover, (int, float)) or not (0 <= crossover <= 1):
-            raise ConfigError(f"crossover: {crossover!r} is out of range; use a number in [0, 1]")
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"strategy: {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
-        if not isinstance(targeted, bool):
-            raise ConfigError(f"targeted: {targeted!r} is not a boolean; use true or false")
-        if output not in MODEL_OUTPUTS:
-            raise ConfigError(f"output: {output!r} is unknown; use one of {', '.join(MODEL_OUTPUTS)}")
+        _check_options(pixels, population, generations, F, crossover, strategy, targeted, seed, batch_size, output)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model: {type(model).__name__} is not a torch.nn.Module")
         self.model = model
@@ -376,6 +568,7 @@ class OnePixelAttack:
         else:
             self.device = torch.device(device)
         self.last_stats: dict[str, float] = {}
+        self._num_classes = 0
 
     def __repr__(self) -> str:
         return (
@@ -385,8 +578,11 @@ class OnePixelAttack:
         )
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """torchattacks-style: return the adversarial images (uint8)."""
-        return self.run(images, labels, targets).adversarial
+        """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``."""
+        adv = self.run(images, labels, targets).adversarial
+        if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
+            return (adv.to(images.dtype) / 255).to(images.device)
+        return adv.to(images.device)
 
     # ------------------------------------------------------------------
     def run(
@@ -399,7 +595,7 @@ class OnePixelAttack:
         """Attack every image; see the class docstring.
 
         Args:
-            images: ``(N, C, H, W)`` uint8.
+            images: ``(N, C, H, W)`` uint8, or float in [0, 1] (converted with ``round(x * 255)``).
             labels: ``(N,)`` true classes.
             targets: ``(N,)`` target classes; required iff ``targeted``.
             ids: ``(N,)`` non-negative int64 identifiers keying each image's random
@@ -418,51 +614,43 @@ class OnePixelAttack:
                 tgt = targets.to(dev) if targets is not None else None
                 if n:
                     self._probe(images[:_PROBE].to(dev), lab, tgt)
-                genes, gens, done_ok, rejected = self._evolve(images, lab, tgt, ids.to(dev))
-                result = self._finalise(images, lab, tgt, genes, gens, rejected)
+                queue = _Queue(images, tgt if tgt is not None else lab, rng.image_keys(self.seed, ids.to(dev)))
+                out = self._evolve(queue)
+                result = self._finalise(images, lab, tgt, out)
         seconds = time.perf_counter() - start
         total = int(result.queries.sum())
         self.last_stats = {
             "candidates": total,
             "seconds": seconds,
             "candidates_per_s": total / seconds if seconds > 0 else float("nan"),
-            "de_success": int(done_ok.sum()),
+            "de_success": int(out.ok.sum()),
             "rejected": int(result.rejected_candidates.sum()),
         }
         return result
 
-    def _check_inputs(self, images, labels, targets, ids):
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.dtype != torch.uint8:
-            desc = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-            raise DataError(f"images: expected a uint8 tensor (N, C, H, W) in [0, 255]; got {desc}")
+    def _check_inputs(self, images: object, labels: object, targets: object | None, ids: object | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The inputs of :meth:`run` as CPU tensors (images uint8), or a one-line error naming the bad one."""
+        images = _as_uint8(images)
         n = images.shape[0]
-        labels = torch.as_tensor(labels).long().cpu()
-        if labels.shape != (n,):
-            raise DataError(f"labels: expected shape ({n},); got {tuple(labels.shape)}")
+        labels = _labels("labels", labels, n)
         if self.targeted and targets is None:
             raise ConfigError("targets: required when targeted is true")
         if not self.targeted and targets is not None:
             raise ConfigError("targets: given but targeted is false; pass targeted=True or drop targets")
         if targets is not None:
-            targets = torch.as_tensor(targets).long().cpu()
-            if targets.shape != (n,):
-                raise DataError(f"targets: expected shape ({n},); got {tuple(targets.shape)}")
+            targets = _labels("targets", targets, n)
             if n and bool((targets < 0).any()):
                 raise DataError("targets: must be class indices >= 0")
             if n and bool((targets == labels).any()):
                 row = int((targets == labels).nonzero()[0])
                 raise DataError(f"targets: row {row} targets its own label {int(labels[row])}; use another class")
-        if ids is None:
-            ids = torch.arange(n, dtype=torch.long)
-        else:
-            ids = torch.as_tensor(ids).long().cpu()
-            if ids.shape != (n,):
-                raise DataError(f"ids: expected shape ({n},); got {tuple(ids.shape)}")
-            if n and bool((ids < 0).any()):
-                raise DataError("ids: must be >= 0")
+        ids = torch.arange(n, dtype=torch.long) if ids is None else _labels("ids", ids, n)
+        if n and bool((ids < 0).any()):
+            raise DataError("ids: must be >= 0")
         return images, labels, targets, ids
 
-    def _probe(self, probe, lab, tgt) -> None:
+    def _probe(self, probe: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None) -> None:
         """One forward pass on the first images: the output's shape, its kind (``output="auto"``), and that
         labels/targets index the model's classes."""
         out = self.model(probe.float() / 255)
@@ -478,243 +666,108 @@ class OnePixelAttack:
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output on ``x`` as float logits (log-probabilities for a model returning probabilities)."""
-        return output_as_logits(self.model(x), self.model_output)
+        return output_as_logits(self.model(x), self.model_output or "logits")
 
     # ------------------------------------------------------------------
-    def _evolve(self, imgs, lab, tgt, ids):
-        """Run DE for all images with continuous batching.
+    def _evolve(self, queue: _Queue) -> _Outcome:
+        """Run DE for all images of ``queue`` with continuous batching: what it found per image.
 
-        ``imgs`` may live on another device than the attack (e.g. CPU): each image is
-        copied to the device when it enters a slot. Returns per image: chosen genes
-        ``(N, D)`` (float), generations used ``(N,)``, DE's own success verdict ``(N,)``
-        and the count of rejected (non-finite) candidates ``(N,)``.
+        The images may live on another device than the attack (e.g. CPU): each is
+        copied to the device when it enters a slot.
         """
-        dev = self.device
-        n, c, h, w = imgs.shape
-        P, k = self.population, self.pixels
-        G = 2 + c
-        D = k * G
-        S = max(1, min(self.batch_size // P, n))  # slots (images in flight)
-        out_genes = torch.zeros(n, D, dtype=torch.float32, device=dev)
-        out_gens = torch.zeros(n, dtype=torch.long, device=dev)
-        out_ok = torch.zeros(n, dtype=torch.bool, device=dev)
-        out_rej = torch.zeros(n, dtype=torch.long, device=dev)
+        n, c, h, w = queue.images.shape
+        genome = _Genome.create(self.pixels, self.population, (c, h, w), self.device)
+        out = _Outcome.empty(n, genome.genes, self.device)
         if n == 0:
-            return out_genes, out_gens, out_ok, out_rej
-
-        # box bounds per gene
-        lo = torch.zeros(D, dtype=torch.float32, device=dev)
-        hi_one = torch.tensor([w - 1, h - 1] + [255] * c, dtype=torch.float32, device=dev)
-        hi = hi_one.repeat(k)
-
-        # slot state
-        pop = torch.zeros(S, P, D, dtype=torch.float32, device=dev)
-        fit = torch.full((S, P), math.inf, dtype=torch.float32, device=dev)
-        slot_img = torch.full((S,), -1, dtype=torch.long, device=dev)
-        slot_gen = torch.zeros(S, dtype=torch.long, device=dev)
-        base = torch.zeros(S, c, h, w, dtype=torch.float32, device=dev)  # clean float image per slot
-        slot_cls = torch.zeros(S, dtype=torch.long, device=dev)  # class whose log-prob is the fitness
-        slot_key = torch.zeros(S, dtype=torch.long, device=dev)  # per-image stream key (without generation)
-        slot_rej = torch.zeros(S, dtype=torch.long, device=dev)  # rejected (non-finite) candidates so far
-
-        seed_lo, seed_hi = _split32(self.seed)
-        member = torch.arange(P, device=dev)
-        gene = torch.arange(D, device=dev)
-        elem = member[:, None] * D + gene[None, :]  # (P, D) counters
-        member_mixed, elem_mixed = _mix_counter(member), _mix_counter(elem)  # their share of every draw
-        buf = torch.empty(min(self.batch_size, S * P), c, h, w, dtype=torch.float32, device=dev)
-
-        next_img = 0
-        # admit the first S images
-        free = torch.arange(S, device=dev)
-        next_img = self._admit(free, next_img, n, imgs, lab, tgt, ids, seed_lo, seed_hi,
-                               slot_img, slot_gen, base, slot_cls, slot_key, slot_rej)
+            return out
+        S = max(1, min(self.batch_size // self.population, n))  # slots (images in flight)
+        slots = _Slots.empty(S, genome, self.batch_size, self.device)
+        slots.admit(torch.arange(S, device=self.device), queue)
         while True:
-            act = (slot_img >= 0).nonzero().squeeze(1)
+            act = slots.active()
             if act.numel() == 0:
-                break
-            A = act.numel()
-            full = A == S  # every slot in flight (the usual case): use the slot tensors, no gathers
-            gen = slot_gen.clone() if full else slot_gen[act]
-            keys = _hash32((slot_key if full else slot_key[act]) ^ (gen & _MASK32))  # (A,) key of (image, gen.)
-            is_init = gen == 0
-            p_act = pop if full else pop[act]
-            f_act = fit if full else fit[act]
-            n_init = int(is_init.sum())
-            if n_init == 0:
-                cand = self._trials(p_act, f_act, keys, elem, member, D, lo, hi, member_mixed, elem_mixed)
-            elif n_init == A:
-                cand = self._init_population(keys, elem, k, G, w, h, elem_mixed)
-            else:
-                cand = torch.empty(A, P, D, dtype=torch.float32, device=dev)
-                ii = is_init.nonzero().squeeze(1)
-                tt = (~is_init).nonzero().squeeze(1)
-                cand[ii] = self._init_population(keys[ii], elem, k, G, w, h, elem_mixed)
-                cand[tt] = self._trials(p_act[tt], f_act[tt], keys[tt], elem, member, D, lo, hi,
-                                        member_mixed, elem_mixed)
+                return out
+            self._generation(slots, act, queue, out, genome)
 
-            # evaluate all candidates of the active slots
-            cf, cs, cfin = self._evaluate(cand.view(A * P, D), act, base, slot_cls, buf, k, c, h, w)
-            cf = cf.view(A, P)
-            cs = cs.view(A, P)
-            slot_rej[act] += (~cfin).view(A, P).sum(1)
+    def _generation(self, slots: _Slots, act: torch.Tensor, queue: _Queue, out: _Outcome, genome: _Genome) -> None:
+        """One DE step of the images in slots ``act``: candidates, evaluation, selection, early stop.
 
-            # selection (initial slots take the candidates as their population)
-            take = (cf <= f_act) | is_init[:, None]
-            new_pop = torch.where(take[..., None], cand, p_act)
-            new_fit = torch.where(take, cf, f_act)
-            if full:
-                pop, fit = new_pop, new_fit
-            else:
-                pop[act] = new_pop
-                fit[act] = new_fit
-
-            # early stopping: any evaluated candidate that succeeded
-            hit = cs.any(1)
-            exhausted = gen >= self.generations
-            fin = hit | exhausted
-            if bool(fin.any()):
-                fi = fin.nonzero().squeeze(1)
-                rows = slot_img[act[fi]]
-                # successful: best-fitness successful candidate; else: best member of the population
-                succ_fit = torch.where(cs[fi], cf[fi], torch.full_like(cf[fi], math.inf))
-                # a successful candidate with non-finite fitness is impossible (NaN logits are not successes)
-                best_succ = succ_fit.argmin(1)
-                best_pop = fit[act[fi]].argmin(1)
-                ok = hit[fi]
-                g_succ = cand[fi, best_succ]
-                g_pop = pop[act[fi], best_pop]
-                out_genes[rows] = torch.where(ok[:, None], g_succ, g_pop)
-                out_gens[rows] = gen[fi]
-                out_ok[rows] = ok
-                out_rej[rows] = slot_rej[act[fi]]
-                freed = act[fi]
-                slot_img[freed] = -1
-                next_img = self._admit(freed, next_img, n, imgs, lab, tgt, ids, seed_lo, seed_hi,
-                                       slot_img, slot_gen, base, slot_cls, slot_key, slot_rej)
-            # every slot that was active and not finished moves on one generation
-            cont = act[~fin]
-            slot_gen[cont] += 1
-        return out_genes, out_gens, out_ok, out_rej
-
-    def _admit(self, free, next_img, n, imgs, lab, tgt, ids, seed_lo, seed_hi,
-               slot_img, slot_gen, base, slot_cls, slot_key, slot_rej) -> int:
-        """Put the next pending images into the free slots (in slot order); copy them to the device."""
-        m = min(free.numel(), n - next_img)
-        if m <= 0:
-            return next_img
-        slots = free[:m]
-        rows = torch.arange(next_img, next_img + m, device=free.device)
-        slot_img[slots] = rows
-        slot_gen[slots] = 0
-        slot_rej[slots] = 0
-        base[slots] = imgs[next_img : next_img + m].to(base.device).float() / 255
-        slot_cls[slots] = tgt[rows] if tgt is not None else lab[rows]
-        i = ids[rows]
-        key = _hash32(torch.full_like(i, seed_lo) ^ 0x5BD1E995)
-        key = _hash32(key ^ seed_hi)
-        key = _hash32(key ^ (i & _MASK32))
-        key = _hash32(key ^ (i >> 32))
-        slot_key[slots] = key
-        return next_img + m
-
-    def _init_population(self, keys, elem, k, G, w, h, elem_mixed=None):
-        """Paper initialisation for B images: ``(B, P, D)`` float genes.
-
-        ``elem_mixed``: ``_mix_counter(elem)`` when already computed. Each gene only
-        draws the numbers it uses (positions: one integer; colours: two uniforms for
-        Box-Muller), all keyed by its own counter in ``elem``.
+        Slots at generation 0 evaluate their initial population (which they take as
+        is); the others their trial vectors. Images that succeeded or used their last
+        generation retire and the next pending images take their slots.
         """
-        P, D = elem.shape
-        dev = elem.device
-        if elem_mixed is None:
-            elem_mixed = _mix_counter(elem)
-        pk = _purpose_keys(keys, (_P_INIT_POS, _P_INIT_U1, _P_INIT_U2))[:, :, None, None]  # (B, 3, 1, 1)
-        gi = torch.arange(D, device=dev) % G  # gene kind within a pixel
-        pos_cols = (gi < 2).nonzero().squeeze(1)
-        col_cols = (gi >= 2).nonzero().squeeze(1)
-        high = torch.where(gi[pos_cols] == 0, w, h)[None, None, :]  # x in [0, w), y in [0, h)
-        pos = _randint(pk[:, 0], None, high, elem_mixed[:, pos_cols]).float()
-        mixed_col = elem_mixed[:, col_cols]
-        u1 = _uniform(pk[:, 1], None, mixed_col)
-        u2 = _uniform(pk[:, 2], None, mixed_col)
-        normal = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-        col = torch.round(128.0 + 127.0 * normal).clamp(0, 255).float()
-        out = torch.empty(keys.shape[0], P, D, dtype=torch.float32, device=dev)
-        out[..., pos_cols] = pos
-        out[..., col_cols] = col
-        return out
+        A, P = act.numel(), self.population
+        full = act.numel() == slots.size  # every slot in flight (the usual case): use the slot tensors, no gathers
+        gen = slots.gen.clone() if full else slots.gen[act]
+        keys = rng.generation_keys(slots.key if full else slots.key[act], gen)  # (A,) key of (image, gen.)
+        is_init = gen == 0
+        pop, fit = slots.members(act, full)
+        cand = self._candidates(pop, fit, keys, is_init, genome)
+        cf, cs, cfin = self._evaluate(cand.view(A * P, genome.genes), act, slots, genome)
+        cf = cf.view(A, P)
+        cs = cs.view(A, P)
+        slots.rej[act] += (~cfin).view(A, P).sum(1)
+        take = (cf <= fit) | is_init[:, None]  # initial slots take the candidates as their population
+        slots.replace(act, full, torch.where(take[..., None], cand, pop), torch.where(take, cf, fit))
+        hit = cs.any(1)  # early stopping: any evaluated candidate that succeeded
+        fin = hit | (gen >= self.generations)
+        if bool(fin.any()):
+            fi = fin.nonzero().squeeze(1)
+            done = act[fi]
+            genes = _chosen_genes(cand[fi], cf[fi], cs[fi], slots.pop[done], slots.fit[done], hit[fi])
+            slots.retire(done, genes, gen[fi], hit[fi], out)
+            slots.admit(done, queue)
+        slots.gen[act[~fin]] += 1  # every slot that was active and not finished moves on one generation
 
-    def _trials(self, pop, fit, keys, elem, member, D, lo, hi, member_mixed=None, elem_mixed=None):
-        """Trial vectors ``(B, P, D)`` for B images from their populations and fitnesses.
+    def _candidates(self, pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, is_init: torch.Tensor,
+                    genome: _Genome) -> torch.Tensor:
+        """Candidates ``(A, P, D)``: the initial population where ``is_init``, else trial vectors."""
+        n_init = int(is_init.sum())
+        if n_init == 0:
+            return self._trials(pop, fit, keys, genome)
+        if n_init == is_init.numel():
+            return _initial_population(keys, genome)
+        cand = torch.empty_like(pop)
+        ii = is_init.nonzero().squeeze(1)
+        tt = (~is_init).nonzero().squeeze(1)
+        cand[ii] = _initial_population(keys[ii], genome)
+        cand[tt] = self._trials(pop[tt], fit[tt], keys[tt], genome)
+        return cand
 
-        ``member_mixed`` / ``elem_mixed``: ``_mix_counter`` of ``member`` / ``elem`` when already computed.
-        """
-        B, P, _ = pop.shape
-        if member_mixed is None:
-            member_mixed = _mix_counter(member)
-        if self.strategy == "rand1":
-            pk = _purpose_keys(keys, (_P_A, _P_B, _P_C))
-            a, b, cc = _distinct_members(keys, member, 3, member_mixed, pk)
-        else:  # a, b and the forced crossover gene are drawn in one batch
-            pk = _purpose_keys(keys, (_P_A, _P_B, _P_FORCED, _P_CROSS))
-            draws = _member_draws(pk[:, :3], (P - 1, P - 2, D), member_mixed)
-            a, b = _skip_excluded(draws, member, 2)
-            forced = draws[:, 2]
-        rows = pop.reshape(B * P, D)
-        offset = (torch.arange(B, device=pop.device) * P)[:, None]
-        pick = lambda t: rows.index_select(0, (t + offset).view(-1)).view(B, P, D)
-        pa = pick(a)
-        pb = pick(b)
-        if self.strategy == "rand1":
-            pc = pick(cc)
-            trial = pa + self.F * (pb - pc)
-        else:  # best1bin
-            if elem_mixed is None:
-                elem_mixed = _mix_counter(elem)
-            best = fit.argmin(1)
-            pbest = pop[torch.arange(B, device=pop.device), best][:, None, :]
-            mutant = pbest + self.F * (pa - pb)
-            cross = _uniform(pk[:, 3, None, None], None, elem_mixed) < self.crossover
-            cross |= torch.arange(D, device=pop.device)[None, None, :] == forced[..., None]
-            trial = torch.where(cross, mutant, pop)
-        return torch.maximum(torch.minimum(trial, hi), lo)
+    def _trials(self, pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Genome) -> torch.Tensor:
+        """Trial vectors ``(B, P, D)`` of the strategy for B images from their populations and fitnesses,
+        clipped to the box."""
+        trial = _TRIALS[self.strategy](pop, fit, keys, genome, self.F, self.crossover)
+        return torch.maximum(torch.minimum(trial, genome.hi), genome.lo)
 
-    def _decode(self, genes, k, c, h, w):
-        """Round/clip float genes ``(M, D)`` -> xs, ys ``(M, k)`` long, colours ``(M, k, C)`` float."""
-        g = genes.view(-1, k, 2 + c)
-        xs = torch.round(g[..., 0]).clamp(0, w - 1).long()
-        ys = torch.round(g[..., 1]).clamp(0, h - 1).long()
-        cols = torch.round(g[..., 2:]).clamp(0, 255)
-        return xs, ys, cols
-
-    def _evaluate(self, genes, act, base, slot_cls, buf, k, c, h, w):
+    def _evaluate(self, genes: torch.Tensor, act: torch.Tensor, slots: _Slots, genome: _Genome
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fitness ``(M,)`` (minimised), success ``(M,)`` and finite output ``(M,)`` of candidates ``(M, D)``
-        of slots ``act``."""
-        M = genes.shape[0]
-        P = self.population
-        dev = genes.device
-        fitness = torch.empty(M, dtype=torch.float32, device=dev)
-        success = torch.empty(M, dtype=torch.bool, device=dev)
-        finite = torch.empty(M, dtype=torch.bool, device=dev)
-        slot_of = act.repeat_interleave(P)
-        xs, ys, cols = self._decode(genes, k, c, h, w)
-        offsets = (ys * w + xs)  # (M, k)
+        of slots ``act`` (P consecutive candidates per slot).
+
+        Each candidate image is the slot's clean image with k pixels scattered in,
+        built in the slot buffer; the model sees at most ``batch_size`` at a time.
+        """
+        M, k = genes.shape[0], genome.pixels
+        c, h, w = genome.shape
+        fitness = torch.empty(M, dtype=torch.float32, device=genes.device)
+        success = torch.empty(M, dtype=torch.bool, device=genes.device)
+        finite = torch.empty(M, dtype=torch.bool, device=genes.device)
+        slot_of = act.repeat_interleave(self.population)
+        xs, ys, cols = _decode(genes, k, genome.shape)
+        offsets = ys * w + xs  # (M, k)
         vals = (cols / 255).permute(0, 2, 1)  # (M, C, k), same floats as uint8 / 255
-        cap = buf.shape[0]
+        cap = slots.buf.shape[0]
         for s in range(0, M, cap):
             e = min(M, s + cap)
             m = e - s
-            x = buf[:m]
-            torch.index_select(base, 0, slot_of[s:e], out=x)
+            x = slots.buf[:m]
+            torch.index_select(slots.base, 0, slot_of[s:e], out=x)
             x.view(m, c, h * w).scatter_(2, offsets[s:e, None, :].expand(m, c, k), vals[s:e])
-            f, ok, fin = self._score(self._logits(x), slot_cls[slot_of[s:e]])
-            fitness[s:e] = f
-            success[s:e] = ok
-            finite[s:e] = fin
+            fitness[s:e], success[s:e], finite[s:e] = self._score(self._logits(x), slots.cls[slot_of[s:e]])
         return fitness, success, finite
 
-    def _score(self, logits, cls):
+    def _score(self, logits: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fitness, success and finiteness ``(m,)`` from logits ``(m, K)`` for fitness class ``cls`` ``(m,)``.
 
         Fitness is log p(true) (untargeted) or -log p(target) (targeted): a
@@ -742,21 +795,52 @@ class OnePixelAttack:
         ok &= finite
         return fit, ok, finite
 
-    def _finalise(self, imgs, lab, tgt, genes, gens, rejected) -> AttackResult:
-        """Build adversarial images and re-evaluate them (float32, no autocast), chunk by chunk.
-
-        ``imgs`` may be on another device (e.g. CPU): each chunk is copied to the
-        device and its adversarial images back into the CPU result.
-        """
-        from onepixel.data.dataset import apply_pixels
-
-        n, c, h, w = imgs.shape
-        k = self.pixels
-        dev = self.device
-        xs, ys, cols = self._decode(genes, k, c, h, w)
+    # ------------------------------------------------------------------
+    def _finalise(self, imgs: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None, out: _Outcome
+                  ) -> AttackResult:
+        """The result: adversarial images of the chosen genes, re-evaluated alone (:meth:`_reevaluate`)."""
+        _, c, h, w = imgs.shape
+        xs, ys, cols = _decode(out.genes, self.pixels, (c, h, w))
         cols_u8 = cols.to(torch.uint8)
-        # every output is allocated once, before the loop: per-chunk pieces kept until a final cat
-        # would pin the heap between the chunks' large temporaries and grow the process with N
+        adv, prob_clean, prob_adv, adv_class, finite = self._reevaluate(imgs, xs, ys, cols_u8)
+        if tgt is not None:
+            success = (adv_class == tgt) & finite
+            target_class = tgt
+        else:
+            success = (adv_class != lab) & finite
+            target_class = torch.full_like(lab, -1)
+
+        def cpu(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu")
+
+        return AttackResult(
+            success=cpu(success),
+            queries=cpu(self.population * (1 + out.gens)).long(),
+            generations=cpu(out.gens).long(),
+            pixel_x=cpu(xs),
+            pixel_y=cpu(ys),
+            color=cpu(cols_u8),
+            true_class=cpu(lab).long(),
+            target_class=cpu(target_class).long(),
+            adv_class=cpu(adv_class).long(),
+            prob_clean=prob_clean.float(),
+            prob_adv=prob_adv.float(),
+            adversarial=adv,
+            rejected_candidates=cpu(out.rejected).long(),
+        )
+
+    def _reevaluate(self, imgs: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, cols_u8: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Adversarial images (CPU uint8), softmax on clean and adversarial images (CPU), adversarial class
+        and finite output (device), in chunks, in float32 with autocast off: the verdict a user would get.
+
+        ``imgs`` may be on another device (e.g. CPU): each chunk is copied to the device
+        and its adversarial images back. Every output is allocated once, before the
+        loop: per-chunk pieces kept until a final cat would pin the heap between the
+        chunks' large temporaries and grow the process with N.
+        """
+        n, c, h, w = imgs.shape
+        dev = self.device
         num = self._num_classes if n else 0
         adv_out = torch.empty((n, c, h, w), dtype=torch.uint8)
         pc = torch.empty((n, num), dtype=torch.float32)
@@ -777,30 +861,4 @@ class OnePixelAttack:
                 fin[s:e] = torch.isfinite(la).all(1)
                 adv_out[s:e] = adv.cpu()
                 del adv, la
-        if tgt is not None:
-            success = (ac == tgt) & fin
-            target_class = tgt
-        else:
-            success = (ac != lab) & fin
-            target_class = torch.full_like(lab, -1)
-        cpu = lambda t: t.detach().to("cpu")
-        return AttackResult(
-            success=cpu(success),
-            queries=cpu(self.population * (1 + gens)).long(),
-            generations=cpu(gens).long(),
-            pixel_x=cpu(xs),
-            pixel_y=cpu(ys),
-            color=cpu(cols_u8),
-            true_class=cpu(lab).long(),
-            target_class=cpu(target_class).long(),
-            adv_class=cpu(ac).long(),
-            prob_clean=pc.float(),
-            prob_adv=pa.float(),
-            adversarial=adv_out,
-            rejected_candidates=cpu(rejected).long(),
-        )
-
-
-def _check_int(key: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}: {value!r} is not allowed; use an integer >= {minimum}")
+        return adv_out, pc, pa, ac, fin

@@ -14,6 +14,7 @@ from torch import nn
 from onepixel.attack.de import AttackResult
 from onepixel.errors import DataError
 from onepixel.files import open_netcdf, write_netcdf
+from onepixel.scoring import Classifier
 from onepixel.torch_utils import resolve_device
 
 REQUIRED_VARIABLES = (
@@ -29,10 +30,9 @@ REQUIRED_VARIABLES = (
     "prob_clean",
     "prob_adv",
     "adversarial",
+    "rejected_candidates",
     "sample_id",
 )
-#: variables added after the first release: loaded when present, not required of older files
-OPTIONAL_VARIABLES = ("rejected_candidates",)
 
 _ATTRS: dict[str, dict[str, str]] = {
     "success": {
@@ -110,7 +110,7 @@ def result_to_dataset(
 def save_attack(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
     """Write an attack dataset atomically (zlib-compressed adversarial images)."""
     encoding = {"adversarial": {"zlib": True, "complevel": 4}}
-    write_netcdf(ds, path, encoding=encoding)
+    write_netcdf(ds, path, kind="attack", encoding=encoding)
 
 
 def load_attack(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -120,7 +120,7 @@ def load_attack(path: str | os.PathLike[str]) -> xr.Dataset:
         DataError: naming the file when it is missing, not readable netCDF (truncated,
             corrupt) or not an attack result (e.g. the file of another stage).
     """
-    ds = open_netcdf(path, required=REQUIRED_VARIABLES, kind="an attack result (onepixel attack)")
+    ds = open_netcdf(path, kind="attack", required=REQUIRED_VARIABLES)
     attrs = dict(ds["success"].attrs)
     ds["success"] = ds["success"].astype(bool)
     ds["success"].attrs.update(attrs)
@@ -166,14 +166,43 @@ def merge_attacks(datasets: list[xr.Dataset], order: np.ndarray | None = None) -
     return merged
 
 
+def attack_model_output(attack: xr.Dataset) -> str:
+    """What the attacked model returns, as the attack recorded it: ``"logits"`` or ``"probabilities"``.
+
+    The attack stage stores the kind it resolved as the attribute ``model_output``;
+    a file written before that attribute existed was made by an attack that read
+    every output as logits, so it reads as ``"logits"``.
+
+    Raises:
+        DataError: the attribute holds another value.
+    """
+    kind = str(attack.attrs.get("model_output", "logits"))
+    if kind not in ("logits", "probabilities"):
+        raise DataError(f"attack file: model_output {kind!r} is not 'logits' or 'probabilities'")
+    return kind
+
+
 class AttackedModel(NamedTuple):
-    """A model in eval mode on its device, its test set and an attack result made with it."""
+    """A model in eval mode on its device, its test set and an attack result made with it.
+
+    :meth:`classifier` reads the model the way the attack did (``model_output`` of the attack file).
+    """
 
     model: nn.Module
     meta: dict[str, Any]
     test: Any
     attack: Any
     device: torch.device
+
+    @property
+    def model_output(self) -> str:
+        """``"logits"`` or ``"probabilities"``: :func:`attack_model_output` of the attack."""
+        return attack_model_output(self.attack)
+
+    def classifier(self, batch_size: int | None = None) -> Classifier:
+        """A :class:`~onepixel.scoring.Classifier` of the model on its device, with ``output`` the
+        attack's ``model_output`` (``batch_size``: images per forward pass, default the classifier's)."""
+        return Classifier(self.model, output=self.model_output, device=self.device, batch_size=batch_size)
 
 
 def load_attacked_model(
@@ -184,9 +213,13 @@ def load_attacked_model(
 ) -> AttackedModel:
     """Load a checkpoint (``weights_only``), its test set and an attack file, and check they fit together.
 
+    Stages that evaluate the model use ``.classifier()`` of the result (a
+    :class:`~onepixel.scoring.Classifier` with the attack's ``model_output``), so they
+    read its output as the attack did.
+
     Raises:
         DataError: naming the file: unreadable, of another kind, or an attack whose
-            ``sample_id`` points beyond the test set.
+            ``sample_id`` points beyond the test set, or whose ``model_output`` is unknown.
     """
     from onepixel.data import load_dataset
     from onepixel.models import load_checkpoint
@@ -199,4 +232,5 @@ def load_attacked_model(
         raise DataError(f"{attack_path}: sample_id {int(ids.max())} is outside the {test.sizes['sample']} images of {test_path}")
     model, meta = load_checkpoint(checkpoint_path, map_location=dev)
     model.eval()
+    attack_model_output(attack)  # an unknown kind fails here, before any work
     return AttackedModel(model, meta, test, attack, dev)

@@ -32,8 +32,9 @@ from onepixel.attack.results import (
 )
 from onepixel.config import section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
-from onepixel.files import file_sha256, write_json
+from onepixel.files import file_sha256, read_json, write_json
 from onepixel.provenance import provenance
+from onepixel.scoring import Classifier, as_classifier
 from onepixel.stages import Job
 from onepixel.torch_utils import deterministic_torch, eval_mode, resolve_device
 
@@ -43,9 +44,6 @@ DEFAULT_ATTACK_CONFIG: dict[str, Any] = section_defaults("attack")
 #: keys of the ``attack`` section that only say how the work is split, not what is
 #: computed; they are left out of the ``attack_config`` stored with the results
 EXECUTION_KEYS: tuple[str, ...] = ("shards",)
-
-SELECTION_FORMAT = "onepixel-attack-selection-1"
-
 
 def attack_settings(attack_cfg: dict[str, Any] | None) -> dict[str, Any]:
     """``attack_cfg`` validated against the schema's ``attack`` section and completed with its defaults.
@@ -97,28 +95,32 @@ def make_attack(model: nn.Module, cfg: dict[str, Any], device: str | torch.devic
     )
 
 
-def predict(model: nn.Module, images_uint8: torch.Tensor, batch_size: int = 512, device=None) -> torch.Tensor:
-    """Argmax predictions ``(N,)`` (CPU int64) of ``model`` on uint8 images, in eval mode
-    (each submodule's training flag is restored afterwards)."""
-    dev = torch.device(device) if device is not None else _model_device(model)
-    out = []
-    with eval_mode(model), torch.inference_mode():
-        for s in range(0, images_uint8.shape[0], batch_size):
-            x = images_uint8[s : s + batch_size].to(dev).float() / 255
-            out.append(model(x).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+def predict(
+    model: nn.Module | Classifier, images_uint8: torch.Tensor, batch_size: int = 512, device=None, output: str = "auto"
+) -> torch.Tensor:
+    """Argmax predictions ``(N,)`` (CPU int64) of ``model`` on uint8 images: :meth:`Classifier.predict`.
+
+    ``model`` is a :class:`~onepixel.scoring.Classifier` (then ``batch_size``, ``device`` and
+    ``output`` are its own) or a model returning ``output`` (``"auto"``: decided on the first
+    batch). Eval mode (each submodule's training flag restored afterwards); an image whose
+    output has a NaN or an infinity is predicted as -1 (never correctly classified).
+    """
+    return as_classifier(model, output=output, device=device, batch_size=batch_size).predict(images_uint8)
 
 
 def select_correct_images(
-    model: nn.Module,
+    model: nn.Module | Classifier,
     images_uint8: torch.Tensor,
     labels: torch.Tensor,
     num_images: int,
     seed: int,
     batch_size: int = 512,
     device=None,
+    output: str = "auto",
 ) -> np.ndarray:
     """Indices of up to ``num_images`` correctly classified images, in a seeded random order.
+
+    Correct: :func:`predict` (``model``, ``batch_size``, ``device``, ``output``) equals the label.
 
     The images are visited in the order ``numpy.random.default_rng(seed).permutation(N)``
     (sampling without replacement) and the correctly classified ones are kept
@@ -131,7 +133,7 @@ def select_correct_images(
     labels = torch.as_tensor(labels).long().cpu()
     if labels.shape != (images_uint8.shape[0],):
         raise DataError(f"labels: expected shape ({images_uint8.shape[0]},); got {tuple(labels.shape)}")
-    correct = (predict(model, images_uint8, batch_size, device) == labels).numpy()
+    correct = (predict(model, images_uint8, batch_size, device, output) == labels).numpy()
     order = np.random.default_rng(seed).permutation(images_uint8.shape[0])
     return order[correct[order]][:num_images].astype(np.int64)
 
@@ -214,7 +216,6 @@ def select_stage(job: Job) -> np.ndarray:
     cfg = inputs.cfg
     write_json(
         {
-            "format": SELECTION_FORMAT,
             "sample_ids": chosen.tolist(),
             "num_images": int(cfg["num_images"]),
             "seed": int(cfg["seed"]),
@@ -222,6 +223,7 @@ def select_stage(job: Job) -> np.ndarray:
             "model_sha256": file_sha256(checkpoint_path),
         },
         out_path,
+        kind="selection",
     )
     log(f"attack selection: {len(chosen)} correctly classified test images (seed {cfg['seed']})")
     return chosen
@@ -238,17 +240,12 @@ def read_selection(
     config's; with ``checkpoint_path`` it must have been made with that checkpoint.
     A mismatch is a :class:`~onepixel.errors.DataError` (re-run the selection).
     """
-    import json
-
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: selection file not found")
-    try:
-        sel = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{file}: not a selection file (invalid JSON: {exc.msg})") from exc
-    if not isinstance(sel, dict) or sel.get("format") != SELECTION_FORMAT or not isinstance(sel.get("sample_ids"), list):
-        raise DataError(f"{file}: not a selection file written by onepixel (format {SELECTION_FORMAT})")
+    sel = read_json(file, kind="selection")
+    if not isinstance(sel.get("sample_ids"), list):
+        raise DataError(f"{file}: sample_ids must be a list of test-set indices")
     if attack_cfg is not None:
         cfg = attack_settings(attack_cfg)
         for key in ("seed", "num_images"):
@@ -393,11 +390,3 @@ def summary_line(ds: xr.Dataset, candidates_per_s: float) -> str:
         any_hit = np.array([success[ids == i].any() for i in uniq])
         text += f"; {int(any_hit.sum())}/{uniq.size} images ({100 * any_hit.mean():.1f} %) fooled towards >= 1 target"
     return text
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")

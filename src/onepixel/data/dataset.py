@@ -61,7 +61,7 @@ def make_dataset(
 
 def save_dataset(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
     """Write a data set to netCDF atomically, zlib-compressing the images."""
-    write_netcdf(ds, path, encoding={"image": {"zlib": True, "complevel": 4}})
+    write_netcdf(ds, path, kind="dataset", encoding={"image": {"zlib": True, "complevel": 4}})
 
 
 def load_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -71,7 +71,7 @@ def load_dataset(path: str | os.PathLike[str]) -> xr.Dataset:
         DataError: naming the file when it is missing, unreadable, lacks ``image``
             or ``label``, or its image is not 4-D uint8.
     """
-    ds = open_netcdf(path, required=("image", "label"))
+    ds = open_netcdf(path, kind="dataset", required=("image", "label"))
     image = ds["image"]
     if image.dtype != np.uint8 or image.dims != IMAGE_DIMS:
         raise DataError(

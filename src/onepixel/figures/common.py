@@ -6,11 +6,13 @@ import os
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path
@@ -18,7 +20,7 @@ from onepixel.files import atomic_path
 FORMATS = ("png", "pdf", "svg")
 DPI = 200
 MAP_CMAP = "inferno"
-MARK = {"marker": "o", "ms": 14, "mfc": "none", "ls": "none"}
+MARK: dict[str, Any] = {"marker": "o", "ms": 14, "mfc": "none", "ls": "none"}
 PANEL_IN = 1.85
 
 
@@ -72,19 +74,19 @@ def show_image(ax: Axes, image: np.ndarray, title: str) -> None:
     ax.set_title(title, fontsize=8)
 
 
-def mark_pixel(ax: Axes, x: object, y: object) -> None:
+def mark_pixel(ax: Axes, x: ArrayLike, y: ArrayLike) -> None:
     """Circle the attacked pixel(s): cyan on a thin black halo, visible on any background."""
     ax.plot(x, y, mec="black", mew=2.6, **MARK)
     ax.plot(x, y, mec="#00e5ff", mew=1.3, **MARK)
 
 
-def mark_edges(ax: Axes, x: object, y: object) -> None:
+def mark_edges(ax: Axes, x: ArrayLike, y: ArrayLike) -> None:
     """Point at the attacked pixel's column and row with triangles on the panel's top and left edges.
 
     Unlike a circle, these leave the map itself uncovered: in the first layers of a
     32x32 network the perturbation fills only the few cells around the pixel.
     """
-    style = {"ms": 7, "mfc": "#00e5ff", "mec": "black", "mew": 0.8, "ls": "none", "clip_on": False, "zorder": 5}
+    style: dict[str, Any] = {"ms": 7, "mfc": "#00e5ff", "mec": "black", "mew": 0.8, "ls": "none", "clip_on": False, "zorder": 5}
     ax.plot(x, np.ones(np.shape(x)), marker="v", transform=ax.get_xaxis_transform(), **style)
     ax.plot(np.zeros(np.shape(y)), y, marker=">", transform=ax.get_yaxis_transform(), **style)
 
@@ -98,7 +100,7 @@ def placeholder(out_base: str | os.PathLike[str], text: str, formats: Sequence[s
 
 def ring_word(loc: xr.Dataset) -> str:
     """"Chebyshev" or "Euclidean (rounded)" for a locality or vulnerability file."""
-    return "Euclidean (rounded)" if loc.attrs.get("rings") == "euclidean" else "Chebyshev"
+    return "Euclidean (rounded)" if loc.attrs["rings"] == "euclidean" else "Chebyshev"
 
 
 def band(ax: Axes, x: np.ndarray, low: np.ndarray, high: np.ndarray, colour: str, alpha: float = 0.2) -> None:

@@ -25,7 +25,7 @@ from onepixel.figures.common import (
 
 def _caption(prop: xr.Dataset) -> str:
     """One line saying what the normalised PMmax is."""
-    by = "of this image" if prop.attrs.get("normalisation", "image") == "image" else "over all attacked images"
+    by = "of this image" if prop.attrs["normalisation"] == "image" else "over all attacked images"
     return (
         "normalised PMmax = max over channels of |F(x_adv) − F(x)| ÷ the largest |F(x)| "
         f"{by} in that layer (1 = as large as the largest original activation)"
@@ -79,6 +79,7 @@ def plot_pm_grid(
     for i in range(n_layers):
         image = show_map(axes[i + 2], prop[f"pm_max_norm_{i}"].values[sample], 1.0, _layer_title(prop, i))
         mark_edges(axes[i + 2], prop["pixel_x_layer"].values[i, sample], prop["pixel_y_layer"].values[i, sample])
+    assert image is not None  # at least one layer was drawn
     fig.colorbar(image, ax=axes[2:], extend="max", shrink=0.9, label="normalised PMmax (clipped at 1)")
     add_caption(fig, _caption(prop) + ". Triangles on the maps' edges: the attacked pixel's column and row, "
                  "mapped into each layer's grid as floor(x · W_l / W).")
@@ -112,6 +113,7 @@ def plot_average_pm(
         n_avg = int(prop["n_averaged_success"].values[i])
         note = "" if n_avg == n_success else f", n={n_avg}"
         image = show_map(ax, maps[i], vmax, _layer_title(prop, i) + note)
+    assert image is not None  # at least one layer was drawn
     fig.colorbar(image, ax=axes, shrink=0.9, label="mean normalised PMmax")
     add_caption(fig, _caption(prop) + "; element-wise mean over the attacks (their pixels differ, so none is marked).")
     fig.suptitle(f"{title}\nAverage propagation map (normalised PMmax) over {n_success} successful one-pixel attacks", fontsize=10)
@@ -134,7 +136,7 @@ def plot_pm_depth(
     for k, (name, prop) in enumerate(props.items()):
         success = prop["success"].values.astype(bool)
         depth = (np.arange(prop.sizes["layer"]) + 1) / prop.sizes["layer"]
-        threshold = prop.attrs.get("spread_threshold", threshold)
+        threshold = prop.attrs["spread_threshold"]
         label = f"{name} ({int(success.sum())} successful attacks)"
         for ax, key in ((ax_peak, "peak"), (ax_spread, "spread")):
             values = prop[key].values[:, success]

@@ -39,7 +39,7 @@ def _rf_lines(ax: Axes, vuln: xr.Dataset, xmax: float, label_top: bool) -> None:
         first, last = cluster[0][1], cluster[-1][1]
         text = str(first) if first == last else f"{first}–{last}"
         ax.text(cluster[0][0], 1.01, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=6.5, color="0.25")
-    erf_r = float(vuln.attrs.get("erf_radius", np.nan))
+    erf_r = float(vuln.attrs["erf_radius"])
     if np.isfinite(erf_r) and erf_r <= xmax:
         ax.axvline(erf_r, color="#d62728", ls="--", lw=1.3)
 
@@ -135,7 +135,7 @@ def plot_erf(vulns: dict[str, xr.Dataset], out_base: str | os.PathLike[str], for
     """The ERF of each model's last feature layer (normalised to its maximum), its theoretical field and 95 % radius."""
     fig, axes = panel_grid(len(vulns), ncols=4, extra_height=1.2)
     image = None
-    for ax, (name, vuln) in zip(axes, vulns.items()):
+    for ax, (name, vuln) in zip(axes, vulns.items(), strict=True):
         erf = vuln["erf"].values
         peak = float(np.nanmax(erf)) if np.isfinite(erf).any() else 0.0
         image = ax.imshow(erf / peak if peak > 0 else np.zeros_like(erf), cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")

@@ -81,7 +81,7 @@ def build_model(
             raise ConfigError(f"model {key}: {value!r} must be an integer >= {low}")
     model = _BUILDERS[name](Normalize(in_channels, mean, std), num_classes, in_channels, image_size)
     he_init(model)
-    model.arch = name
+    model.arch = name  # type: ignore[assignment]  # a plain attribute (nn.Module's __setattr__ is typed for tensors and modules)
     return model
 
 

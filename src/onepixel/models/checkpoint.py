@@ -118,6 +118,8 @@ def _split_checkpoint(
         if obj["format"] != CHECKPOINT_FORMAT or not _is_state_dict(obj.get("state_dict")):
             raise DataError(f"{file}: unsupported checkpoint format {obj['format']!r}; expected {CHECKPOINT_FORMAT}")
         arch = obj.get("arch")
+        if not isinstance(arch, str):
+            raise DataError(f"{file}: checkpoint names no architecture (its 'arch' is {arch!r})")
         kwargs = dict(obj.get("build_kwargs", {}))
         if name is not None and arch != name:
             problems = _fit_problems(_requested_model(name, kwargs), obj["state_dict"])

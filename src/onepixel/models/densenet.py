@@ -46,6 +46,13 @@ class DenseNet(nn.Module):
     Feature layers: ``conv1``, each dense block, each transition and ``final``.
     """
 
+    # the blocks, set with setattr in __init__
+    dense1: nn.Sequential
+    dense2: nn.Sequential
+    dense3: nn.Sequential
+    trans1: Transition
+    trans2: Transition
+
     def __init__(
         self,
         normalize: Normalize,
@@ -76,7 +83,7 @@ class DenseNet(nn.Module):
         self.final = nn.Sequential(nn.BatchNorm2d(planes), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(planes, num_classes)
-        self.feature_layers = names + ["final"]
+        self.feature_layers = [*names, "final"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` in [0, 1] -> logits ``(N, num_classes)``."""

@@ -17,6 +17,9 @@ class Normalize(nn.Module):
     the state_dict. ``None`` means 0 (mean) or 1 (std) for every channel.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, in_channels: int, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
         mean_values = [0.0] * in_channels if mean is None else [float(m) for m in mean]

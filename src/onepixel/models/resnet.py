@@ -48,6 +48,11 @@ class CifarResNet(nn.Module):
     Feature layers: ``stem`` and every block ``layer{stage}.{i}``.
     """
 
+    # the stages, set with setattr in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, normalize: Normalize, num_classes: int, in_channels: int, depth: int):
         super().__init__()
         if (depth - 2) % 6:

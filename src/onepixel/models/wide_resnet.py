@@ -35,6 +35,11 @@ class WideResNet(nn.Module):
     Feature layers: ``conv1``, every block ``layer{stage}.{i}`` and ``final`` (the last BN-ReLU).
     """
 
+    # the stages, set with setattr in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, normalize: Normalize, num_classes: int, in_channels: int, depth: int = 16, widen: int = 4):
         super().__init__()
         if (depth - 4) % 6:
