@@ -51,8 +51,13 @@ MIB = 2**20
 def tiny_cnn(channels: int, classes: int = 10) -> nn.Module:
     """conv(stride 2)-relu-adaptive pool-linear: input size agnostic, fast."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(channels, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                         nn.Flatten(), nn.Linear(32, classes))
+    return nn.Sequential(
+        nn.Conv2d(channels, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, classes),
+    )
 
 
 def _rss_bytes() -> int:
@@ -88,8 +93,15 @@ def result_bytes(result) -> int:
     return sum(t.numel() * t.element_size() for t in vars(result).values() if isinstance(t, torch.Tensor))
 
 
-def measure(n: int, channels: int = 3, size: int = 32, population: int = 4, generations: int = 1,
-            batch_size: int = 1024, device: str = "cpu") -> dict[str, float]:
+def measure(
+    n: int,
+    channels: int = 3,
+    size: int = 32,
+    population: int = 4,
+    generations: int = 1,
+    batch_size: int = 1024,
+    device: str = "cpu",
+) -> dict[str, float]:
     """Attack ``n`` random images in this process; return the memory figures (bytes) and timings."""
     from onepixel.attack import OnePixelAttack
 
@@ -98,8 +110,9 @@ def measure(n: int, channels: int = 3, size: int = 32, population: int = 4, gene
     gen = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (n, channels, size, size), generator=gen, dtype=torch.uint8)
     labels = torch.randint(0, 10, (n,), generator=gen)
-    attack = OnePixelAttack(model, population=population, generations=generations, batch_size=batch_size,
-                            seed=0, device=dev)
+    attack = OnePixelAttack(
+        model, population=population, generations=generations, batch_size=batch_size, seed=0, device=dev
+    )
     attack.run(images[:2], labels[:2])  # warm-up: allocator, kernels
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -143,9 +156,26 @@ def measure_in_subprocess(n: int, args: argparse.Namespace, fixed_mmap: bool = F
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--channels", str(args.channels),
-           "--size", str(args.size), "--population", str(args.population), "--generations", str(args.generations),
-           "--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(n),
+        "--channels",
+        str(args.channels),
+        "--size",
+        str(args.size),
+        "--population",
+        str(args.population),
+        "--generations",
+        str(args.generations),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -155,19 +185,27 @@ def report(rows: list[dict[str, float]], title: str = "") -> float:
     cuda = "device" in rows[0]
     if title:
         print(title)
-    print(f"{'images':>8} {'result MiB':>11} {'peak MiB':>9} {'working MiB':>12} {'traced MiB':>11}"
-          + (f" {'device MiB':>11}" if cuda else "") + f" {'cand/s':>9}")
+    print(
+        f"{'images':>8} {'result MiB':>11} {'peak MiB':>9} {'working MiB':>12} {'traced MiB':>11}"
+        + (f" {'device MiB':>11}" if cuda else "")
+        + f" {'cand/s':>9}"
+    )
     for row in rows:
         working = row["peak"] - row["result"]
-        print(f"{row['n']:8d} {row['result'] / MIB:11.1f} {row['peak'] / MIB:9.1f} {working / MIB:12.1f} "
-              f"{row['traced'] / MIB:11.1f}" + (f" {row['device'] / MIB:11.1f}" if cuda else "")
-              + f" {row['candidates'] / row['seconds']:9.0f}")
+        print(
+            f"{row['n']:8d} {row['result'] / MIB:11.1f} {row['peak'] / MIB:9.1f} {working / MIB:12.1f} "
+            f"{row['traced'] / MIB:11.1f}"
+            + (f" {row['device'] / MIB:11.1f}" if cuda else "")
+            + f" {row['candidates'] / row['seconds']:9.0f}"
+        )
     small, big = rows[0], rows[-1]
     # a floor of 1 MiB keeps the ratio meaningful when the small run needs almost nothing besides its result
     ratio = max(big["peak"] - big["result"], MIB) / max(small["peak"] - small["result"], MIB)
-    print(f"working memory {big['n']} / {small['n']} images: {ratio:.2f}x "
-          f"(result arrays {big['result'] / max(small['result'], 1):.1f}x); "
-          f"peak {'VmHWM' if small['precise'] else 'ru_maxrss'}")
+    print(
+        f"working memory {big['n']} / {small['n']} images: {ratio:.2f}x "
+        f"(result arrays {big['result'] / max(small['result'], 1):.1f}x); "
+        f"peak {'VmHWM' if small['precise'] else 'ru_maxrss'}"
+    )
     return ratio
 
 
@@ -187,14 +225,29 @@ def main(argv=None) -> dict[str, float] | None:
     if args.child is not None:
         if args.threads:
             torch.set_num_threads(args.threads)
-        print(json.dumps(measure(args.child, args.channels, args.size, args.population, args.generations,
-                                 args.batch_size, args.device)))
+        print(
+            json.dumps(
+                measure(
+                    args.child,
+                    args.channels,
+                    args.size,
+                    args.population,
+                    args.generations,
+                    args.batch_size,
+                    args.device,
+                )
+            )
+        )
         return None
-    print(f"device={args.device} threads={args.threads} images={args.channels}x{args.size}x{args.size} "
-          f"population={args.population} generations={args.generations} batch_size={args.batch_size}")
+    print(
+        f"device={args.device} threads={args.threads} images={args.channels}x{args.size}x{args.size} "
+        f"population={args.population} generations={args.generations} batch_size={args.batch_size}"
+    )
     ratios = {}
-    for fixed, title in ((False, "default allocator settings:"),
-                         (True, f"MALLOC_MMAP_THRESHOLD_={FIXED_MMAP_THRESHOLD} (the engine's own arrays):")):
+    for fixed, title in (
+        (False, "default allocator settings:"),
+        (True, f"MALLOC_MMAP_THRESHOLD_={FIXED_MMAP_THRESHOLD} (the engine's own arrays):"),
+    ):
         rows = [measure_in_subprocess(n, args, fixed) for n in sorted(args.sizes)]
         ratios["fixed_mmap" if fixed else "default"] = report(rows, title)
     return ratios

@@ -95,8 +95,9 @@ class Workload:
     forwards: int  #: forward passes of one attack run
 
 
-def workload(channels: int, size: int, args: argparse.Namespace, device: torch.device,
-             model: nn.Module | None = None) -> Workload:
+def workload(
+    channels: int, size: int, args: argparse.Namespace, device: torch.device, model: nn.Module | None = None
+) -> Workload:
     """The benchmark's images and model (default: ``make_model(args.model, ...)``) on ``device``."""
     if model is None:
         model = make_model(getattr(args, "model", "small"), channels, size, args.width)
@@ -122,8 +123,15 @@ def workload(channels: int, size: int, args: argparse.Namespace, device: torch.d
 
 def make_attack(engine: object, work: Workload, args: argparse.Namespace, device: torch.device) -> object:
     """``engine.OnePixelAttack`` for the workload, warmed up (shapes, allocator)."""
-    attack = engine.OnePixelAttack(work.model, population=args.population, generations=args.generations,
-                                   batch_size=args.batch_size, targeted=True, seed=0, device=device)
+    attack = engine.OnePixelAttack(
+        work.model,
+        population=args.population,
+        generations=args.generations,
+        batch_size=args.batch_size,
+        targeted=True,
+        seed=0,
+        device=device,
+    )
     s = work.slots
     attack.run(work.images[:s], work.labels[:s], work.targets[:s])
     return attack
@@ -136,8 +144,9 @@ def attack_rate(attack: object, work: Workload, device: torch.device) -> float:
     return attack.last_stats["candidates_per_s"]
 
 
-def bench(channels: int, size: int, args: argparse.Namespace, device: torch.device,
-          model: nn.Module | None = None) -> tuple[float, float, int, dict[str, float]]:
+def bench(
+    channels: int, size: int, args: argparse.Namespace, device: torch.device, model: nn.Module | None = None
+) -> tuple[float, float, int, dict[str, float]]:
     """Best plain forward rate, best attack rate, forward batch and the attack's last stats.
 
     ``model`` (default: ``make_model(args.model, ...)``) maps ``(N, channels, size, size)``
@@ -164,8 +173,9 @@ def load_engine(path: str) -> object:
     return module
 
 
-def compare_engines(channels: int, size: int, args: argparse.Namespace, device: torch.device,
-                    reference: object) -> tuple[float, float, list[tuple[float, float]]]:
+def compare_engines(
+    channels: int, size: int, args: argparse.Namespace, device: torch.device, reference: object
+) -> tuple[float, float, list[tuple[float, float]]]:
     """Best candidates/s of the current engine and of ``reference`` on the same workload, and every round's
     pair; the two alternate which runs first, so a slow spell of a busy machine hits both alike."""
     work = workload(channels, size, args, device)
@@ -191,33 +201,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=20, help="images attacked per input size")
     parser.add_argument("--width", type=int, default=8, help="CNN width (first conv channels)")
     parser.add_argument("--model", default="small", help="small (the CNN above) or a registry name, e.g. lenet")
-    parser.add_argument("--inputs", nargs="+", default=["1x8", "3x32"], metavar="CxS",
-                        help="input shapes as channels x side (default: 1x8 3x32)")
+    parser.add_argument(
+        "--inputs",
+        nargs="+",
+        default=["1x8", "3x32"],
+        metavar="CxS",
+        help="input shapes as channels x side (default: 1x8 3x32)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved plain/attack timing rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
-    parser.add_argument("--reference", metavar="FILE",
-                        help="time this copy of onepixel/attack/de.py against the current engine")
+    parser.add_argument(
+        "--reference", metavar="FILE", help="time this copy of onepixel/attack/de.py against the current engine"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"device={device} threads={torch.get_num_threads()} model={args.model} batch_size={args.batch_size} "
-          f"population={args.population} generations={args.generations} images={args.images} width={args.width}")
+    print(
+        f"device={device} threads={torch.get_num_threads()} model={args.model} batch_size={args.batch_size} "
+        f"population={args.population} generations={args.generations} images={args.images} width={args.width}"
+    )
     if args.reference:
         reference = load_engine(args.reference)
         print(f"{'input':>8} {'current cand/s':>14} {'reference':>14} {'ratio':>6}")
         for shape in args.inputs:
             channels, size = (int(v) for v in shape.lower().split("x"))
             cur, ref, rounds = compare_engines(channels, size, args, device, reference)
-            print(f"{f'{channels}x{size}x{size}':>8} {cur:14.0f} {ref:14.0f} {cur / ref:6.3f}   (rounds: "
-                  + ", ".join(f"{c:.0f}/{r:.0f}" for c, r in rounds) + ")", flush=True)
+            print(
+                f"{f'{channels}x{size}x{size}':>8} {cur:14.0f} {ref:14.0f} {cur / ref:6.3f}   (rounds: "
+                + ", ".join(f"{c:.0f}/{r:.0f}" for c, r in rounds)
+                + ")",
+                flush=True,
+            )
         return
     print(f"{'input':>8} {'batch':>6} {'forward img/s':>14} {'attack cand/s':>14} {'ratio':>6}")
     for shape in args.inputs:
         channels, size = (int(v) for v in shape.lower().split("x"))
         plain, rate, batch, stats = bench(channels, size, args, device)
-        print(f"{f'{channels}x{size}x{size}':>8} {batch:6d} {plain:14.0f} {rate:14.0f} {rate / plain:6.2f}"
-              f"   ({stats['candidates']} candidates in {stats['seconds']:.2f} s per run)", flush=True)
+        print(
+            f"{f'{channels}x{size}x{size}':>8} {batch:6d} {plain:14.0f} {rate:14.0f} {rate / plain:6.2f}"
+            f"   ({stats['candidates']} candidates in {stats['seconds']:.2f} s per run)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from onepixel.stages import run_stage
 from onepixel.attack.results import save_attack
 from onepixel.cubes import COMPRESSIONS
 from onepixel.data.dataset import make_dataset, save_dataset
 from onepixel.models import build_model, save_checkpoint
+from onepixel.stages import run_stage
 from onepixel.torch_utils import resolve_device
 
 SUBSET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
@@ -77,6 +77,7 @@ def synthetic_attack(images: np.ndarray, seed: int = 0):
             "success": ("sample", rng.integers(0, 2, n).astype(np.uint8)),
             "queries": ("sample", np.zeros(n, np.int64)),
             "generations": ("sample", np.zeros(n, np.int64)),
+            "rejected_candidates": ("sample", np.zeros(n, np.int64)),
             "pixel_x": (("sample", "pixel"), px),
             "pixel_y": (("sample", "pixel"), py),
             "color": (("sample", "pixel", "channel"), color),
@@ -88,6 +89,7 @@ def synthetic_attack(images: np.ndarray, seed: int = 0):
             "adversarial": (("sample", "channel", "y", "x"), adversarial),
         },
         coords={"sample_id": ("sample", np.arange(n, dtype=np.int64))},
+        attrs={"model_output": "logits", "attack_config": "{}", "shards": 1, "wall_time_s": 0.0},
     )
 
 
@@ -99,7 +101,9 @@ def prepare(directory: Path, model_name: str, n: int) -> tuple[dict[str, Path], 
     model = build_model(model_name, **kwargs)
     paths = {"checkpoint": directory / "model.pt", "test": directory / "test.nc", "attack": directory / "attack.nc"}
     save_checkpoint(paths["checkpoint"], model, model_name, kwargs)
-    save_dataset(make_dataset(images, np.zeros(n, np.int64), [str(c) for c in range(10)], "bench", "test"), paths["test"])
+    save_dataset(
+        make_dataset(images, np.zeros(n, np.int64), [str(c) for c in range(10)], "bench", "test"), paths["test"]
+    )
     save_attack(synthetic_attack(images), paths["attack"])
     return paths, source
 
@@ -134,9 +138,12 @@ def forward_seconds(model_name: str, paths: dict[str, Path], batch_size: int, de
 def run_stages(paths: dict[str, Path], out: Path, batch_size: int, device: str, compression: str) -> dict[str, float]:
     """Time the capture and propagation stages; sizes of what they wrote."""
     start = time.perf_counter()
-    files = run_stage("capture", {"checkpoint": paths["checkpoint"], "test": paths["test"], "attack": paths["attack"]},
-                      {"out": out / "cubes"},
-                      {"capture": {"batch_size": batch_size, "compression": compression}, "device": device})
+    files = run_stage(
+        "capture",
+        {"checkpoint": paths["checkpoint"], "test": paths["test"], "attack": paths["attack"]},
+        {"out": out / "cubes"},
+        {"capture": {"batch_size": batch_size, "compression": compression}, "device": device},
+    )
     capture = time.perf_counter() - start
     start = time.perf_counter()
     run_stage("propagation", {"cubes": out / "cubes"}, {"out": out / "pm.nc"}).close()
@@ -145,8 +152,13 @@ def run_stages(paths: dict[str, Path], out: Path, batch_size: int, device: str, 
     for file in files:  # read the cubes back whole, as an analysis of the activations would
         with xr.open_dataset(file) as cube:
             raw += cube["clean"].values.nbytes + cube["delta"].values.nbytes
-    return {"capture_s": capture, "propagation_s": propagation, "read_s": time.perf_counter() - start,
-            "raw_bytes": raw, "disk_bytes": sum(file.stat().st_size for file in files)}
+    return {
+        "capture_s": capture,
+        "propagation_s": propagation,
+        "read_s": time.perf_counter() - start,
+        "raw_bytes": raw,
+        "disk_bytes": sum(file.stat().st_size for file in files),
+    }
 
 
 def measure(paths: dict[str, Path], args: argparse.Namespace, device: torch.device, tmp: Path) -> tuple[float, dict]:
@@ -173,8 +185,12 @@ def peak_rss_child(model_name: str, n: int, batch_size: int, device: str) -> flo
         "b.run_stages(paths, d, int(sys.argv[4]), sys.argv[5], 'zstd');"
         "print(json.dumps({'before': before, 'after': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), model_name, str(n), str(batch_size), device],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), model_name, str(n), str(batch_size), device],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     usage = json.loads(out.stdout.strip().splitlines()[-1])
     return usage["after"] / 1024
 
@@ -190,25 +206,40 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--memory", default="", help="N1,N2: peak memory of capture + propagation in child processes")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
-    report: dict[str, object] = {"model": args.model, "images": args.images, "batch_size": args.batch_size,
-                                 "device": str(device), "rows": []}
+    report: dict[str, object] = {
+        "model": args.model,
+        "images": args.images,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = prepare(Path(tmp), args.model, args.images)
         forward, best = measure(paths, args, device, Path(tmp))
         report.update(source=source, forward_s=forward)
-        print(f"{args.model}, {args.images} samples of 3x32x32 ({source}), batch {args.batch_size}, {device}, "
-              f"best of {args.rounds} interleaved rounds")
+        print(
+            f"{args.model}, {args.images} samples of 3x32x32 ({source}), batch {args.batch_size}, {device}, "
+            f"best of {args.rounds} interleaved rounds"
+        )
         print(f"plain forward of the {2 * args.images} images: {forward:.2f} s")
-        print("| codec | capture s | propagation s | (capture + PM) / forward | write MiB/s | size / raw | cube read MiB/s |")
+        print(
+            "| codec | capture s | propagation s | (capture + PM) / forward | write MiB/s | size / raw | cube read MiB/s |"
+        )
         print("|---|---|---|---|---|---|---|")
         for compression, row in best.items():
             mib = row["raw_bytes"] / 2**20
-            row.update(codec=compression, ratio=(row["capture_s"] + row["propagation_s"]) / forward,
-                       write_mib_s=mib / row["capture_s"], size_ratio=row["disk_bytes"] / row["raw_bytes"],
-                       read_mib_s=mib / row["read_s"])
+            row.update(
+                codec=compression,
+                ratio=(row["capture_s"] + row["propagation_s"]) / forward,
+                write_mib_s=mib / row["capture_s"],
+                size_ratio=row["disk_bytes"] / row["raw_bytes"],
+                read_mib_s=mib / row["read_s"],
+            )
             report["rows"].append(row)
-            print(f"| {compression} | {row['capture_s']:.2f} | {row['propagation_s']:.2f} | {row['ratio']:.2f} | "
-                  f"{row['write_mib_s']:.0f} | {row['size_ratio']:.3f} | {row['read_mib_s']:.0f} |")
+            print(
+                f"| {compression} | {row['capture_s']:.2f} | {row['propagation_s']:.2f} | {row['ratio']:.2f} | "
+                f"{row['write_mib_s']:.0f} | {row['size_ratio']:.3f} | {row['read_mib_s']:.0f} |"
+            )
         print(f"raw float32 activations (clean + delta): {mib:.1f} MiB")
     if args.memory:
         sizes = [int(value) for value in args.memory.split(",")]
@@ -217,8 +248,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for n, peak in peaks.items():
             print(f"peak resident memory, capture + propagation of {n} samples: {peak:.0f} MiB")
         if len(sizes) == 2:
-            print(f"peak ratio {sizes[1]} / {sizes[0]} samples: {peaks[sizes[1]] / peaks[sizes[0]]:.2f} "
-                  f"(sample ratio {sizes[1] / sizes[0]:.0f})")
+            print(
+                f"peak ratio {sizes[1]} / {sizes[0]} samples: {peaks[sizes[1]] / peaks[sizes[0]]:.2f} "
+                f"(sample ratio {sizes[1] / sizes[0]:.0f})"
+            )
     return report
 
 

@@ -69,8 +69,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attack_throughput import bench, plain_rate
 
 TOOLS = ("onepixel rand1", "onepixel best1bin", "torchattacks", "ART")
-COLUMNS = ("tool", "population", "max gens", "evals", "wall s", "evals/s", "successes", "succ/s",
-           "success %", "peak MiB", "fwd batch", "mean batch", "plain img/s", "evals/s / plain")
+COLUMNS = (
+    "tool",
+    "population",
+    "max gens",
+    "evals",
+    "wall s",
+    "evals/s",
+    "successes",
+    "succ/s",
+    "success %",
+    "peak MiB",
+    "fwd batch",
+    "mean batch",
+    "plain img/s",
+    "evals/s / plain",
+)
 #: where the CIFAR-10 subset lives when the repository sits beside shared/
 DEFAULT_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset" / "cifar-10-batches-py"
 
@@ -100,10 +114,10 @@ def load_data(name: str, subset: Path):
     if name == "auto":
         name = "cifar10-subset" if subset.is_dir() else "digits"
     if name == "digits":
-        return ("digits",) + load_digits_split()
+        return ("digits", *load_digits_split())
     if not subset.is_dir():
         return None
-    return ("cifar10-subset",) + read_cifar10_batches(subset)
+    return ("cifar10-subset", *read_cifar10_batches(subset))
 
 
 def prepare(args, work: Path) -> dict[str, Any] | None:
@@ -117,8 +131,18 @@ def prepare(args, work: Path) -> dict[str, Any] | None:
     name, train, test = data
     torch.manual_seed(0)
     start = time.perf_counter()
-    model, metrics = train_model("lenet", train, test, epochs=args.epochs, batch_size=128, lr=0.05,
-                                 augment=False, seed=0, device="cpu", log=lambda line: None)
+    model, metrics = train_model(
+        "lenet",
+        train,
+        test,
+        epochs=args.epochs,
+        batch_size=128,
+        lr=0.05,
+        augment=False,
+        seed=0,
+        device="cpu",
+        log=lambda line: None,
+    )
     train_s = time.perf_counter() - start
     save_checkpoint(work / "lenet.pt", model, "lenet", build_kwargs_for(train))
     images = torch.from_numpy(test["image"].values)
@@ -190,8 +214,18 @@ def run_tool(tool: str, work: Path, args) -> dict[str, Any]:
 
     if tool.startswith("onepixel"):
         strategy = tool.split()[1]
-        attack = OnePixelAttack(counted, pixels=1, population=pop, generations=gens, strategy=strategy, F=0.5,
-                                crossover=1.0, seed=0, batch_size=args.batch_size, device=device)
+        attack = OnePixelAttack(
+            counted,
+            pixels=1,
+            population=pop,
+            generations=gens,
+            strategy=strategy,
+            F=0.5,
+            crossover=1.0,
+            seed=0,
+            batch_size=args.batch_size,
+            device=device,
+        )
         fwd_batch = min(args.batch_size, max(1, args.batch_size // pop) * pop)
 
         def call():
@@ -213,8 +247,11 @@ def run_tool(tool: str, work: Path, args) -> dict[str, Any]:
         from art.estimators.classification import PyTorchClassifier
 
         classifier = PyTorchClassifier(
-            model=nn.Sequential(counted, nn.Softmax(dim=1)).eval(), loss=nn.CrossEntropyLoss(),
-            input_shape=tuple(images_u8.shape[1:]), nb_classes=int(args.classes), clip_values=(0.0, 1.0),
+            model=nn.Sequential(counted, nn.Softmax(dim=1)).eval(),
+            loss=nn.CrossEntropyLoss(),
+            input_shape=tuple(images_u8.shape[1:]),
+            nb_classes=int(args.classes),
+            clip_values=(0.0, 1.0),
             device_type="gpu" if device.type == "cuda" else "cpu",
         )
         attack = PixelAttack(classifier, th=1, es=1, max_iter=gens, targeted=False, verbose=False)
@@ -263,11 +300,20 @@ def run_tool(tool: str, work: Path, args) -> dict[str, Any]:
     repeats = max(1, args.plain_images // 3 // fwd_batch)
     plain = max(plain_rate(model, plain_x, repeats) for _ in range(3))
     return {
-        "tool": tool, "population": actual_pop, "max gens": gens, "evals": evals, "wall s": wall,
-        "evals/s": evals / wall, "successes": int(success.sum()), "succ/s": float(success.sum()) / wall,
-        "success %": 100.0 * float(success.float().mean()), "peak MiB": peak, "fwd batch": fwd_batch,
+        "tool": tool,
+        "population": actual_pop,
+        "max gens": gens,
+        "evals": evals,
+        "wall s": wall,
+        "evals/s": evals / wall,
+        "successes": int(success.sum()),
+        "succ/s": float(success.sum()) / wall,
+        "success %": 100.0 * float(success.float().mean()),
+        "peak MiB": peak,
+        "fwd batch": fwd_batch,
         "mean batch": evals / max(calls, 1),
-        "plain img/s": plain, "evals/s / plain": evals / wall / plain,
+        "plain img/s": plain,
+        "evals/s / plain": evals / wall / plain,
         "one_pixel_violations": int((changed > 1).sum()),
     }
 
@@ -281,11 +327,24 @@ def run_throughput(work: Path, args) -> dict[str, Any]:
     device = torch.device(args.device)
     model, _ = load_checkpoint(work / "lenet.pt", map_location=device)
     shape = tuple(np.load(work / "images.npz")["images"].shape[1:])
-    opts = argparse.Namespace(batch_size=args.batch_size, population=args.population, images=0,
-                              generations=args.throughput_generations, rounds=args.rounds, width=0)
+    opts = argparse.Namespace(
+        batch_size=args.batch_size,
+        population=args.population,
+        images=0,
+        generations=args.throughput_generations,
+        rounds=args.rounds,
+        width=0,
+    )
     plain, rate, batch, stats = bench(shape[0], shape[1], opts, device, model=model)
-    return {"batch": batch, "plain img/s": plain, "attack cand/s": rate, "ratio": rate / plain,
-            "candidates": stats["candidates"], "generations": args.throughput_generations, "rounds": args.rounds}
+    return {
+        "batch": batch,
+        "plain img/s": plain,
+        "attack cand/s": rate,
+        "ratio": rate / plain,
+        "candidates": stats["candidates"],
+        "generations": args.throughput_generations,
+        "rounds": args.rounds,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -317,23 +376,40 @@ def _installed(tool: str) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 images, 3 generations, 1 epoch (< 60 s on a CPU)")
-    parser.add_argument("--dataset", choices=("auto", "cifar10-subset", "digits"), default="auto",
-                        help="auto: the CIFAR-10 subset when present, else the digits")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("ONEPIXEL_CIFAR10_SUBSET", DEFAULT_SUBSET)),
-                        help="the subset's cifar-10-batches-py folder")
+    parser.add_argument(
+        "--dataset",
+        choices=("auto", "cifar10-subset", "digits"),
+        default="auto",
+        help="auto: the CIFAR-10 subset when present, else the digits",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("ONEPIXEL_CIFAR10_SUBSET", DEFAULT_SUBSET)),
+        help="the subset's cifar-10-batches-py folder",
+    )
     parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--population", type=int, default=0,
-                        help="default: ART's fixed population ((400 // genes) * genes: 400 RGB, 399 grey)")
+    parser.add_argument(
+        "--population",
+        type=int,
+        default=0,
+        help="default: ART's fixed population ((400 // genes) * genes: 400 RGB, 399 grey)",
+    )
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=8, help="LeNet training epochs")
     parser.add_argument("--batch-size", type=int, default=8192, help="onepixel's candidates per forward pass")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
-    parser.add_argument("--plain-images", type=int, default=24000,
-                        help="images of the plain forward-rate measurement per tool (best of 3 thirds)")
+    parser.add_argument(
+        "--plain-images",
+        type=int,
+        default=24000,
+        help="images of the plain forward-rate measurement per tool (best of 3 thirds)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the full-batch throughput check")
-    parser.add_argument("--throughput-generations", type=int, default=4,
-                        help="generations of the full-batch throughput check")
+    parser.add_argument(
+        "--throughput-generations", type=int, default=4, help="generations of the full-batch throughput check"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows and the setup as JSON")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -357,20 +433,42 @@ def main(argv=None) -> int:
         if not args.population:
             args.population = setup["art_population"]
         classes = setup["classes"]
-        print(f"device={args.device} threads={torch.get_num_threads()} dataset={setup['dataset']} "
-              f"(LeNet, {setup['train_images']} training images, {args.epochs} epochs in "
-              f"{setup['train_seconds']:.0f} s, test accuracy {setup['test_accuracy']:.3f}) "
-              f"images={setup['images']} {tuple(setup['image_shape'])} pixels=1 untargeted "
-              f"population={args.population} generations={args.generations}", flush=True)
-        common = ["--work", str(work), "--device", args.device, "--population", str(args.population),
-                  "--generations", str(args.generations), "--batch-size", str(args.batch_size),
-                  "--classes", str(classes), "--rounds", str(args.rounds),
-                  "--throughput-generations", str(args.throughput_generations),
-                  "--plain-images", str(args.plain_images)]
+        print(
+            f"device={args.device} threads={torch.get_num_threads()} dataset={setup['dataset']} "
+            f"(LeNet, {setup['train_images']} training images, {args.epochs} epochs in "
+            f"{setup['train_seconds']:.0f} s, test accuracy {setup['test_accuracy']:.3f}) "
+            f"images={setup['images']} {tuple(setup['image_shape'])} pixels=1 untargeted "
+            f"population={args.population} generations={args.generations}",
+            flush=True,
+        )
+        common = [
+            "--work",
+            str(work),
+            "--device",
+            args.device,
+            "--population",
+            str(args.population),
+            "--generations",
+            str(args.generations),
+            "--batch-size",
+            str(args.batch_size),
+            "--classes",
+            str(classes),
+            "--rounds",
+            str(args.rounds),
+            "--throughput-generations",
+            str(args.throughput_generations),
+            "--plain-images",
+            str(args.plain_images),
+        ]
 
         def child(worker: str) -> dict[str, Any] | str:
-            proc = subprocess.run([sys.executable, __file__, "--worker", worker, *common], capture_output=True,
-                                  text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", worker, *common],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TQDM_DISABLE": "1"},
+            )
             if proc.returncode != 0:
                 print(proc.stdout + proc.stderr, file=sys.stderr)
                 return f"failed (exit {proc.returncode})"
@@ -387,17 +485,32 @@ def main(argv=None) -> int:
         print(table(rows))
         print()
         if isinstance(throughput, dict):
-            print(f"onepixel full-batch throughput (attack_throughput.bench, {throughput['rounds']} round(s), "
-                  f"{throughput['generations']} generation(s), no early stop): "
-                  f"{throughput['attack cand/s']:.0f} candidates/s / {throughput['plain img/s']:.0f} plain img/s "
-                  f"at batch {throughput['batch']} = ratio {throughput['ratio']:.2f}")
+            print(
+                f"onepixel full-batch throughput (attack_throughput.bench, {throughput['rounds']} round(s), "
+                f"{throughput['generations']} generation(s), no early stop): "
+                f"{throughput['attack cand/s']:.0f} candidates/s / {throughput['plain img/s']:.0f} plain img/s "
+                f"at batch {throughput['batch']} = ratio {throughput['ratio']:.2f}"
+            )
         else:
             print(f"onepixel full-batch throughput: {throughput}")
         if args.json:
-            args.json.write_text(json.dumps({"setup": {**setup, "population": args.population,
-                                                       "generations": args.generations, "device": args.device,
-                                                       "threads": torch.get_num_threads()},
-                                             "rows": rows, "throughput": throughput}, indent=2) + "\n")
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "setup": {
+                            **setup,
+                            "population": args.population,
+                            "generations": args.generations,
+                            "device": args.device,
+                            "threads": torch.get_num_threads(),
+                        },
+                        "rows": rows,
+                        "throughput": throughput,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
     return 0
 
 

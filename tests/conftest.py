@@ -57,8 +57,9 @@ def tool_env(**extra: str) -> dict[str, str]:
 
 
 def run_tool(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return subprocess.run(
+        args, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def check_tool(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> subprocess.CompletedProcess[str]:
@@ -70,8 +71,13 @@ def check_tool(args: list[str], cwd: Path, timeout: int = 900, **env: str) -> su
 def copy_working_tree(dest: Path) -> Path:
     """Copy the repository as git sees it (tracked and untracked files, not ignored ones),
     without results: a clean checkout of the working tree, uncommitted changes included."""
-    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         source = REPO / name
         if name.split("/")[0] in ("results", "resources") or not source.is_file():
@@ -91,9 +97,14 @@ def git_commit_all(repo: Path, message: str) -> str:
 def smoke_config() -> dict:
     """config/config.yaml with config/test.yaml's values on top (the smoke-test study, every key
     spelled out), and a different seed per stage."""
+
     def merge(base: dict, over: dict) -> dict:
-        return {key: merge(base[key], over[key]) if isinstance(over.get(key), dict) and isinstance(base.get(key), dict)
-                else over.get(key, base.get(key)) for key in {**base, **over}}
+        return {
+            key: merge(base[key], over[key])
+            if isinstance(over.get(key), dict) and isinstance(base.get(key), dict)
+            else over.get(key, base.get(key))
+            for key in {**base, **over}
+        }
 
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config = merge(base, yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
@@ -130,7 +141,8 @@ def study(tmp_path_factory) -> Study:
     config = smoke_config()
     (repo / "config" / "config.yaml").write_text(
         "# config/config.yaml with the values of config/test.yaml (tests/conftest.py)\n"
-        + yaml.safe_dump(config, sort_keys=False))
+        + yaml.safe_dump(config, sort_keys=False)
+    )
     check_tool(["git", "init", "-q", "-b", "main"], repo)
     commit = git_commit_all(repo, "study at the smoke-test config")
     repro = check_tool(["dvc", "repro"], repo, timeout=1800)

@@ -156,7 +156,8 @@ def save_attack_rows(attack: xr.Dataset, test: xr.Dataset, path: Path) -> Path:
     """Write the hand-made rows of an attack on ``test`` (``success``, pixels, colours, classes,
     ``sample_id``) as a real attack file (:func:`onepixel.attack.save_attack`). The variables a test
     does not set are filled in: ``adversarial`` with the clean images, ``adv_class`` with the true
-    class, and queries, generations, probabilities and rejected candidates with zeros."""
+    class, and queries, generations, probabilities and rejected candidates with zeros; the model is
+    recorded as returning logits (attribute ``model_output``) unless ``attack`` says otherwise."""
     n, classes = attack.sizes["sample"], test.sizes["class"]
     filler = {
         "adversarial": (("sample", "channel", "y", "x"), test["image"].values[attack["sample_id"].values]),
@@ -168,5 +169,6 @@ def save_attack_rows(attack: xr.Dataset, test: xr.Dataset, path: Path) -> Path:
         "prob_adv": (("sample", "class"), np.zeros((n, classes), np.float32)),
     }
     rows = attack.assign({name: value for name, value in filler.items() if name not in attack})
+    rows.attrs = {"model_output": "logits", "attack_config": "{}", "shards": 1, "wall_time_s": 0.0, **attack.attrs}
     save_attack(rows.assign(success=rows["success"].astype(np.uint8)), path)
     return path

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from helpers import REPO, _assert_bit_identical, _damaged, _Mixed
-from onepixel.stages import run_stage
 from onepixel.attack import (
     OnePixelAttack,
     load_attack,
@@ -25,6 +24,7 @@ from onepixel.attack import (
     save_attack,
 )
 from onepixel.errors import DataError
+from onepixel.stages import run_stage
 
 
 @pytest.mark.parametrize("kind", ["truncated", "random", "empty", "other-stage"])
@@ -43,8 +43,12 @@ def test_a_bad_attack_file_is_named(tmp_path, toy, kind):
 def test_the_attack_stage_is_bit_identical_across_runs(toy, tmp_path):
     cfg = {"num_images": 8, "population": 24, "generations": 6, "batch_size": 50, "seed": 7, "targeted": True}
     for name in ("a.nc", "b.nc"):
-        run_stage("attack", {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}, {"out": tmp_path / name},
-                  {"attack": cfg, "device": "cpu"})
+        run_stage(
+            "attack",
+            {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"},
+            {"out": tmp_path / name},
+            {"attack": cfg, "device": "cpu"},
+        )
     a, b = load_attack(tmp_path / "a.nc"), load_attack(tmp_path / "b.nc")
     assert a.sizes["sample"] == 8 * 2 and 0 < int(a["success"].sum()) < 16  # a real search: some fooled, some not
     _assert_bit_identical(a, b, "attack")
@@ -57,8 +61,13 @@ def test_the_attack_stage_is_bit_identical_across_runs(toy, tmp_path):
 def small_model(channels: int, classes: int = 4, seed: int = 0) -> nn.Module:
     """A random CNN for any input size: strided conv, ReLU, adaptive pooling, linear."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(channels, 6, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                         nn.Flatten(), nn.Linear(24, classes)).eval()
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, classes),
+    ).eval()
 
 
 def _forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -73,8 +82,9 @@ def _forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 )
 def test_any_image_size_and_channel_count(channels, height, width):
     model = small_model(channels)
-    images = torch.randint(0, 256, (3, channels, height, width), generator=torch.Generator().manual_seed(height),
-                           dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (3, channels, height, width), generator=torch.Generator().manual_seed(height), dtype=torch.uint8
+    )
     labels = _forward(model, images).argmax(1)
     res = OnePixelAttack(model, population=10, generations=2, batch_size=25, seed=1).run(images, labels)
     assert res.pixel_x.shape == (3, 1) and res.color.shape == (3, 1, channels)
@@ -148,8 +158,9 @@ def test_models_returning_probabilities(output):
     at_a = (res.pixel_x[:, 0] == 2) & (res.pixel_y[:, 0] == 3)
     at_b = (res.pixel_x[:, 0] == 5) & (res.pixel_y[:, 0] == 6)
     assert (at_a | at_b).all()
-    logit_attack = OnePixelAttack(_PixelRule(), population=60, generations=30, seed=1,
-                                  output="auto" if output == "auto" else "logits")
+    logit_attack = OnePixelAttack(
+        _PixelRule(), population=60, generations=30, seed=1, output="auto" if output == "auto" else "logits"
+    )
     logit_res = logit_attack.run(images, labels)
     assert logit_attack.model_output == "logits" and logit_res.success.all()
     torch.testing.assert_close(logit_res.prob_adv, torch.softmax(_forward(_PixelRule(), logit_res.adversarial), 1))
@@ -234,8 +245,9 @@ def test_attack_memory_does_not_grow_with_the_image_count():
         sys.path.remove(str(REPO / "benchmarks"))
     import argparse
 
-    args = argparse.Namespace(channels=3, size=16, population=4, generations=1, batch_size=1024, device="cpu",
-                              threads=1)
+    args = argparse.Namespace(
+        channels=3, size=16, population=4, generations=1, batch_size=1024, device="cpu", threads=1
+    )
     small, big = (attack_memory.measure_in_subprocess(n, args, fixed_mmap=True) for n in (500, 5000))
     assert big["result"] > 9 * small["result"] > 0 and big["candidates"] > 9 * small["candidates"]
     growth = (big["peak"] - big["result"]) - (small["peak"] - small["result"])

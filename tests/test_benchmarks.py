@@ -28,8 +28,22 @@ def test_attack_throughput_runs(capsys):
         import attack_throughput
     finally:
         sys.path.remove(str(BENCH))
-    attack_throughput.main(["--batch-size", "120", "--population", "20", "--generations", "1", "--images", "3",
-                            "--rounds", "1", "--inputs", "1x8"])
+    attack_throughput.main(
+        [
+            "--batch-size",
+            "120",
+            "--population",
+            "20",
+            "--generations",
+            "1",
+            "--images",
+            "3",
+            "--rounds",
+            "1",
+            "--inputs",
+            "1x8",
+        ]
+    )
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.strip().startswith("1x8x8"))
     ratio = float(row.split()[4])
@@ -39,8 +53,14 @@ def test_attack_throughput_runs(capsys):
 @pytest.mark.slow
 def test_compare_tools_quick(tmp_path):
     out_json = tmp_path / "compare.json"
-    result = subprocess.run([sys.executable, str(BENCH / "compare_tools.py"), "--quick", "--json", str(out_json)],
-                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "compare_tools.py"), "--quick", "--json", str(out_json)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     if out.startswith("skipped:"):
@@ -54,8 +74,10 @@ def test_compare_tools_quick(tmp_path):
 
     report = json.loads(out_json.read_text())
     by_tool = {row["tool"]: row for row in report["rows"]}
-    installed = {"torchattacks": importlib.util.find_spec("torchattacks") is not None,
-                 "ART": importlib.util.find_spec("art") is not None}
+    installed = {
+        "torchattacks": importlib.util.find_spec("torchattacks") is not None,
+        "ART": importlib.util.find_spec("art") is not None,
+    }
     for tool, row in by_tool.items():
         if not installed.get(tool, True):
             assert row["skipped"] == "not installed"
@@ -71,14 +93,16 @@ def test_compare_tools_quick(tmp_path):
     assert "onepixel full-batch throughput" in out
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_capture_throughput_runs(capsys):
     sys.path.insert(0, str(BENCH))
     try:
         import capture_throughput
     finally:
         sys.path.remove(str(BENCH))
-    report = capture_throughput.main(["--model", "lenet", "--images", "12", "--batch-size", "5", "--rounds", "1",
-                                      "--memory", "6,24"])
+    report = capture_throughput.main(
+        ["--model", "lenet", "--images", "12", "--batch-size", "5", "--rounds", "1", "--memory", "6,24"]
+    )
     out = capsys.readouterr().out
     assert "(capture + PM) / forward" in out and "peak ratio 24 / 6 samples" in out
     assert [row["codec"] for row in report["rows"]] == ["zstd", "zlib", "none"]

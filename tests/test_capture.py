@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -13,8 +11,8 @@ import torch
 import xarray as xr
 from torch import nn
 
+import onepixel.models
 from helpers import _assert_bit_identical, save_attack_rows
-from onepixel.stages import run_stage
 from onepixel.capture import (
     FeatureExtractor,
     capture_activations,
@@ -23,6 +21,7 @@ from onepixel.capture import (
 from onepixel.cubes import CubeWriter, layer_namespace, open_cubes
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import open_netcdf, write_netcdf
+from onepixel.stages import run_stage
 
 
 class InplaceNet(nn.Module):
@@ -105,7 +104,7 @@ def fake_run(tmp_path, monkeypatch, n: int = 5):
     write_netcdf(test, tmp_path / "test.nc", kind="dataset")
     net = InplaceNet().eval()
     save_attack_rows(attack, test, tmp_path / "attack.nc")
-    monkeypatch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {})))
+    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {}))
     return net, test, attack
 
 
@@ -113,14 +112,21 @@ def _expected_maps(net, test, attack):
     """Per layer, the manual forward's ``clean`` feature maps and their ``delta`` under the attack."""
     clean_f = torch.from_numpy(test["image"].values[attack["sample_id"].values]).float() / 255
     adv_f = torch.from_numpy(attack["adversarial"].values).float() / 255
-    return [{"clean": c, "delta": a - c} for c, a in zip(manual_forward(net, clean_f), manual_forward(net, adv_f))]
+    return [
+        {"clean": c, "delta": a - c}
+        for c, a in zip(manual_forward(net, clean_f), manual_forward(net, adv_f), strict=False)
+    ]
 
 
 @pytest.mark.parametrize("compression", ["zstd", "zlib", "none"])
 def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
     net, test, attack = fake_run(tmp_path, monkeypatch)
-    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
-                      {"capture": {"batch_size": 2, "compression": compression}, "device": "cpu"})
+    files = run_stage(
+        "capture",
+        {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"},
+        {"out": tmp_path / "cubes"},
+        {"capture": {"batch_size": 2, "compression": compression}, "device": "cpu"},
+    )
     # depth order comes from the forward pass, not from feature_layers' order
     assert [f.name for f in files] == ["00_conv1.nc", "01_conv2.nc"]
     index = json.loads((tmp_path / "cubes" / "layers.json").read_text())
@@ -150,7 +156,12 @@ def test_capture_stage_files(tmp_path, monkeypatch, compression) -> None:
 
 def test_cubes_open_as_one_dataset_across_layers(tmp_path, monkeypatch) -> None:
     net, test, attack = fake_run(tmp_path, monkeypatch)
-    files = run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
+    files = run_stage(
+        "capture",
+        {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"},
+        {"out": tmp_path / "cubes"},
+        {"device": "cpu"},
+    )
     expected = _expected_maps(net, test, attack)
     explicit = {"combine": "by_coords", "data_vars": "all", "coords": "minimal", "compat": "override", "join": "exact"}
     with warnings.catch_warnings():
@@ -180,16 +191,24 @@ def test_interrupted_capture_leaves_no_cube(tmp_path, monkeypatch) -> None:
     original = CubeWriter.write
     monkeypatch.setattr(CubeWriter, "write", write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
-                  {"capture": {"batch_size": 2}, "device": "cpu"})
+        run_stage(
+            "capture",
+            {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"},
+            {"out": tmp_path / "cubes"},
+            {"capture": {"batch_size": 2}, "device": "cpu"},
+        )
     assert list((tmp_path / "cubes").iterdir()) == []
 
 
 def test_capture_stage_unknown_layer(tmp_path, monkeypatch) -> None:
     fake_run(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="capture.layers"):
-        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
-                  {"capture": {"layers": ["fc9"]}, "device": "cpu"})
+        run_stage(
+            "capture",
+            {"checkpoint": "ckpt.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "attack.nc"},
+            {"out": tmp_path / "cubes"},
+            {"capture": {"layers": ["fc9"]}, "device": "cpu"},
+        )
     assert not (tmp_path / "cubes" / "layers.json").exists()
 
 
@@ -236,10 +255,18 @@ def test_fx_extractor_orders_by_depth_and_names_unknown_nodes() -> None:
 
 def test_attack_beyond_the_test_set_is_refused(tmp_path, monkeypatch) -> None:
     fake_run(tmp_path, monkeypatch)
-    write_netcdf(open_netcdf(tmp_path / "test.nc", kind="dataset").isel(sample=slice(0, 5)), tmp_path / "small.nc",
-                 kind="dataset")
+    write_netcdf(
+        open_netcdf(tmp_path / "test.nc", kind="dataset").isel(sample=slice(0, 5)),
+        tmp_path / "small.nc",
+        kind="dataset",
+    )
     with pytest.raises(DataError, match=r"attack.nc: sample_id 9 is outside the 5 images of .*small.nc"):
-        run_stage("capture", {"checkpoint": "ckpt.pt", "test": tmp_path / "small.nc", "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"})
+        run_stage(
+            "capture",
+            {"checkpoint": "ckpt.pt", "test": tmp_path / "small.nc", "attack": tmp_path / "attack.nc"},
+            {"out": tmp_path / "cubes"},
+            {"device": "cpu"},
+        )
     assert not (tmp_path / "cubes").exists()
 
 

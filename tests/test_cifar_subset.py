@@ -26,7 +26,6 @@ import pytest
 import torch
 import yaml
 
-from onepixel.stages import run_stage
 from onepixel.cli import main
 from onepixel.config import load_config, validate_config
 from onepixel.data import (
@@ -38,6 +37,7 @@ from onepixel.data import (
     read_cifar10_root,
 )
 from onepixel.errors import ConfigError, DataError
+from onepixel.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = Path(__file__).parents[1].parent / "shared/data/cifar10-subset"
@@ -111,8 +111,8 @@ def test_md5_table_is_torchvisions():
 
     listed = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
     listed[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
-    assert cifar10.CIFAR10_FILES == listed
-    assert cifar10.CIFAR10_MD5 == CIFAR10.tgz_md5
+    assert listed == cifar10.CIFAR10_FILES
+    assert CIFAR10.tgz_md5 == cifar10.CIFAR10_MD5
 
 
 @pytest.mark.parametrize("level", ["batch_dir", "parent"])
@@ -137,8 +137,9 @@ def test_official_checksums_are_recognised(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar10, "CIFAR10_FILES", {name: _md5(raw) for name, raw in files.items()})
     notices: list[str] = []
     train, test = read_cifar10_root(batch_dir, log=notices.append)
-    assert notices == [(f"{batch_dir}: the official CIFAR-10 set (10 training, 2 test images; "
-                        "published md5 checksums verified)")]
+    assert notices == [
+        (f"{batch_dir}: the official CIFAR-10 set (10 training, 2 test images; published md5 checksums verified)")
+    ]
     assert train.attrs["official_checksums"] == 1 == test.attrs["official_checksums"]
     # one file that differs from its published checksum makes it a custom copy
     monkeypatch.setitem(cifar10.CIFAR10_FILES, "data_batch_3", "0" * 32)
@@ -167,11 +168,15 @@ def test_tar_gz_errors_name_the_member(tmp_path):
     files = _fixture_files()
     del files["data_batch_4"]
     partial = _write_tar(tmp_path / "partial.tar.gz", files)
-    with pytest.raises(DataError, match=r"partial\.tar\.gz:cifar-10-batches-py/data_batch_4: CIFAR-10 batch file not found"):
+    with pytest.raises(
+        DataError, match=r"partial\.tar\.gz:cifar-10-batches-py/data_batch_4: CIFAR-10 batch file not found"
+    ):
         read_cifar10_root(partial)
     files = _fixture_files() | {"test_batch": b"\x80\x02}q\x00(garbage"}
     garbage = _write_tar(tmp_path / "garbage.tar.gz", files)
-    with pytest.raises(DataError, match=r"garbage\.tar\.gz:cifar-10-batches-py/test_batch: not a readable CIFAR-10 pickle"):
+    with pytest.raises(
+        DataError, match=r"garbage\.tar\.gz:cifar-10-batches-py/test_batch: not a readable CIFAR-10 pickle"
+    ):
         read_cifar10_root(garbage)
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(_write_tar(tmp_path / "ok.tar.gz").read_bytes()[:500])
@@ -184,12 +189,22 @@ def test_tar_gz_errors_name_the_member(tmp_path):
     [
         (lambda d: (d / "data_batch_4").unlink(), r"data_batch_4: CIFAR-10 batch file not found"),
         (lambda d: (d / "data_batch_2").write_bytes(b"not a pickle"), r"data_batch_2: not a readable CIFAR-10 pickle"),
-        (lambda d: (d / "test_batch").write_bytes(_pickled({"data": np.zeros((2, 1024), np.uint8), "labels": [0, 1]})),
-         r"test_batch: 'data' must be an \(N, 3072\) array; got \(2, 1024\)"),
-        (lambda d: (d / "data_batch_5").write_bytes(_pickled({"data": np.zeros((2, 3072), np.uint8), "labels": [0]})),
-         r"data_batch_5: 'labels' must be 2 class indices"),
-        (lambda d: (d / "batches.meta").write_bytes(_pickled({"label_names": []})),
-         r"batches.meta: 'label_names' must be a non-empty list"),
+        (
+            lambda d: (d / "test_batch").write_bytes(
+                _pickled({"data": np.zeros((2, 1024), np.uint8), "labels": [0, 1]})
+            ),
+            r"test_batch: 'data' must be an \(N, 3072\) array; got \(2, 1024\)",
+        ),
+        (
+            lambda d: (d / "data_batch_5").write_bytes(
+                _pickled({"data": np.zeros((2, 3072), np.uint8), "labels": [0]})
+            ),
+            r"data_batch_5: 'labels' must be 2 class indices",
+        ),
+        (
+            lambda d: (d / "batches.meta").write_bytes(_pickled({"label_names": []})),
+            r"batches.meta: 'label_names' must be a non-empty list",
+        ),
     ],
 )
 def test_folder_errors_name_the_file(tmp_path, damage, message):
@@ -230,7 +245,9 @@ def test_config_validates_the_root(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"^dataset\.root: .*cifar10 only, not 'digits'"):
         validate_config({"dataset": {"root": "staged"}})
     (tmp_path / "staged" / "cifar-10-batches-py" / "test_batch").unlink()
-    with pytest.raises(ConfigError, match=r"^dataset\.root: staged/cifar-10-batches-py/test_batch: CIFAR-10 batch file"):
+    with pytest.raises(
+        ConfigError, match=r"^dataset\.root: staged/cifar-10-batches-py/test_batch: CIFAR-10 batch file"
+    ):
         validate_config({"dataset": {"name": "cifar10", "root": "staged"}})
     # without file checks (e.g. a config written for another machine) only the types are checked
     validate_config({"dataset": {"name": "cifar10", "root": "missing"}}, check_files=False)
@@ -273,8 +290,9 @@ def test_subset_config_is_valid(monkeypatch):
 
 def _snakemake(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run(["snakemake", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    return subprocess.run(
+        ["snakemake", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -314,6 +332,7 @@ def test_workflow_reads_the_root_and_reruns_when_it_changes(workdir):
     assert "prepare_data" in again.stdout + again.stderr and "Nothing to be done" not in again.stdout + again.stderr
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_workflow_stops_on_a_missing_root(workdir):
     result = _snakemake(["--cores", "1", "--config", "dataset={'name': 'cifar10', 'root': '../missing'}"], workdir)
     assert result.returncode != 0
@@ -351,8 +370,10 @@ def test_subset_reader(subset):
     # natural images: every channel uses most of the range and the images differ
     assert train["image"].values.std() > 40 and len(np.unique(train["image"].values[:50, 0, 16, 16])) > 20
     assert subset["notices"] == [
-        (f"{SUBSET}: 4660 training and 846 test images in CIFAR-10's layout; not the official CIFAR-10 set "
-         "(its checksums differ from the published ones), used as a partial or custom copy")
+        (
+            f"{SUBSET}: 4660 training and 846 test images in CIFAR-10's layout; not the official CIFAR-10 set "
+            "(its checksums differ from the published ones), used as a partial or custom copy"
+        )
     ]
 
 
@@ -361,8 +382,13 @@ def lenet(subset):
     """LeNet trained briefly on the 4,660 real training images (about 20 s on 2 CPU cores)."""
     checkpoint, metrics = subset["dir"] / "lenet.pt", subset["dir"] / "lenet.json"
     cfg = {"epochs": 4, "batch_size": 128, "lr": 0.05, "augment": False, "seed": 0}
-    run_stage("train", {"train": subset["train"], "test": subset["test"]}, {"checkpoint": checkpoint, "metrics": metrics},
-              {"train": cfg, "device": "cpu"}, {"model": "lenet"})
+    run_stage(
+        "train",
+        {"train": subset["train"], "test": subset["test"]},
+        {"checkpoint": checkpoint, "metrics": metrics},
+        {"train": cfg, "device": "cpu"},
+        {"model": "lenet"},
+    )
     return checkpoint
 
 
@@ -391,7 +417,7 @@ def test_attack_successes_are_real_misclassifications(lenet, subset, attack):
     model, _ = load_checkpoint(lenet)
     model.eval()
     success = result["success"].values.astype(bool)
-    assert result.sizes["sample"] == 24 and 0 < success.sum(), "no one-pixel attack succeeded"
+    assert result.sizes["sample"] == 24 and success.sum() > 0, "no one-pixel attack succeeded"
     clean = test["image"].values[result["sample_id"].values]
     adversarial = result["adversarial"].values
     with torch.no_grad():
@@ -417,8 +443,12 @@ def test_capture_cubes_have_the_layer_shapes(lenet, subset, attack):
 
     from onepixel.models import load_checkpoint
 
-    files = run_stage("capture", {"checkpoint": lenet, "test": subset["test"], "attack": attack},
-                      {"out": subset["dir"] / "cubes"}, {"device": "cpu"})
+    files = run_stage(
+        "capture",
+        {"checkpoint": lenet, "test": subset["test"], "attack": attack},
+        {"out": subset["dir"] / "cubes"},
+        {"device": "cpu"},
+    )
     assert [f.name for f in files] == ["00_relu1.nc", "01_relu2.nc"]
     model, _ = load_checkpoint(lenet)
     model.eval()
@@ -427,12 +457,13 @@ def test_capture_cubes_have_the_layer_shapes(lenet, subset, attack):
     clean = torch.from_numpy(test["image"].values[result["sample_id"].values]).float() / 255
     adversarial = torch.from_numpy(result["adversarial"].values).float() / 255
     with torch.no_grad():  # the model's own submodules, called by hand without hooks
+
         def by_hand(x):
             relu1 = model.relu1(model.conv1(model.normalize(x)))
             return relu1, model.relu2(model.conv2(model.pool1(relu1)))
 
         clean_maps, adversarial_maps = by_hand(clean), by_hand(adversarial)
-        expected = {"clean": clean_maps, "delta": [a - c for a, c in zip(adversarial_maps, clean_maps)]}
+        expected = {"clean": clean_maps, "delta": [a - c for a, c in zip(adversarial_maps, clean_maps, strict=False)]}
     for index, (file, shape) in enumerate(zip(files, [(6, 28, 28), (16, 10, 10)], strict=True)):
         with xr.open_dataset(file) as cube:
             assert cube["clean"].shape == (24, *shape) == cube["delta"].shape

@@ -25,8 +25,9 @@ def test_validate_config_prints_defaults(capsys, tmp_path):
 def test_bad_config_is_one_line_and_status_2(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("attack:\n  population: 2\n")
-    result = subprocess.run([sys.executable, "-m", "onepixel", "validate-config", "--config", str(config)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "onepixel", "validate-config", "--config", str(config)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert result.stderr == "error: attack.population: 2 is out of range; must be >= 4\n"
 
@@ -47,7 +48,9 @@ def test_models_lists_the_registry(capsys):
 
 def test_the_cli_names_a_corrupt_checkpoint_in_one_line(tmp_path, toy, capsys):
     path, _ = _bad_checkpoint("truncated", tmp_path)
-    status = main(["attack", "--checkpoint", str(path), "--test", str(toy / "test.nc"), "--out", str(tmp_path / "a.nc")])
+    status = main(
+        ["attack", "--checkpoint", str(path), "--test", str(toy / "test.nc"), "--out", str(tmp_path / "a.nc")]
+    )
     err = capsys.readouterr().err
     assert status == 2 and err.startswith(f"error: {path}: not a readable PyTorch checkpoint") and err.count("\n") == 1
     assert not (tmp_path / "a.nc").exists()
@@ -84,8 +87,20 @@ def test_every_stage_has_a_generated_command_whose_help_lists_its_files_and_keys
 def test_set_overrides_the_config_and_is_validated(capsys, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("attack:\n  population: 50\n")
-    assert main(["validate-config", "--config", str(config), "--set", "attack.generations=7",
-                 "--set", "locality.rings=euclidean"]) == 0
+    assert (
+        main(
+            [
+                "validate-config",
+                "--config",
+                str(config),
+                "--set",
+                "attack.generations=7",
+                "--set",
+                "locality.rings=euclidean",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert (printed["attack"]["population"], printed["attack"]["generations"]) == (50, 7)
     assert printed["locality"]["rings"] == "euclidean"
@@ -110,36 +125,104 @@ def test_the_generated_cli_gives_the_workflows_results(study, tmp_path):
     models = study.config["models"]
     for model in models:
         files = ["--checkpoint", out / f"{model}.pt", "--test", data / "test.nc"]
-        cli("train", "--model", model, "--train", data / "train.nc", "--test", data / "test.nc",
-            "--checkpoint", out / f"{model}.pt", "--metrics", out / f"{model}.json")
+        cli(
+            "train",
+            "--model",
+            model,
+            "--train",
+            data / "train.nc",
+            "--test",
+            data / "test.nc",
+            "--checkpoint",
+            out / f"{model}.pt",
+            "--metrics",
+            out / f"{model}.json",
+        )
         cli("select-images", *files, "--out", out / f"{model}-selection.json")
         cli("attack", *files, "--selection", out / f"{model}-selection.json", "--out", out / f"{model}-shard.nc")
-        cli("merge-attack", "--shards", out / f"{model}-shard.nc", "--selection", out / f"{model}-selection.json",
-            "--out", out / f"{model}-attack.nc")
+        cli(
+            "merge-attack",
+            "--shards",
+            out / f"{model}-shard.nc",
+            "--selection",
+            out / f"{model}-selection.json",
+            "--out",
+            out / f"{model}-attack.nc",
+        )
         attacked = [*files, "--attack", out / f"{model}-attack.nc"]
         cli("capture", *attacked, "--out", out / f"{model}-cubes")
         cli("propagation", "--cubes", out / f"{model}-cubes", "--out", out / f"{model}-pm.nc")
         cli("locality", *attacked, "--out", out / f"{model}-locality.nc")
         cli("vulnerability", *attacked, "--out", out / f"{model}-vulnerability.nc")
-        for kind, theirs in (("attack", "attack"), ("pm", "propagation"), ("locality", "locality"),
-                             ("vulnerability", "vulnerability")):
+        for kind, theirs in (
+            ("attack", "attack"),
+            ("pm", "propagation"),
+            ("locality", "locality"),
+            ("vulnerability", "vulnerability"),
+        ):
             mine = xr.load_dataset(out / f"{model}-{kind}.nc")
             workflow = xr.load_dataset(results / theirs / f"{model}.nc")
             assert set(mine.data_vars) == set(workflow.data_vars), (model, kind)
             for name in mine.variables:
-                np.testing.assert_array_equal(mine[name].values, workflow[name].values, err_msg=f"{model} {kind} {name}")
-    pairs = {kind: [f"{m}={out / f'{m}-{suffix}'}" for m in models]
-             for kind, suffix in (("attack", "attack.nc"), ("propagation", "pm.nc"), ("locality", "locality.nc"),
-                                  ("vulnerability", "vulnerability.nc"), ("metrics", "json"))}
-    cli("figures", "--test", data / "test.nc", "--attack", *pairs["attack"], "--propagation", *pairs["propagation"],
-        "--locality", *pairs["locality"], "--out", out / "figures")
-    cli("locality-figures", "--test", data / "test.nc", "--locality", *pairs["locality"],
-        "--vulnerability", *pairs["vulnerability"], "--out", out / "figures")
-    cli("summary", "--metrics", *pairs["metrics"], "--attack", *pairs["attack"], "--propagation", *pairs["propagation"],
-        "--locality", *pairs["locality"], "--summary", out / "summary.json", "--models-csv", out / "models.csv",
-        "--locality-csv", out / "locality.csv", "--table", out / "metrics.html")
+                np.testing.assert_array_equal(
+                    mine[name].values, workflow[name].values, err_msg=f"{model} {kind} {name}"
+                )
+    pairs = {
+        kind: [f"{m}={out / f'{m}-{suffix}'}" for m in models]
+        for kind, suffix in (
+            ("attack", "attack.nc"),
+            ("propagation", "pm.nc"),
+            ("locality", "locality.nc"),
+            ("vulnerability", "vulnerability.nc"),
+            ("metrics", "json"),
+        )
+    }
+    cli(
+        "figures",
+        "--test",
+        data / "test.nc",
+        "--attack",
+        *pairs["attack"],
+        "--propagation",
+        *pairs["propagation"],
+        "--locality",
+        *pairs["locality"],
+        "--out",
+        out / "figures",
+    )
+    cli(
+        "locality-figures",
+        "--test",
+        data / "test.nc",
+        "--locality",
+        *pairs["locality"],
+        "--vulnerability",
+        *pairs["vulnerability"],
+        "--out",
+        out / "figures",
+    )
+    cli(
+        "summary",
+        "--metrics",
+        *pairs["metrics"],
+        "--attack",
+        *pairs["attack"],
+        "--propagation",
+        *pairs["propagation"],
+        "--locality",
+        *pairs["locality"],
+        "--summary",
+        out / "summary.json",
+        "--models-csv",
+        out / "models.csv",
+        "--locality-csv",
+        out / "locality.csv",
+        "--table",
+        out / "metrics.html",
+    )
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(
-        p.name for p in (results / "figures").glob("*.png"))
+        p.name for p in (results / "figures").glob("*.png")
+    )
     mine, theirs = json.loads((out / "summary.json").read_text()), json.loads((results / "summary.json").read_text())
     assert mine["models"].keys() == theirs["models"].keys()
     for model in models:

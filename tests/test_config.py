@@ -57,7 +57,10 @@ def test_input_is_not_modified():
         ({"colour": 1}, "unknown key colour = 1; allowed keys: attack, capture"),
         ({"dataset": {"name": "mnist"}}, "dataset.name: 'mnist' is not allowed; allowed values: digits, cifar10"),
         ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' has the wrong type; expected integer"),
-        ({"attack": {"strategy": "best2bin"}}, "attack.strategy: 'best2bin' is not allowed; allowed values: rand1, best1bin"),
+        (
+            {"attack": {"strategy": "best2bin"}},
+            "attack.strategy: 'best2bin' is not allowed; allowed values: rand1, best1bin",
+        ),
         ({"models": []}, "models: needs at least 1 item(s)"),
         ({"device": "gpu"}, "device: 'gpu' is not allowed"),
     ],
@@ -102,7 +105,11 @@ def test_paper_configs_are_the_papers_setting():
     for config in (untargeted, targeted):
         assert config["dataset"]["name"] == "cifar10"
         assert config["models"] == ["lenet", "allconv", "nin", "vgg16", "resnet32", "densenet", "wrn16_4"]
-        assert (config["attack"]["pixels"], config["attack"]["population"], config["attack"]["generations"]) == (1, 400, 100)
+        assert (config["attack"]["pixels"], config["attack"]["population"], config["attack"]["generations"]) == (
+            1,
+            400,
+            100,
+        )
         assert config["attack"]["num_images"] >= 500 and config["attack"]["strategy"] == "rand1"
     assert (untargeted["attack"]["targeted"], targeted["attack"]["targeted"]) == (False, True)
     assert untargeted["study"] != targeted["study"]
@@ -176,11 +183,22 @@ def _bad_cases():
         if kind == "array" and "enum" in sub.get("items", {}):
             allowed = ", ".join(sub["items"]["enum"])
             required = [sub["contains"]["const"]] if "contains" in sub else []  # a valid item the list must hold
-            cases.append((key, [*required, "bogus"],
-                          f"{key}[{len(required)}]: 'bogus' is not allowed; allowed values: {allowed}"))
+            cases.append(
+                (
+                    key,
+                    [*required, "bogus"],
+                    f"{key}[{len(required)}]: 'bogus' is not allowed; allowed values: {allowed}",
+                )
+            )
         wrong = {"integer": "many", "number": "lots", "boolean": "maybe", "string": 7, "array": 7, "object": 7}[kind]
-        expected = {"integer": "integer", "number": "number", "boolean": "boolean (true or false)", "string": "string",
-                    "array": "list", "object": "mapping of keys"}[kind]
+        expected = {
+            "integer": "integer",
+            "number": "number",
+            "boolean": "boolean (true or false)",
+            "string": "string",
+            "array": "list",
+            "object": "mapping of keys",
+        }[kind]
         cases.append((key, wrong, f"{key}: {wrong!r} has the wrong type; expected {expected}"))
     return cases
 
@@ -193,7 +211,9 @@ def test_every_key_is_validated(key, value, expected):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("section", sorted(k for k, v in load_schema()["properties"].items() if v.get("type") == "object"))
+@pytest.mark.parametrize(
+    "section", sorted(k for k, v in load_schema()["properties"].items() if v.get("type") == "object")
+)
 def test_unknown_key_in_every_section(section):
     allowed = ", ".join(sorted(load_schema()["properties"][section]["properties"]))
     with pytest.raises(ConfigError) as info:
@@ -255,7 +275,7 @@ def test_schema_enums_match_the_registries():
 
 
 def test_validate_section_and_defaults():
-    from onepixel.attack import DEFAULT_ATTACK_CONFIG
+    from onepixel.attack.stage import DEFAULT_ATTACK_CONFIG
     from onepixel.config import section_defaults, validate_section
 
     schema_defaults = {k: v["default"] for k, v in load_schema()["properties"]["attack"]["properties"].items()}
@@ -312,9 +332,11 @@ def workdir(tmp_path_factory) -> Path:
     ],
     ids=["unknown-key", "nan", "dataset", "distance"],
 )
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_snakemake_stops_on_a_bad_config_before_any_job(workdir, override, expected):
-    result = subprocess.run(["snakemake", "-n", "--config", *override], cwd=workdir, env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["snakemake", "-n", "--config", *override], cwd=workdir, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and lines[0].startswith(expected), result.stderr

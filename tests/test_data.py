@@ -308,12 +308,20 @@ def _cifar_archive(path: Path, per_batch: int = 3) -> tuple[str, dict[str, str],
     for b, name in enumerate(CIFAR_FILES[1:]):
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = [(b + k) % 10 for k in range(per_batch)]
-        members[name] = pickle.dumps({"batch_label": f"{name} of 6", "labels": labels, "data": data,
-                                      "filenames": [f"img_{b}_{k}.png" for k in range(per_batch)]}, protocol=2)
+        members[name] = pickle.dumps(
+            {
+                "batch_label": f"{name} of 6",
+                "labels": labels,
+                "data": data,
+                "filenames": [f"img_{b}_{k}.png" for k in range(per_batch)],
+            },
+            protocol=2,
+        )
         if name == "test_batch":
             test_images, test_labels = data.reshape(-1, 3, 32, 32), np.array(labels)
-    members["batches.meta"] = pickle.dumps({"label_names": CIFAR_NAMES, "num_cases_per_batch": per_batch,
-                                            "num_vis": 3072}, protocol=2)
+    members["batches.meta"] = pickle.dumps(
+        {"label_names": CIFAR_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072}, protocol=2
+    )
     members["readme.html"] = b"<html>fixture</html>"
     with tarfile.open(path, "w:gz") as tar:
         for name, raw in members.items():
@@ -341,8 +349,15 @@ def cifar_server(tmp_path):
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        yield {"path": served, "url": f"{base}/{served.name}", "base": base, "md5": md5, "sums": sums,
-               "images": images, "labels": labels}
+        yield {
+            "path": served,
+            "url": f"{base}/{served.name}",
+            "base": base,
+            "md5": md5,
+            "sums": sums,
+            "images": images,
+            "labels": labels,
+        }
         server.shutdown()
 
 

@@ -83,8 +83,13 @@ def _linear(c: int, h: int, w: int, k: int, seed: int) -> nn.Module:
 
 def _conv(c: int, h: int, w: int, k: int, seed: int) -> nn.Module:
     net = nn.Sequential(
-        nn.Conv2d(c, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, k),
+        nn.Conv2d(c, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, k),
     )
     return _seeded(net, seed, 0.8)
 
@@ -178,18 +183,35 @@ def cases() -> list[Case]:
             output = "auto"
             if i % 17 == 5:
                 output = "probabilities" if model.endswith(("_prob", "_sharp")) else "logits"
-            out.append(Case(
-                name=f"{i:03d}-{strategy}-k{pixels}-{'t' if targeted else 'u'}-{model}-{c}x{h}x{w}-n{n}-p{p}",
-                model=model, channels=c, height=h, width=w, n=n, classes=(3, 5, 10)[i % 3], pixels=pixels,
-                strategy=strategy, targeted=targeted, population=p, generations=2 + (i % 5),
-                batch_size=max(1, _batch_size(j, p, n)), seed=i % 4, F=(0.5, 0.8, 1.3, 0.3)[i % 4],
-                crossover=(1.0, 0.7, 0.3, 0.0, 0.5)[i % 5], labels="cycle" if i % 4 == 3 else "pred",
-                ids=i % 3 == 1, output=output,
-            ))
+            out.append(
+                Case(
+                    name=f"{i:03d}-{strategy}-k{pixels}-{'t' if targeted else 'u'}-{model}-{c}x{h}x{w}-n{n}-p{p}",
+                    model=model,
+                    channels=c,
+                    height=h,
+                    width=w,
+                    n=n,
+                    classes=(3, 5, 10)[i % 3],
+                    pixels=pixels,
+                    strategy=strategy,
+                    targeted=targeted,
+                    population=p,
+                    generations=2 + (i % 5),
+                    batch_size=max(1, _batch_size(j, p, n)),
+                    seed=i % 4,
+                    F=(0.5, 0.8, 1.3, 0.3)[i % 4],
+                    crossover=(1.0, 0.7, 0.3, 0.0, 0.5)[i % 5],
+                    labels="cycle" if i % 4 == 3 else "pred",
+                    ids=i % 3 == 1,
+                    output=output,
+                )
+            )
     return out
 
 
-def _inputs(case: Case, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _inputs(
+    case: Case, model: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Images (uint8), labels, targets and ids of a case."""
     g = torch.Generator().manual_seed(1000 + int(case.name[:3]))
     low, high = (20, 230) if case.model == "nonfinite" else (0, 256)  # clean images have finite outputs
@@ -210,9 +232,17 @@ def digests(case: Case, engine: types.ModuleType) -> dict[str, str]:
     model = StreamHash(build_model(case))
     images, labels, targets, ids = _inputs(case, model.inner)
     attack = engine.OnePixelAttack(
-        model, pixels=case.pixels, population=case.population, generations=case.generations, F=case.F,
-        crossover=case.crossover, strategy=case.strategy, targeted=case.targeted, seed=case.seed,
-        batch_size=case.batch_size, output=case.output,
+        model,
+        pixels=case.pixels,
+        population=case.population,
+        generations=case.generations,
+        F=case.F,
+        crossover=case.crossover,
+        strategy=case.strategy,
+        targeted=case.targeted,
+        seed=case.seed,
+        batch_size=case.batch_size,
+        output=case.output,
     )
     result = attack.run(images, labels, targets, ids)
     h = hashlib.sha256()

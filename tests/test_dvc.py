@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Study, check_tool, run_tool
 
+from conftest import Study, check_tool, run_tool
 from onepixel.workflow.sharing import describe_status
 
 SHARED = ("resources/datasets", "results")
@@ -43,13 +43,17 @@ def _planned_rules(repo: Path, *args: str) -> dict[str, int]:
     text = result.stdout + result.stderr
     if "Nothing to be done" in text:
         return {}
-    table = text[text.index("Job stats:"):].split("total")[0]
+    table = text[text.index("Job stats:") :].split("total")[0]
     return {name: int(count) for name, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
 def test_describe_status_names_every_change_on_one_line():
-    status = {"study": [{"changed deps": {"config/config.yaml": {"attack": "modified"}, "src/onepixel": "modified"}},
-                        {"changed outs": {"results/digits/models": "deleted"}}]}
+    status = {
+        "study": [
+            {"changed deps": {"config/config.yaml": {"attack": "modified"}, "src/onepixel": "modified"}},
+            {"changed outs": {"results/digits/models": "deleted"}},
+        ]
+    }
     assert describe_status(status) == (
         "study: changed deps config/config.yaml (attack modified), src/onepixel (modified); "
         "changed outs results/digits/models (deleted)"
@@ -126,9 +130,11 @@ def test_marking_up_to_date_refuses_results_of_another_config(pushed):
     result = run_tool([sys.executable, "-m", "onepixel.workflow.sharing", "--no-pull"], clone)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        ("error: the workspace does not match dvc.lock (study: changed deps config/config.yaml (attack modified)); "
-         "results are only marked up to date when they are those of this checkout's code and config: "
-         "run `dvc pull` / `dvc checkout`, or `dvc repro` to recompute")
+        (
+            "error: the workspace does not match dvc.lock (study: changed deps config/config.yaml (attack modified)); "
+            "results are only marked up to date when they are those of this checkout's code and config: "
+            "run `dvc pull` / `dvc checkout`, or `dvc repro` to recompute"
+        )
     ]
 
 
@@ -137,8 +143,10 @@ def test_dvc_get_fetches_models_and_results_from_the_remote(pushed, tmp_path):
     source = _clone(pushed, "no-cache")  # no local cache: what dvc get returns comes from the remote
     for target in ("results/digits/models", "results/digits/attack/lenet.nc"):
         check_tool(["dvc", "get", str(source), target, "-o", str(tmp_path / Path(target).name)], tmp_path)
-    got = {f"results/digits/models/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
-           for p in (tmp_path / "models").iterdir()}
+    got = {
+        f"results/digits/models/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in (tmp_path / "models").iterdir()
+    }
     assert got == _digests(pushed.repo, "results/digits/models")
     assert (tmp_path / "lenet.nc").read_bytes() == (pushed.results / "attack" / "lenet.nc").read_bytes()
     assert not (source / ".dvc" / "cache").exists()
@@ -146,14 +154,16 @@ def test_dvc_get_fetches_models_and_results_from_the_remote(pushed, tmp_path):
 
 # -- experiments -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def experiments(pushed) -> Path:
     """Two experiments in a pulled clone: LeNet only, then LeNet with a population of 20."""
     clone = _clone(pushed, "experiments")
     check_tool([sys.executable, "-m", "onepixel.workflow.sharing"], clone)
     check_tool(["dvc", "exp", "run", "-n", "lenet-only", "-S", "config/config.yaml:models=[lenet]"], clone, 1800)
-    check_tool(["dvc", "exp", "run", "-n", "population-20", "-S", "config/config.yaml:attack.population=20"],
-               clone, 1800)
+    check_tool(
+        ["dvc", "exp", "run", "-n", "population-20", "-S", "config/config.yaml:attack.population=20"], clone, 1800
+    )
     return clone
 
 
@@ -190,11 +200,16 @@ def test_exp_show_lists_the_experiments_with_their_metrics(experiments, pushed):
     assert params["attack"]["population"] == 20 and params["models"] == ["lenet"]
     generations = params["attack"]["generations"]
     assert small["models"]["lenet"]["mean_queries"] <= 20 * (generations + 1)
-    assert baseline["models"]["lenet"]["mean_queries"] > 20 * (generations + 1) or \
-        small["models"]["lenet"] != baseline["models"]["lenet"]
+    assert (
+        baseline["models"]["lenet"]["mean_queries"] > 20 * (generations + 1)
+        or small["models"]["lenet"] != baseline["models"]["lenet"]
+    )
     assert small["models"]["lenet"]["test_accuracy"] == baseline["models"]["lenet"]["test_accuracy"]
-    digests = {small["provenance"]["config_digest"], lenet_only["provenance"]["config_digest"],
-               baseline["provenance"]["config_digest"]}
+    digests = {
+        small["provenance"]["config_digest"],
+        lenet_only["provenance"]["config_digest"],
+        baseline["provenance"]["config_digest"],
+    }
     assert len(digests) == 3
 
     table = check_tool(["dvc", "exp", "show", "--csv"], experiments).stdout.splitlines()
@@ -204,8 +219,9 @@ def test_exp_show_lists_the_experiments_with_their_metrics(experiments, pushed):
 
 @pytest.mark.slow
 def test_plots_compare_the_experiments_per_model(experiments):
-    shown = json.loads(check_tool(["dvc", "plots", "diff", "lenet-only", "population-20", "--json"],
-                                  experiments).stdout)
+    shown = json.loads(
+        check_tool(["dvc", "plots", "diff", "lenet-only", "population-20", "--json"], experiments).stdout
+    )
     plots = shown["data"]
     assert set(plots) == {
         "Test accuracy per model",

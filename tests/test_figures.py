@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from helpers import png_size, save_attack_rows
 from torch import nn
 
-from onepixel.stages import run_stage
+import onepixel.models
+from helpers import png_size, save_attack_rows
+from onepixel.analysis.locality import locality_analysis
 from onepixel.errors import ConfigError
 from onepixel.figures import (
     plot_average_pm,
@@ -20,8 +20,8 @@ from onepixel.figures import (
     plot_pm_depth,
     plot_pm_grid,
 )
-from onepixel.analysis.locality import locality_analysis
 from onepixel.files import write_netcdf
+from onepixel.stages import run_stage
 
 N = 6
 
@@ -79,12 +79,18 @@ def run(tmp_path_factory):
     write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
     save_attack_rows(attack, test, tmp / "a.nc")
-    patch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {})))
-    run_stage("capture", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"}, {"out": tmp / "cubes"},
-              {"device": "cpu"})
+    patch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {}))
+    run_stage(
+        "capture",
+        {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
+        {"out": tmp / "cubes"},
+        {"device": "cpu"},
+    )
     prop = run_stage("propagation", {"cubes": tmp / "cubes"}, {"out": tmp / "prop.nc"})
     ok = attack["success"].values
-    loc = locality_analysis(net, torch.from_numpy(images[ids][ok]), np.zeros(ok.sum()), px[ok], py[ok], color[ok], max_distance=3)
+    loc = locality_analysis(
+        net, torch.from_numpy(images[ids][ok]), np.zeros(ok.sum()), px[ok], py[ok], color[ok], max_distance=3
+    )
     write_netcdf(loc, tmp / "loc.nc", kind="locality")
     yield types.SimpleNamespace(tmp=tmp, prop=prop, loc=loc, attack=attack, images=images)
     patch.undo()
@@ -114,9 +120,14 @@ def test_average_pm_locality_depth(run, tmp_path) -> None:
 def test_figures_stage(run, tmp_path) -> None:
     files = run_stage(
         "figures",
-        {"test": run.tmp / "test.nc", "attack": {"small": run.tmp / "a.nc"}, "propagation": {"small": run.tmp / "prop.nc"},
-         "locality": {"small": run.tmp / "loc.nc"}},
-        {"out": tmp_path / "fig"}, {"figures": {"examples": 5, "formats": ["png", "pdf"]}},
+        {
+            "test": run.tmp / "test.nc",
+            "attack": {"small": run.tmp / "a.nc"},
+            "propagation": {"small": run.tmp / "prop.nc"},
+            "locality": {"small": run.tmp / "loc.nc"},
+        },
+        {"out": tmp_path / "fig"},
+        {"figures": {"examples": 5, "formats": ["png", "pdf"]}},
     )
     names = sorted(str(p.relative_to(tmp_path / "fig")) for p in files)
     expected = [f"small/pm_grid_{k}.{ext}" for k in range(5) for ext in ("png", "pdf")]

@@ -35,8 +35,18 @@ def _refusal(call, *args, **kwargs) -> str:
 
 
 def test_registry() -> None:
-    assert set(KINDS) >= {"dataset", "metrics", "selection", "attack", "cube", "layers", "propagation",
-                          "locality", "vulnerability", "summary"}
+    assert set(KINDS) >= {
+        "dataset",
+        "metrics",
+        "selection",
+        "attack",
+        "cube",
+        "layers",
+        "propagation",
+        "locality",
+        "vulnerability",
+        "summary",
+    }
     assert set(FILES) == set(KINDS)
     assert all(FORMAT_VERSION[kind] == 1 for kind in KINDS)
     assert format_name("locality") == "onepixel-locality/1"
@@ -58,18 +68,23 @@ def test_docs_list_every_format() -> None:
 def test_check_format_messages() -> None:
     check_format("onepixel-cube/1", "cube", "c.nc")
     assert _refusal(check_format, "onepixel-attack/1", "locality", "results/x/locality/lenet.nc") == (
-        "results/x/locality/lenet.nc: is a onepixel-attack/1 file, expected onepixel-locality/1")
+        "results/x/locality/lenet.nc: is a onepixel-attack/1 file, expected onepixel-locality/1"
+    )
     assert _refusal(check_format, None, "locality", "l.nc") == (
         "l.nc: has no onepixel format attribute (not written by onepixel, or by a development version before "
-        "formats were recorded); expected onepixel-locality/1")
+        "formats were recorded); expected onepixel-locality/1"
+    )
     assert _refusal(check_format, "onepixel-locality/2", "locality", "l.nc") == (
         "l.nc: is onepixel-locality/2, this onepixel reads onepixel-locality/1; written by a newer onepixel: "
-        "upgrade onepixel, or re-run the stage that wrote it")
+        "upgrade onepixel, or re-run the stage that wrote it"
+    )
     assert _refusal(check_format, "onepixel-locality/0", "locality", "l.nc") == (
-        "l.nc: is onepixel-locality/0, this onepixel reads onepixel-locality/1; re-run the stage that wrote it")
+        "l.nc: is onepixel-locality/0, this onepixel reads onepixel-locality/1; re-run the stage that wrote it"
+    )
     assert _refusal(check_format, "onepixel-attack-selection-1", "selection", "s.json", '"format" key') == (
         "s.json: has \"format\" key 'onepixel-attack-selection-1', which is not a onepixel format; "
-        "expected onepixel-selection/1")
+        "expected onepixel-selection/1"
+    )
     assert "which is not a onepixel format" in _refusal(check_format, 3, "summary", "s.json")
 
 
@@ -113,27 +128,33 @@ def test_unversioned_future_and_foreign_files_are_refused(tmp_path: Path) -> Non
     xr.Dataset({"v": ("s", [1])}).to_netcdf(tmp_path / "plain.nc")
     assert _refusal(open_netcdf, tmp_path / "plain.nc", kind="locality") == (
         f"{tmp_path / 'plain.nc'}: has no onepixel format attribute (not written by onepixel, or by a development "
-        "version before formats were recorded); expected onepixel-locality/1")
+        "version before formats were recorded); expected onepixel-locality/1"
+    )
     xr.Dataset({"v": ("s", [1])}, attrs={"format": "onepixel-locality/2"}).to_netcdf(tmp_path / "future.nc")
     assert _refusal(open_netcdf, tmp_path / "future.nc", kind="locality").startswith(
-        f"{tmp_path / 'future.nc'}: is onepixel-locality/2, this onepixel reads onepixel-locality/1; ")
+        f"{tmp_path / 'future.nc'}: is onepixel-locality/2, this onepixel reads onepixel-locality/1; "
+    )
     (tmp_path / "plain.json").write_text('{"layers": []}')
     assert _refusal(read_json, tmp_path / "plain.json", kind="layers") == (
-        f"{tmp_path / 'plain.json'}: has no onepixel \"format\" key (not written by onepixel, or by a development "
-        "version before formats were recorded); expected onepixel-layers/1")
+        f'{tmp_path / "plain.json"}: has no onepixel "format" key (not written by onepixel, or by a development '
+        "version before formats were recorded); expected onepixel-layers/1"
+    )
     (tmp_path / "future.json").write_text('{"format": "onepixel-summary/2"}')
     assert "is onepixel-summary/2, this onepixel reads onepixel-summary/1" in _refusal(
-        read_json, tmp_path / "future.json", kind="summary")
+        read_json, tmp_path / "future.json", kind="summary"
+    )
     (tmp_path / "list.json").write_text("[1, 2]")
     assert "holds a JSON list, not an object; expected onepixel-metrics/1" in _refusal(
-        read_json, tmp_path / "list.json", kind="metrics")
+        read_json, tmp_path / "list.json", kind="metrics"
+    )
     (tmp_path / "cut.json").write_text('{"format": "onepi')
     assert "not a readable JSON file" in _refusal(read_json, tmp_path / "cut.json", kind="metrics")
     missing = tmp_path / "missing.json"
     assert _refusal(read_json, missing, kind="metrics") == f"{missing}: file not found"
     write_netcdf(xr.Dataset({"v": ("s", [1])}), tmp_path / "thin.nc", kind="attack")
     assert _refusal(open_netcdf, tmp_path / "thin.nc", kind="attack", required=("success",)) == (
-        f"{tmp_path / 'thin.nc'}: missing variable(s) success of a onepixel-attack/1 file; the file holds v")
+        f"{tmp_path / 'thin.nc'}: missing variable(s) success of a onepixel-attack/1 file; the file holds v"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -160,16 +181,18 @@ def test_library_readers_check_the_kind(tmp_path: Path) -> None:
     assert "expected onepixel-dataset/1" in _refusal(load_dataset, tmp_path / "data_as_attack.nc")
 
     (tmp_path / "layers.json").write_text(json.dumps({"layers": [{"file": "test.nc"}]}))
-    assert "has no onepixel \"format\" key" in _refusal(read_layer_index, tmp_path)
+    assert 'has no onepixel "format" key' in _refusal(read_layer_index, tmp_path)
     write_json({"sample_ids": [1, 2]}, tmp_path / "selection.json", kind="metrics")
     assert _refusal(read_selection, tmp_path / "selection.json") == (
-        f"{tmp_path / 'selection.json'}: is a onepixel-metrics/1 file, expected onepixel-selection/1")
+        f"{tmp_path / 'selection.json'}: is a onepixel-metrics/1 file, expected onepixel-selection/1"
+    )
     (tmp_path / "old.json").write_text(json.dumps({"format": "onepixel-attack-selection-1", "sample_ids": [1]}))
     old = _refusal(read_selection, tmp_path / "old.json")
     assert "which is not a onepixel format; expected onepixel-selection/1" in old
     write_json({"test_accuracy": 0.5}, tmp_path / "metrics.json", kind="summary")
     assert _refusal(model_summary, tmp_path / "metrics.json", test, test, test) == (
-        f"{tmp_path / 'metrics.json'}: is a onepixel-summary/1 file, expected onepixel-metrics/1")
+        f"{tmp_path / 'metrics.json'}: is a onepixel-summary/1 file, expected onepixel-metrics/1"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -182,32 +205,63 @@ def run(toy, tmp_path_factory) -> dict[str, Path]:
     from onepixel.stages import run_stage
 
     out = tmp_path_factory.mktemp("formats")
-    cfg = {"device": "cpu", "models": ["lenet"],
-           "attack": {"num_images": 3, "population": 12, "generations": 2, "seed": 1},
-           "locality": {"max_distance": 2, "random_positions": 3},
-           "vulnerability": {"max_attacks": 2}}
+    cfg = {
+        "device": "cpu",
+        "models": ["lenet"],
+        "attack": {"num_images": 3, "population": 12, "generations": 2, "seed": 1},
+        "locality": {"max_distance": 2, "random_positions": 3},
+        "vulnerability": {"max_attacks": 2},
+    }
     model = {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}
-    run_stage("train", {"train": toy / "test.nc", "test": toy / "test.nc", "user_checkpoint": [toy / "lenet.pt"]},
-              {"checkpoint": out / "lenet.pt", "metrics": out / "metrics.json"}, cfg, {"model": "lenet"})
+    run_stage(
+        "train",
+        {"train": toy / "test.nc", "test": toy / "test.nc", "user_checkpoint": [toy / "lenet.pt"]},
+        {"checkpoint": out / "lenet.pt", "metrics": out / "metrics.json"},
+        cfg,
+        {"model": "lenet"},
+    )
     run_stage("select_images", model, {"out": out / "selection.json"}, cfg)
     run_stage("attack", {**model, "selection": out / "selection.json"}, {"out": out / "shard.nc"}, cfg)
-    run_stage("merge_attack", {"shards": [out / "shard.nc"], "selection": out / "selection.json"},
-              {"out": out / "attack.nc"}, cfg)
+    run_stage(
+        "merge_attack",
+        {"shards": [out / "shard.nc"], "selection": out / "selection.json"},
+        {"out": out / "attack.nc"},
+        cfg,
+    )
     attacked = {**model, "attack": out / "attack.nc"}
     run_stage("capture", attacked, {"out": out / "cubes"}, cfg)
     run_stage("propagation", {"cubes": out / "cubes"}, {"out": out / "propagation.nc"}, cfg)
     run_stage("locality", attacked, {"out": out / "locality.nc"}, cfg)
     run_stage("vulnerability", attacked, {"out": out / "vulnerability.nc"}, cfg)
-    run_stage("summary", {"metrics": {"lenet": out / "metrics.json"}, "attack": {"lenet": out / "attack.nc"},
-                          "propagation": {"lenet": out / "propagation.nc"}, "locality": {"lenet": out / "locality.nc"}},
-              {"summary": out / "summary.json", "models_csv": out / "models.csv", "locality_csv": out / "locality.csv",
-               "table": out / "summary.html"}, cfg)
+    run_stage(
+        "summary",
+        {
+            "metrics": {"lenet": out / "metrics.json"},
+            "attack": {"lenet": out / "attack.nc"},
+            "propagation": {"lenet": out / "propagation.nc"},
+            "locality": {"lenet": out / "locality.nc"},
+        },
+        {
+            "summary": out / "summary.json",
+            "models_csv": out / "models.csv",
+            "locality_csv": out / "locality.csv",
+            "table": out / "summary.html",
+        },
+        cfg,
+    )
     return {
-        "dataset": toy / "test.nc", "metrics": out / "metrics.json", "selection": out / "selection.json",
-        "attack": out / "attack.nc", "cube": sorted((out / "cubes").glob("*.nc"))[0],
-        "layers": out / "cubes" / "layers.json", "propagation": out / "propagation.nc",
-        "locality": out / "locality.nc", "vulnerability": out / "vulnerability.nc",
-        "summary": out / "summary.json", "shard": out / "shard.nc", "checkpoint": out / "lenet.pt",
+        "dataset": toy / "test.nc",
+        "metrics": out / "metrics.json",
+        "selection": out / "selection.json",
+        "attack": out / "attack.nc",
+        "cube": sorted((out / "cubes").glob("*.nc"))[0],
+        "layers": out / "cubes" / "layers.json",
+        "propagation": out / "propagation.nc",
+        "locality": out / "locality.nc",
+        "vulnerability": out / "vulnerability.nc",
+        "summary": out / "summary.json",
+        "shard": out / "shard.nc",
+        "checkpoint": out / "lenet.pt",
     }
 
 

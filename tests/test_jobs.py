@@ -30,16 +30,18 @@ with log_to(out / "job.log"):
 
 
 def test_a_job_killed_by_sigterm_leaves_no_partial_file(tmp_path):
-    result = subprocess.run([sys.executable, "-c", _JOB, str(tmp_path), "sigterm"], env=_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _JOB, str(tmp_path), "sigterm"], env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.log"]  # no result.nc, no temporary file
     assert (tmp_path / "job.log").read_text() == "started\n"
 
 
 def test_a_user_error_in_a_job_is_one_line_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-c", _JOB, str(tmp_path), "error"], env=_env(),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _JOB, str(tmp_path), "error"], env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert result.stderr == "error: checkpoint.pt: not a readable PyTorch checkpoint\n"
     assert (tmp_path / "job.log").read_text() == "started\nerror: checkpoint.pt: not a readable PyTorch checkpoint\n"

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from helpers import P_CLEAN, P_FOOLED, BlockModel, save_attack_rows
 
-from onepixel.stages import run_stage
-from onepixel.errors import ConfigError
+import onepixel.models
+from helpers import P_CLEAN, P_FOOLED, BlockModel, save_attack_rows
 from onepixel.analysis.locality import (
     bootstrap_ratio_ci,
     chebyshev_offsets,
@@ -25,7 +22,9 @@ from onepixel.analysis.locality import (
     ring_positions,
     write_locality_table,
 )
+from onepixel.errors import ConfigError
 from onepixel.files import open_netcdf, write_netcdf
+from onepixel.stages import run_stage
 
 
 def test_chebyshev_offsets() -> None:
@@ -48,7 +47,7 @@ def test_random_shifts_exclude_original_and_are_seeded() -> None:
     xs, ys = np.array([2]), np.array([5])
     a = random_shifts(xs, ys, 63, 8, 8, np.random.default_rng(7))
     assert len(a) == 63 == len({tuple(s) for s in a}) and not (a == 0).all(axis=1).any()
-    positions = a + [2, 5]
+    positions = a + np.array([2, 5])  # the shifted pixel
     assert (positions >= 0).all() and (positions < 8).all()
     b = random_shifts(xs, ys, 10, 8, 8, np.random.default_rng(7))
     c = random_shifts(xs, ys, 10, 8, 8, np.random.default_rng(7))
@@ -64,8 +63,16 @@ def test_known_block_rates() -> None:
     # Sample 1 is targeted at class 2, which the model never predicts.
     images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
     loc = locality_analysis(
-        BlockModel(), images, np.zeros(2), np.array([[3], [3]]), np.array([[3], [3]]),
-        np.full((2, 1, 1), 255, np.uint8), targets=np.array([-1, 2]), max_distance=3, random_positions=100, batch_size=7,
+        BlockModel(),
+        images,
+        np.zeros(2),
+        np.array([[3], [3]]),
+        np.array([[3], [3]]),
+        np.full((2, 1, 1), 255, np.uint8),
+        targets=np.array([-1, 2]),
+        max_distance=3,
+        random_positions=100,
+        batch_size=7,
     )
     np.testing.assert_array_equal(loc["n_positions"].values, [[8, 16, 24]] * 2)
     np.testing.assert_array_equal(loc["n_fooled"].values, [[3, 5, 0], [0, 0, 0]])
@@ -94,7 +101,14 @@ def test_bootstrap_ci_contains_estimate_and_is_seeded() -> None:
 def test_locality_dataset_ci_and_seed() -> None:
     rng = np.random.default_rng(2)
     images = torch.from_numpy(rng.integers(0, 200, (6, 1, 8, 8), dtype=np.uint8))
-    args = (BlockModel(), images, np.zeros(6), rng.integers(1, 7, (6, 1)), rng.integers(1, 7, (6, 1)), np.full((6, 1, 1), 255, np.uint8))
+    args = (
+        BlockModel(),
+        images,
+        np.zeros(6),
+        rng.integers(1, 7, (6, 1)),
+        rng.integers(1, 7, (6, 1)),
+        np.full((6, 1, 1), 255, np.uint8),
+    )
     a = locality_analysis(*args, random_positions=5, seed=11)
     b = locality_analysis(*args, random_positions=5, seed=11)
     xr.testing.assert_identical(a, b)
@@ -105,13 +119,18 @@ def test_locality_dataset_ci_and_seed() -> None:
 
 def test_invalid_settings() -> None:
     with pytest.raises(ConfigError, match="max_distance"):
-        locality_analysis(BlockModel(), torch.zeros(1, 1, 8, 8, dtype=torch.uint8), [0], [[1]], [[1]], [[[255]]], max_distance=0)
+        locality_analysis(
+            BlockModel(), torch.zeros(1, 1, 8, 8, dtype=torch.uint8), [0], [[1]], [[1]], [[[255]]], max_distance=0
+        )
 
 
 def fake_stage_inputs(tmp_path, monkeypatch, success):
     n = len(success)
     test = xr.Dataset(
-        {"image": (("sample", "channel", "y", "x"), np.zeros((10, 1, 8, 8), np.uint8)), "label": ("sample", np.zeros(10, np.int64))},
+        {
+            "image": (("sample", "channel", "y", "x"), np.zeros((10, 1, 8, 8), np.uint8)),
+            "label": ("sample", np.zeros(10, np.int64)),
+        },
         coords={"class_name": ("class", ["zero", "one", "two"])},
     )
     attack = xr.Dataset(
@@ -127,13 +146,17 @@ def fake_stage_inputs(tmp_path, monkeypatch, success):
     )
     write_netcdf(test, tmp_path / "test.nc", kind="dataset")
     save_attack_rows(attack, test, tmp_path / "a.nc")
-    monkeypatch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (BlockModel(), {})))
+    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (BlockModel(), {}))
 
 
 def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:
     fake_stage_inputs(tmp_path, monkeypatch, [True, False, True])
-    ds = run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "a.nc"}, {"out": tmp_path / "loc.nc"},
-                   {"locality": {"max_distance": 2}, "device": "cpu"})
+    ds = run_stage(
+        "locality",
+        {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "a.nc"},
+        {"out": tmp_path / "loc.nc"},
+        {"locality": {"max_distance": 2}, "device": "cpu"},
+    )
     saved = open_netcdf(tmp_path / "loc.nc", kind="locality")
     np.testing.assert_array_equal(saved["sample_id"].values, [2, 4])
     np.testing.assert_allclose(saved["success_rate"].values, [3 / 8, 5 / 16])
@@ -142,7 +165,12 @@ def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:
 
 def test_stage_without_successful_attacks(tmp_path, monkeypatch) -> None:
     fake_stage_inputs(tmp_path, monkeypatch, [False, False])
-    run_stage("locality", {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "a.nc"}, {"out": tmp_path / "loc.nc"}, {"device": "cpu"})
+    run_stage(
+        "locality",
+        {"checkpoint": "c.pt", "test": tmp_path / "test.nc", "attack": tmp_path / "a.nc"},
+        {"out": tmp_path / "loc.nc"},
+        {"device": "cpu"},
+    )
     saved = open_netcdf(tmp_path / "loc.nc", kind="locality")
     assert saved.sizes["sample"] == 0 and saved.sizes["distance"] == 3
     assert np.isnan(saved["success_rate"].values).all() and np.isnan(float(saved["baseline_success_rate"]))
@@ -152,9 +180,14 @@ def test_stage_without_successful_attacks(tmp_path, monkeypatch) -> None:
 def test_euclidean_rings_by_hand() -> None:
     # ring d: offsets with d - 0.5 <= sqrt(dx^2 + dy^2) < d + 0.5
     ring1 = {(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)} - {(0, 0)}  # 1 and sqrt(2) = 1.41
-    ring2 = {(2, 0), (-2, 0), (0, 2), (0, -2)} | {(sx * a, sy * b) for a, b in ((2, 1), (1, 2)) for sx in (1, -1) for sy in (1, -1)}  # 2, 2.24
-    ring3 = ({(3, 0), (-3, 0), (0, 3), (0, -3)} | {(sx * 2, sy * 2) for sx in (1, -1) for sy in (1, -1)}  # 3, 2.83
-             | {(sx * a, sy * b) for a, b in ((3, 1), (1, 3)) for sx in (1, -1) for sy in (1, -1)})  # 3.16
+    ring2 = {(2, 0), (-2, 0), (0, 2), (0, -2)} | {
+        (sx * a, sy * b) for a, b in ((2, 1), (1, 2)) for sx in (1, -1) for sy in (1, -1)
+    }  # 2, 2.24
+    ring3 = (
+        {(3, 0), (-3, 0), (0, 3), (0, -3)}
+        | {(sx * 2, sy * 2) for sx in (1, -1) for sy in (1, -1)}  # 3, 2.83
+        | {(sx * a, sy * b) for a, b in ((3, 1), (1, 3)) for sx in (1, -1) for sy in (1, -1)}
+    )  # 3.16
     for d, expected in ((1, ring1), (2, ring2), (3, ring3)):
         offsets = euclidean_offsets(d)
         assert {tuple(o) for o in offsets} == expected and len(offsets) == len(expected)
@@ -164,7 +197,10 @@ def test_euclidean_rings_by_hand() -> None:
 
 def test_ring_distance_brute_force() -> None:
     dx, dy = np.meshgrid(np.arange(-6, 7), np.arange(-6, 7))
-    expected = [[round(math.sqrt(a * a + b * b)) for a, b in zip(row_x, row_y)] for row_x, row_y in zip(dx, dy)]
+    expected = [
+        [round(math.sqrt(a * a + b * b)) for a, b in zip(row_x, row_y, strict=False)]
+        for row_x, row_y in zip(dx, dy, strict=False)
+    ]
     np.testing.assert_array_equal(ring_distance(dx, dy, "euclidean"), expected)
     np.testing.assert_array_equal(ring_distance(dx, dy), np.maximum(abs(dx), abs(dy)))
     with pytest.raises(ConfigError, match="locality.rings: 'manhattan'"):
@@ -178,8 +214,15 @@ def test_ring_distance_brute_force() -> None:
 def test_euclidean_block_rates() -> None:
     # attack at (3, 3): Euclidean ring 2 = 12 offsets; block cells (rows/cols 3..5) among them: (5,3),(3,5),(5,4),(4,5) -> 4
     loc = locality_analysis(
-        BlockModel(), torch.zeros(1, 1, 9, 9, dtype=torch.uint8), np.zeros(1), np.array([[3]]), np.array([[3]]),
-        np.full((1, 1, 1), 255, np.uint8), max_distance=3, random_positions=5, rings="euclidean",
+        BlockModel(),
+        torch.zeros(1, 1, 9, 9, dtype=torch.uint8),
+        np.zeros(1),
+        np.array([[3]]),
+        np.array([[3]]),
+        np.full((1, 1, 1), 255, np.uint8),
+        max_distance=3,
+        random_positions=5,
+        rings="euclidean",
     )
     np.testing.assert_array_equal(loc["n_positions"].values, [[8, 12, 16]])
     np.testing.assert_array_equal(loc["n_fooled"].values, [[3, 4, 1]])  # ring 3 holds (5, 5) = offset (2, 2)
@@ -190,8 +233,14 @@ def test_true_prob_change_per_distance() -> None:
     # two untargeted images, attack at (3, 3); the clean images are classified as class 0 with P_CLEAN.
     images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
     loc = locality_analysis(
-        BlockModel(), images, np.zeros(2), np.array([[3], [3]]), np.array([[3], [3]]),
-        np.array([[[255]], [[0]]], np.uint8), max_distance=2, random_positions=63,
+        BlockModel(),
+        images,
+        np.zeros(2),
+        np.array([[3], [3]]),
+        np.array([[3], [3]]),
+        np.array([[[255]], [[0]]], np.uint8),
+        max_distance=2,
+        random_positions=63,
     )
     np.testing.assert_allclose(loc["clean_true_prob"].values, [P_CLEAN, P_CLEAN], rtol=1e-6)
     # image 0: ring 1 has 3 of 8 fooled, ring 2 5 of 16; image 1 (colour 0) changes nothing
@@ -201,14 +250,22 @@ def test_true_prob_change_per_distance() -> None:
     baseline = ((8 * P_FOOLED + 55 * P_CLEAN) / 63 - P_CLEAN) / 2
     np.testing.assert_allclose(float(loc["baseline_true_prob_change"]), baseline, rtol=1e-5)
     ci = loc["true_prob_change_ci"].values
-    assert ((ci[:, 0] <= loc["true_prob_change"].values + 1e-12) & (loc["true_prob_change"].values <= ci[:, 1] + 1e-12)).all()
+    assert (
+        (ci[:, 0] <= loc["true_prob_change"].values + 1e-12) & (loc["true_prob_change"].values <= ci[:, 1] + 1e-12)
+    ).all()
 
 
 def test_locality_table(tmp_path) -> None:
     images = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
     loc = locality_analysis(
-        BlockModel(), images, np.zeros(2), np.array([[3], [3]]), np.array([[3], [3]]),
-        np.full((2, 1, 1), 255, np.uint8), max_distance=2, random_positions=63,
+        BlockModel(),
+        images,
+        np.zeros(2),
+        np.array([[3], [3]]),
+        np.array([[3], [3]]),
+        np.full((2, 1, 1), 255, np.uint8),
+        max_distance=2,
+        random_positions=63,
     )
     rows = locality_table({"block": loc})
     assert rows[0]["model"] == "block" and rows[0]["attacks"] == 2
@@ -216,5 +273,7 @@ def test_locality_table(tmp_path) -> None:
     assert rows[0]["random"] == pytest.approx(8 / 63)
     write_locality_table({"block": loc}, tmp_path / "t.csv", tmp_path / "t.html")
     text = (tmp_path / "t.csv").read_text().splitlines()
-    assert text[0].startswith("model,rings,attacks,d1,d1_low,d1_high") and text[1].startswith("block,chebyshev,2,0.375,")
+    assert text[0].startswith("model,rings,attacks,d1,d1_low,d1_high") and text[1].startswith(
+        "block,chebyshev,2,0.375,"
+    )
     assert "37.5 % [37.5, 37.5]" in (tmp_path / "t.html").read_text()

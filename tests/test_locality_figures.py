@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import csv
-import sys
 import types
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from helpers import png_size, save_attack_rows
 from torch import nn
 
-from onepixel.stages import run_stage
+import onepixel.models
+from helpers import png_size, save_attack_rows
 from onepixel.errors import ConfigError
 from onepixel.figures import plot_vulnerability_examples
 from onepixel.figures.vulnerability import _example_rows
 from onepixel.files import open_netcdf, write_netcdf
+from onepixel.stages import run_stage
 
 N = 6
 
@@ -61,9 +61,19 @@ def run(tmp_path_factory):
     write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
     save_attack_rows(attack, test, tmp / "a.nc")
-    patch.setitem(sys.modules, "onepixel.models", types.SimpleNamespace(load_checkpoint=lambda p, map_location: (net, {"arch": "small"})))
-    run_stage("locality", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"}, {"out": tmp / "loc.nc"}, {"locality": {"max_distance": 3}, "device": "cpu"})
-    run_stage("vulnerability", {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"}, {"out": tmp / "vul.nc"}, {"device": "cpu"})
+    patch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {"arch": "small"}))
+    run_stage(
+        "locality",
+        {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
+        {"out": tmp / "loc.nc"},
+        {"locality": {"max_distance": 3}, "device": "cpu"},
+    )
+    run_stage(
+        "vulnerability",
+        {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
+        {"out": tmp / "vul.nc"},
+        {"device": "cpu"},
+    )
     yield types.SimpleNamespace(tmp=tmp, images=images)
     patch.undo()
 
@@ -71,19 +81,29 @@ def run(tmp_path_factory):
 def test_stage_writes_table_and_figures(run, tmp_path) -> None:
     files = run_stage(
         "locality_figures",
-        {"test": run.tmp / "test.nc", "locality": {"small": run.tmp / "loc.nc", "again": run.tmp / "loc.nc"},
-         "vulnerability": {"small": run.tmp / "vul.nc", "again": run.tmp / "vul.nc"}},
-        {"out": tmp_path / "fig"}, {"figures": {"examples": 2, "formats": ["png", "pdf"]}},
+        {
+            "test": run.tmp / "test.nc",
+            "locality": {"small": run.tmp / "loc.nc", "again": run.tmp / "loc.nc"},
+            "vulnerability": {"small": run.tmp / "vul.nc", "again": run.tmp / "vul.nc"},
+        },
+        {"out": tmp_path / "fig"},
+        {"figures": {"examples": 2, "formats": ["png", "pdf"]}},
     )
     names = sorted(str(p.relative_to(tmp_path / "fig")) for p in files)
     expected = ["locality_table.csv", "locality_table.html"]
-    expected += [f"{name}.{ext}" for name in ("receptive_fields", "erf", "small/vulnerability_maps", "again/vulnerability_maps")
-                 for ext in ("png", "pdf")]
+    expected += [
+        f"{name}.{ext}"
+        for name in ("receptive_fields", "erf", "small/vulnerability_maps", "again/vulnerability_maps")
+        for ext in ("png", "pdf")
+    ]
     assert names == sorted(expected) and all(p.is_file() for p in files)
     # 2 models side by side: (3.8 * 2 + 0.8) x (5.8 + 1.4) in at 200 dpi
     assert png_size(tmp_path / "fig" / "receptive_fields.png") == (1680, 1440)
     # 2 successful examples + the first failed attack: 3 rows
-    assert png_size(tmp_path / "fig" / "small" / "vulnerability_maps.png") == (round((3 * 1.85 + 1.6) * 200), round((3 * 2.4 + 1.3) * 200))
+    assert png_size(tmp_path / "fig" / "small" / "vulnerability_maps.png") == (
+        round((3 * 1.85 + 1.6) * 200),
+        round((3 * 2.4 + 1.3) * 200),
+    )
     loc = open_netcdf(run.tmp / "loc.nc", kind="locality")
     with open(tmp_path / "fig" / "locality_table.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -96,16 +116,34 @@ def test_stage_writes_table_and_figures(run, tmp_path) -> None:
 
 def test_example_rows_and_placeholder(run, tmp_path) -> None:
     vul = open_netcdf(run.tmp / "vul.nc", kind="vulnerability")
-    assert _example_rows(vul, 2) == [0, 2, 1] and _example_rows(vul, 0) == [1] and _example_rows(vul, 9) == [0, 2, 3, 5, 1]
-    (empty,) = plot_vulnerability_examples(vul.isel(sample=slice(0, 0)), run.images, tmp_path / "none", ["a", "b", "c"], formats=("png",))
+    assert (
+        _example_rows(vul, 2) == [0, 2, 1] and _example_rows(vul, 0) == [1] and _example_rows(vul, 9) == [0, 2, 3, 5, 1]
+    )
+    (empty,) = plot_vulnerability_examples(
+        vul.isel(sample=slice(0, 0)), run.images, tmp_path / "none", ["a", "b", "c"], formats=("png",)
+    )
     assert png_size(empty) == (1000, 300)
 
 
 def test_bad_settings(run, tmp_path) -> None:
     with pytest.raises(ConfigError, match="figures.formats"):
-        run_stage("locality_figures", {"test": run.tmp / "test.nc", "locality": {"small": run.tmp / "loc.nc"},
-                                       "vulnerability": {"small": run.tmp / "vul.nc"}},
-                  {"out": tmp_path}, {"figures": {"formats": ["gif"]}})
+        run_stage(
+            "locality_figures",
+            {
+                "test": run.tmp / "test.nc",
+                "locality": {"small": run.tmp / "loc.nc"},
+                "vulnerability": {"small": run.tmp / "vul.nc"},
+            },
+            {"out": tmp_path},
+            {"figures": {"formats": ["gif"]}},
+        )
     with pytest.raises(ConfigError, match="no vulnerability file given for model"):
-        run_stage("locality_figures", {"test": run.tmp / "test.nc", "locality": {"small": run.tmp / "loc.nc"},
-                                       "vulnerability": {"other": run.tmp / "vul.nc"}}, {"out": tmp_path})
+        run_stage(
+            "locality_figures",
+            {
+                "test": run.tmp / "test.nc",
+                "locality": {"small": run.tmp / "loc.nc"},
+                "vulnerability": {"other": run.tmp / "vul.nc"},
+            },
+            {"out": tmp_path},
+        )

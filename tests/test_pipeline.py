@@ -32,9 +32,13 @@ def _checkpoint(name, digits, tmp_path):
     train_path, test_path = digits
     path = tmp_path / f"{name}.pt"
     if name == "lenet":
-        run_stage("train", {"train": train_path, "test": test_path},
-                  {"checkpoint": path, "metrics": tmp_path / "metrics.json"},
-                  {"train": {"epochs": 6, "batch_size": 64, "seed": 0}, "device": "cpu"}, {"model": "lenet"})
+        run_stage(
+            "train",
+            {"train": train_path, "test": test_path},
+            {"checkpoint": path, "metrics": tmp_path / "metrics.json"},
+            {"train": {"epochs": 6, "batch_size": 64, "seed": 0}, "device": "cpu"},
+            {"model": "lenet"},
+        )
     else:  # an untrained network is enough to check the arithmetic of a deep model
         torch.manual_seed(0)
         kwargs = build_kwargs_for(load_dataset(train_path))
@@ -45,8 +49,12 @@ def _checkpoint(name, digits, tmp_path):
 def _float64_feature_maps(model, images_u8, layers):
     captured = {}
     modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(
-        lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach().clone())) for name in layers]
+    handles = [
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach().clone())
+        )
+        for name in layers
+    ]
     with torch.no_grad():
         model(torch.from_numpy(images_u8).double() / 255)
     for handle in handles:
@@ -60,8 +68,9 @@ def test_stored_propagation_maps_match_float64_hooks(name, digits, tmp_path):
     checkpoint = _checkpoint(name, digits, tmp_path)
     files = {"checkpoint": checkpoint, "test": test_path}
     run_stage("attack", files, {"out": tmp_path / "attack.nc"}, {"attack": ATTACK, "device": "cpu"})
-    cube_files = run_stage("capture", {**files, "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"},
-                           {"device": "cpu"})
+    cube_files = run_stage(
+        "capture", {**files, "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"}
+    )
     prop = run_stage("propagation", {"cubes": tmp_path / "cubes"}, {"out": tmp_path / "pm.nc"})
     stored = xr.open_dataset(tmp_path / "pm.nc")
 
@@ -82,7 +91,9 @@ def test_stored_propagation_maps_match_float64_hooks(name, digits, tmp_path):
         pm_avg = diff.mean(axis=1) / scale[:, None, None]
         np.testing.assert_allclose(stored[f"pm_max_norm_{i}"].values, pm_max, rtol=1e-4, atol=1e-5, err_msg=layer)
         np.testing.assert_allclose(stored[f"pm_avg_norm_{i}"].values, pm_avg, rtol=1e-4, atol=1e-5, err_msg=layer)
-        np.testing.assert_allclose(stored["peak"].sel(layer=layer).values, pm_max.max(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            stored["peak"].sel(layer=layer).values, pm_max.max(axis=(1, 2)), rtol=1e-4, atol=1e-5
+        )
         with xr.open_dataset(cube_files[i]) as cube:
             assert cube["clean"].shape == tuple(clean[layer].shape)
     success = attack["success"].values.astype(bool)
@@ -99,10 +110,15 @@ def test_locality_rates_match_a_brute_force_loop(digits, tmp_path):
     _, test_path = digits
     checkpoint = _checkpoint("lenet", digits, tmp_path)
     files = {"checkpoint": checkpoint, "test": test_path}
-    attack = run_stage("attack", files, {"out": tmp_path / "attack.nc"},
-                       {"attack": {**ATTACK, "num_images": 10}, "device": "cpu"})
-    locality = run_stage("locality", {**files, "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "loc.nc"},
-                         {"locality": {"max_distance": 2, "random_positions": 4}, "device": "cpu"})
+    attack = run_stage(
+        "attack", files, {"out": tmp_path / "attack.nc"}, {"attack": {**ATTACK, "num_images": 10}, "device": "cpu"}
+    )
+    locality = run_stage(
+        "locality",
+        {**files, "attack": tmp_path / "attack.nc"},
+        {"out": tmp_path / "loc.nc"},
+        {"locality": {"max_distance": 2, "random_positions": 4}, "device": "cpu"},
+    )
     model, _ = load_checkpoint(checkpoint)
     images = load_dataset(test_path)["image"].values
     fooled = {1: [0, 0], 2: [0, 0]}

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import BIN, REPO, Study, check_tool, run_tool
 
 GPU_RULES = ("train", "select_images", "attack", "capture", "locality", "vulnerability")
@@ -43,6 +44,7 @@ def _settings(repo: Path, *args: str, **env: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_default_profile_runs_on_all_cores_with_one_gpu_job_at_a_time(workflow_copy):
     settings = _settings(workflow_copy, "-n")
     assert settings["executor"] in (None, "local")
@@ -53,6 +55,7 @@ def test_default_profile_runs_on_all_cores_with_one_gpu_job_at_a_time(workflow_c
     assert _settings(workflow_copy, "-n", "--resources", "gpu=2")["resources"] == {"gpu": "2"}
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 @pytest.mark.parametrize("selection", [{"SNAKEMAKE_PROFILE": "profiles/slurm"}, "--workflow-profile"])
 def test_slurm_profile_selected_by_environment_or_workflow_profile(workflow_copy, selection):
     args, env = (["--workflow-profile", "profiles/slurm"], {}) if selection == "--workflow-profile" else ([], selection)
@@ -66,9 +69,14 @@ def test_slurm_profile_selected_by_environment_or_workflow_profile(workflow_copy
         assert {"gpu", "slurm_partition"} <= set(settings["set_resources"][rule]), rule
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_slurm_dry_run_plans_gpu_jobs_on_the_gpu_partition(workflow_copy):
-    result = check_tool(["snakemake", "-n", "--forceall"], workflow_copy,
-                        SNAKEMAKE_PROFILE="profiles/slurm", ONEPIXEL_SLURM_ACCOUNT="proj42")
+    result = check_tool(
+        ["snakemake", "-n", "--forceall"],
+        workflow_copy,
+        SNAKEMAKE_PROFILE="profiles/slurm",
+        ONEPIXEL_SLURM_ACCOUNT="proj42",
+    )
     text = result.stdout + result.stderr
     assert "Using profiles profiles/slurm and workflow specific profile profiles/default" in text
     jobs = text.split("\nrule ")[1:] + text.split("\nlocalrule ")[1:]
@@ -127,9 +135,14 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
         profile.write("slurm-init-seconds-before-status-checks: 1\n")
     bin_dir = _fake_slurm(root / "bin")
     log = root / "calls.log"
-    env = {"PATH": f"{bin_dir}:{BIN}:/usr/bin:/bin", "FAKE_SLURM_LOG": str(log),
-           "SNAKEMAKE_PROFILE": "profiles/slurm", "ONEPIXEL_SLURM_ACCOUNT": "proj42",
-           "ONEPIXEL_SLURM_PARTITION": "cpuq", "ONEPIXEL_SLURM_GPU_PARTITION": "gpuq"}
+    env = {
+        "PATH": f"{bin_dir}:{BIN}:/usr/bin:/bin",
+        "FAKE_SLURM_LOG": str(log),
+        "SNAKEMAKE_PROFILE": "profiles/slurm",
+        "ONEPIXEL_SLURM_ACCOUNT": "proj42",
+        "ONEPIXEL_SLURM_PARTITION": "cpuq",
+        "ONEPIXEL_SLURM_GPU_PARTITION": "gpuq",
+    }
     results = "results/digits"
     before = (repo / "resources/datasets/digits/test.nc").stat().st_mtime_ns
     submitted, outputs = {}, []
@@ -150,14 +163,21 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
     run("dvc repro", ["dvc", "repro"])
     # independent GPU jobs (their inputs are up to date), forced
     forced = ["snakemake", "--keep-going", "--retries", "0", "--force"]
-    run("gpu rules", [*forced, f"{results}/attack/lenet.nc", f"{results}/cubes/resnet20",
-                      f"{results}/locality/resnet20.nc"])
+    run(
+        "gpu rules",
+        [*forced, f"{results}/attack/lenet.nc", f"{results}/cubes/resnet20", f"{results}/locality/resnet20.nc"],
+    )
     # prepare_data (a localrule) runs here, then the train job that needs it is submitted
     run("local rule", [*forced, "resources/datasets/digits/test.nc", f"{results}/models/lenet.pt"])
-    return {"repo": repo, "runs": submitted, "dvc": outputs[0], "log": "\n".join(outputs),
-            "sbatch": {job: args for calls in submitted.values() for job, args in calls.items()},
-            "prepared_locally": (repo / "resources/datasets/digits/test.nc").stat().st_mtime_ns > before,
-            "threads": study.config["threads"]}
+    return {
+        "repo": repo,
+        "runs": submitted,
+        "dvc": outputs[0],
+        "log": "\n".join(outputs),
+        "sbatch": {job: args for calls in submitted.values() for job, args in calls.items()},
+        "prepared_locally": (repo / "resources/datasets/digits/test.nc").stat().st_mtime_ns > before,
+        "threads": study.config["threads"],
+    }
 
 
 def _option(args: list[str], name: str) -> str:
@@ -172,8 +192,11 @@ def _option(args: list[str], name: str) -> str:
 def test_sbatch_submits_each_cluster_job_once(sbatch_calls):
     assert {name: set(calls) for name, calls in sbatch_calls["runs"].items()} == {
         "dvc repro": {"rule_propagation_wildcards_lenet"},
-        "gpu rules": {"rule_attack_wildcards_lenet", "rule_capture_wildcards_resnet20",
-                      "rule_locality_wildcards_resnet20"},
+        "gpu rules": {
+            "rule_attack_wildcards_lenet",
+            "rule_capture_wildcards_resnet20",
+            "rule_locality_wildcards_resnet20",
+        },
         "local rule": {"rule_train_wildcards_lenet"},
     }
 
@@ -185,8 +208,15 @@ def test_dvc_repro_submits_with_the_profile_from_the_environment(sbatch_calls):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("job", ["rule_attack_wildcards_lenet", "rule_capture_wildcards_resnet20",
-                                 "rule_locality_wildcards_resnet20", "rule_train_wildcards_lenet"])
+@pytest.mark.parametrize(
+    "job",
+    [
+        "rule_attack_wildcards_lenet",
+        "rule_capture_wildcards_resnet20",
+        "rule_locality_wildcards_resnet20",
+        "rule_train_wildcards_lenet",
+    ],
+)
 def test_sbatch_arguments_of_gpu_jobs(sbatch_calls, job):
     args = sbatch_calls["sbatch"][job]
     assert _option(args, "-A") == "proj42"

@@ -37,7 +37,7 @@ def test_propagation_maps_match_loop() -> None:
     clean = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
     adv = (clean + rng.normal(size=clean.shape) * (rng.random(clean.shape) < 0.3)).astype(np.float32)
     got = propagation_maps(clean, adv)
-    for value, expected in zip(got, brute_force(clean, adv)):
+    for value, expected in zip(got, brute_force(clean, adv), strict=False):
         assert value.dtype == np.float32
         np.testing.assert_allclose(value, expected, rtol=1e-6)
 
@@ -86,23 +86,40 @@ def write_cubes(directory, rng, n=4, success=(True, False, True, True)):
         adv = (clean + rng.normal(size=clean.shape) * 0.3).astype(np.float32)
         delta = adv - clean
         stride = 4 // shape[1]
-        coords = {"sample_id": np.array([5, 1, 8, 3]), "success": np.array(success),
-                  "pixel_x_layer": px // stride, "pixel_y_layer": py // stride}
-        attrs = {"layer": f"block{i}", "layer_index": i, "stride": float(stride), "receptive_field": -1,
-                 "input_size": np.array([4, 4])}
+        coords = {
+            "sample_id": np.array([5, 1, 8, 3]),
+            "success": np.array(success),
+            "pixel_x_layer": px // stride,
+            "pixel_y_layer": py // stride,
+        }
+        attrs = {
+            "layer": f"block{i}",
+            "layer_index": i,
+            "stride": float(stride),
+            "receptive_field": -1,
+            "input_size": np.array([4, 4]),
+        }
         with CubeWriter(directory / f"{i:02d}_block{i}.nc", shape, coords, attrs) as writer:
             writer.write(0, clean, delta, dict(zip(MAP_VARIABLES, maps_from_delta(clean, delta), strict=True)))
         data = {"clean": clean, "delta": delta, "adversarial": adv}
-        cubes.append(xr.Dataset({name: (("sample", "channel", "y", "x"), value) for name, value in data.items()},
-                                coords={name: ("sample", value) for name, value in coords.items()}))
+        cubes.append(
+            xr.Dataset(
+                {name: (("sample", "channel", "y", "x"), value) for name, value in data.items()},
+                coords={name: ("sample", value) for name, value in coords.items()},
+            )
+        )
     write_layer_index(directory, [{"index": i, "file": f"{i:02d}_block{i}.nc"} for i in range(2)])
     return cubes
 
 
 def test_round_trip_and_normalisations(tmp_path) -> None:
     cubes = write_cubes(tmp_path, np.random.default_rng(3))
-    run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "out" / "prop.nc"},
-              {"propagation": {"normalisation": "image", "spread_threshold": 0.2}})
+    run_stage(
+        "propagation",
+        {"cubes": tmp_path},
+        {"out": tmp_path / "out" / "prop.nc"},
+        {"propagation": {"normalisation": "image", "spread_threshold": 0.2}},
+    )
     prop = open_netcdf(tmp_path / "out" / "prop.nc", kind="propagation")
     by_layer = compute_propagation(sorted(tmp_path.glob("0*.nc")), "layer", 0.2)
     assert list(prop["layer"].values) == ["block0", "block1"]
@@ -121,7 +138,9 @@ def test_round_trip_and_normalisations(tmp_path) -> None:
         np.testing.assert_allclose(by_layer[f"pm_max_norm_{i}"].values, norm_layer, rtol=1e-5)
         np.testing.assert_allclose(prop[f"avg_pm_max_success_{i}"].values, norm_img[success].mean(0), rtol=1e-5)
         np.testing.assert_allclose(prop[f"avg_pm_max_failure_{i}"].values, norm_img[~success].mean(0), rtol=1e-5)
-        np.testing.assert_allclose(prop[f"avg_pm_avg_success_{i}"].values, (pm_avg / scale[:, None, None])[success].mean(0), rtol=1e-5)
+        np.testing.assert_allclose(
+            prop[f"avg_pm_avg_success_{i}"].values, (pm_avg / scale[:, None, None])[success].mean(0), rtol=1e-5
+        )
         np.testing.assert_allclose(prop["peak"].values[i], norm_img.reshape(4, -1).max(1), rtol=1e-5)
         np.testing.assert_allclose(prop["spread"].values[i], (norm_img > 0.2).reshape(4, -1).mean(1))
         np.testing.assert_allclose(by_layer["spread"].values[i], (norm_layer > 0.2).reshape(4, -1).mean(1))
@@ -148,7 +167,9 @@ def test_no_failures_gives_nan_average(tmp_path) -> None:
 
 def test_errors(tmp_path) -> None:
     with pytest.raises(ConfigError, match="normalisation.*image, layer"):
-        run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"}, {"propagation": {"normalisation": "global"}})
+        run_stage(
+            "propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"}, {"propagation": {"normalisation": "global"}}
+        )
     with pytest.raises(DataError, match="layers.json"):
         run_stage("propagation", {"cubes": tmp_path / "missing"}, {"out": tmp_path / "p.nc"})
     write_layer_index(tmp_path, [])

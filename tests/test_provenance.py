@@ -13,8 +13,18 @@ from onepixel.config import validate_config
 from onepixel.files import write_json, write_netcdf
 from onepixel.provenance import config_digest, provenance, run_context
 
-REQUIRED = ("git_commit", "config_digest", "study_config", "seed", "device", "onepixel_version", "python_version",
-            "torch_version", "numpy_version", "xarray_version")
+REQUIRED = (
+    "git_commit",
+    "config_digest",
+    "study_config",
+    "seed",
+    "device",
+    "onepixel_version",
+    "python_version",
+    "torch_version",
+    "numpy_version",
+    "xarray_version",
+)
 
 
 def test_provenance_outside_a_run_names_versions_and_the_cpu():
@@ -61,17 +71,25 @@ def _kind(relative: str) -> str:
 
 def _expected_seed(relative: str, config: dict) -> int:
     """The seed of the random stream that chose a file's content (see the adapters in workflow/scripts)."""
-    return {"datasets": config["dataset"]["seed"], "models": config["train"]["seed"],
-            "metrics": config["train"]["seed"], "locality": config["locality"]["seed"],
-            "vulnerability": config["locality"]["seed"]}.get(_kind(relative), config["attack"]["seed"])
+    return {
+        "datasets": config["dataset"]["seed"],
+        "models": config["train"]["seed"],
+        "metrics": config["train"]["seed"],
+        "locality": config["locality"]["seed"],
+        "vulnerability": config["locality"]["seed"],
+    }.get(_kind(relative), config["attack"]["seed"])
 
 
 @pytest.mark.slow
 def test_every_result_of_the_study_records_how_it_was_made(study):
     config = validate_config(study.config)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    files = sorted(p for top in ("resources/datasets", "results") for p in (study.repo / top).rglob("*")
-                   if p.suffix in (".nc", ".json"))
+    files = sorted(
+        p
+        for top in ("resources/datasets", "results")
+        for p in (study.repo / top).rglob("*")
+        if p.suffix in (".nc", ".json")
+    )
     kinds = {_kind(str(p.relative_to(study.repo))) for p in files}
     assert {"datasets", "metrics", "attack", "cubes", "propagation", "locality", "summary"} <= kinds, kinds
     assert len({_expected_seed(str(p.relative_to(study.repo)), config) for p in files}) >= 3  # seeds tell apart

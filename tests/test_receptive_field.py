@@ -10,8 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onepixel.errors import ConfigError
-from onepixel.models import MODEL_NAMES, build_model
 from onepixel.analysis.receptive_field import (
     ReceptiveField,
     effective_receptive_field,
@@ -19,6 +17,8 @@ from onepixel.analysis.receptive_field import (
     receptive_field_box,
     theoretical_receptive_fields,
 )
+from onepixel.errors import ConfigError
+from onepixel.models import MODEL_NAMES, build_model
 
 
 def step(rf: tuple[int, int, float], kernel: int, stride: int = 1, padding: int = 0) -> tuple[int, int, float]:
@@ -129,7 +129,9 @@ def test_mode_is_restored_and_adaptive_pooling() -> None:
     theoretical_receptive_fields(model, (3, 20, 20))
     assert all(m.training for m in model.modules())
     pooled = nn.Sequential(nn.Conv2d(1, 1, 3), nn.AdaptiveAvgPool2d(3))
-    assert as_tuple(theoretical_receptive_fields(pooled, (1, 8, 8), ["1"])["1"]) == step((3, 1, 1.0), 2, 2) == (4, 2, 1.5)
+    assert (
+        as_tuple(theoretical_receptive_fields(pooled, (1, 8, 8), ["1"])["1"]) == step((3, 1, 1.0), 2, 2) == (4, 2, 1.5)
+    )
     with pytest.raises(ConfigError, match="unequal size"):
         theoretical_receptive_fields(pooled, (1, 9, 9), ["1"])
 
@@ -163,7 +165,9 @@ def layer_output(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     return out[0]
 
 
-def brute_force_support(model: nn.Module, layer: str, units: list[tuple[int, int]], shape: tuple[int, int, int]) -> np.ndarray:
+def brute_force_support(
+    model: nn.Module, layer: str, units: list[tuple[int, int]], shape: tuple[int, int, int]
+) -> np.ndarray:
     """``(len(units), H, W)`` bool: input pixels with a nonzero gradient of each unit (summed over channels)."""
     x = torch.full((len(units), *shape), 0.5, dtype=torch.float64, requires_grad=True)
     out = layer_output(model, layer, x)
@@ -180,7 +184,16 @@ def grid_units(model: nn.Module, layer: str, shape: tuple[int, int, int]) -> lis
 
 @pytest.mark.parametrize(
     ("name", "size"),
-    [("lenet", 20), ("lenet", 8), ("resnet20", 12), ("nin", 12), ("vgg16", 12), ("densenet", 10), ("allconv", 12), ("wrn16_4", 12)],
+    [
+        ("lenet", 20),
+        ("lenet", 8),
+        ("resnet20", 12),
+        ("nin", 12),
+        ("vgg16", 12),
+        ("densenet", 10),
+        ("allconv", 12),
+        ("wrn16_4", 12),
+    ],
 )
 def test_brute_force_matches_theory(name: str, size: int) -> None:
     channels = 1
@@ -190,7 +203,7 @@ def test_brute_force_matches_theory(name: str, size: int) -> None:
     for layer, rf in fields.items():
         units = grid_units(model, layer, shape)
         support = brute_force_support(model, layer, units, shape)
-        for (i, j), seen in zip(units, support):
+        for (i, j), seen in zip(units, support, strict=False):
             y0, y1, x0, x1 = receptive_field_box(rf, i, j, size, size)
             expected = np.zeros((size, size), bool)
             expected[y0:y1, x0:x1] = True

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from conftest import check_tool
 
 pytestmark = pytest.mark.slow
@@ -86,22 +87,37 @@ def test_report_has_the_metrics_table_of_every_model(study, report):
 
 def test_report_shows_the_configuration_of_the_run(study, report):
     shown = _text(report["description"])
-    config = json.loads(shown[shown.index("{"):shown.rindex("}") + 1])
+    config = json.loads(shown[shown.index("{") : shown.rindex("}") + 1])
     assert config["attack"]["population"] == study.config["attack"]["population"]
     assert config["models"] == study.config["models"]
     assert config["attack"]["seed"] == study.config["attack"]["seed"]
     assert {"Metrics", "Propagation maps", "Locality"} <= set(report["categories"])
 
 
-@pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
-                    reason="no Chromium on PATH: the page is checked as data above")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") or shutil.which("chromium-browser")),
+    reason="no Chromium on PATH: the page is checked as data above",
+)
 def test_report_renders_in_a_headless_browser(report, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path}",
-         "--virtual-time-budget=10000", "--dump-dom", report["path"].as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            report["path"].as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     ).stdout
     for category in ("Metrics", "Propagation maps", "Locality"):
         assert category in dom

@@ -234,9 +234,18 @@ def attack_pair(n: int = 6, targeted: bool = False):
 def test_twin_models_give_the_same_attack(targeted):
     _model, _images, _labels, _targets, ((la, a), (pa, b)) = attack_pair(targeted=targeted)
     assert la.model_output == "logits" and pa.model_output == "probabilities"
-    assert 0 < int(a.success.sum())  # a real search
-    for name in ("success", "pixel_x", "pixel_y", "color", "true_class", "target_class", "adv_class", "adversarial",
-                 "queries"):
+    assert int(a.success.sum()) > 0  # a real search
+    for name in (
+        "success",
+        "pixel_x",
+        "pixel_y",
+        "color",
+        "true_class",
+        "target_class",
+        "adv_class",
+        "adversarial",
+        "queries",
+    ):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     for name in ("prob_clean", "prob_adv"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=1e-6)
@@ -258,20 +267,40 @@ def test_twin_models_give_the_same_locality(how):
     for m, kind in ((model, "logits"), (twin(model), "probabilities")):
         arg = Classifier(m, output=kind) if how == "classifier" else m
         given = {"output": kind} if how == "explicit" else {}  # auto: the default
-        out.append(locality_analysis(arg, images, labels.numpy(), px, py, colors, targets=targets, max_distance=3,
-                                     random_positions=10, seed=2, batch_size=37, **given))
+        out.append(
+            locality_analysis(
+                arg,
+                images,
+                labels.numpy(),
+                px,
+                py,
+                colors,
+                targets=targets,
+                max_distance=3,
+                random_positions=10,
+                seed=2,
+                batch_size=37,
+                **given,
+            )
+        )
     a, b = out
     assert a.attrs["model_output"] == "logits" and b.attrs["model_output"] == "probabilities"
     assert a.attrs["rejected_evaluations"] == b.attrs["rejected_evaluations"] == 0
     assert int(a["n_fooled"].sum()) > 0
     for name in ("n_positions", "n_fooled", "baseline_n", "baseline_fooled", "rate", "baseline_rate", "success_rate"):
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
-    for name in ("mean_true_prob", "baseline_true_prob", "clean_true_prob", "true_prob_change",
-                 "baseline_true_prob_change"):
+    for name in (
+        "mean_true_prob",
+        "baseline_true_prob",
+        "clean_true_prob",
+        "true_prob_change",
+        "baseline_true_prob_change",
+    ):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=0, atol=1e-6, err_msg=name)
     # the twin's probabilities are its own output, not a softmax of it
-    np.testing.assert_allclose(b["clean_true_prob"].values,
-                               reference_probs(model, images).gather(1, labels[:, None])[:, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        b["clean_true_prob"].values, reference_probs(model, images).gather(1, labels[:, None])[:, 0].numpy(), atol=1e-6
+    )
 
 
 def test_twin_models_give_the_same_vulnerability_maps():
@@ -299,10 +328,12 @@ def _softmax_ending_registry_models(monkeypatch) -> None:
 
 
 def test_twin_checkpoints_give_the_same_stage_results(toy, tmp_path, monkeypatch):
-    cfg = {"device": "cpu",
-           "attack": {"num_images": 6, "population": 16, "generations": 4, "batch_size": 64, "seed": 3},
-           "locality": {"max_distance": 2, "random_positions": 8},
-           "vulnerability": {"max_attacks": 4, "batch_size": 64}}
+    cfg = {
+        "device": "cpu",
+        "attack": {"num_images": 6, "population": 16, "generations": 4, "batch_size": 64, "seed": 3},
+        "locality": {"max_distance": 2, "random_positions": 8},
+        "vulnerability": {"max_attacks": 4, "batch_size": 64},
+    }
     files = {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}
     for kind in ("logits", "probabilities"):
         if kind == "probabilities":
@@ -315,16 +346,22 @@ def test_twin_checkpoints_give_the_same_stage_results(toy, tmp_path, monkeypatch
         assert loaded.model_output == kind and loaded.classifier().output == kind
     a, b = load_attack(tmp_path / "attack_logits.nc"), load_attack(tmp_path / "attack_probabilities.nc")
     assert a.attrs["model_output"] == "logits" and b.attrs["model_output"] == "probabilities"
-    assert 0 < int(a["success"].sum())
+    assert int(a["success"].sum()) > 0
     for name in ("success", "pixel_x", "pixel_y", "color", "true_class", "target_class", "adv_class", "sample_id"):
         np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
     for name in ("prob_clean", "prob_adv"):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=0, atol=1e-6, err_msg=name)
     for stage, exact, close in (
-        ("locality", ("n_positions", "n_fooled", "baseline_fooled", "success_rate", "sample_id"),
-         ("mean_true_prob", "clean_true_prob", "baseline_true_prob", "true_prob_change")),
-        ("vulnerability", ("fooled", "pred_class", "profile_n", "profile_fooled", "sample_id"),
-         ("true_prob", "profile_true_prob", "true_prob_success")),
+        (
+            "locality",
+            ("n_positions", "n_fooled", "baseline_fooled", "success_rate", "sample_id"),
+            ("mean_true_prob", "clean_true_prob", "baseline_true_prob", "true_prob_change"),
+        ),
+        (
+            "vulnerability",
+            ("fooled", "pred_class", "profile_n", "profile_fooled", "sample_id"),
+            ("true_prob", "profile_true_prob", "true_prob_success"),
+        ),
     ):
         x, y = (open_netcdf(tmp_path / f"{stage}_{kind}.nc", kind=stage) for kind in ("logits", "probabilities"))
         assert x.attrs["model_output"] == "logits" and y.attrs["model_output"] == "probabilities", stage
@@ -337,7 +374,8 @@ def test_twin_checkpoints_give_the_same_stage_results(toy, tmp_path, monkeypatch
 def test_attack_model_output_of_a_file():
     import xarray as xr
 
-    assert attack_model_output(xr.Dataset()) == "logits"  # files from before the attribute: read as logits
+    with pytest.raises(DataError, match="attribute model_output is None"):
+        attack_model_output(xr.Dataset())  # every attack file records it
     assert attack_model_output(xr.Dataset(attrs={"model_output": "probabilities"})) == "probabilities"
     with pytest.raises(DataError, match="model_output"):
         attack_model_output(xr.Dataset(attrs={"model_output": "auto"}))

@@ -41,21 +41,31 @@ def toy(tmp_path_factory):
         pred = model(images.float() / 255).argmax(1)
     labels = pred.clone()
     labels[::4] = (pred[::4] + 1) % 3  # a quarter misclassified: never selected
-    data.save_dataset(data.make_dataset(images.numpy(), labels.numpy(), ["a", "b", "c"], "toy", "test"),
-                      root / "test.nc")
+    data.save_dataset(
+        data.make_dataset(images.numpy(), labels.numpy(), ["a", "b", "c"], "toy", "test"), root / "test.nc"
+    )
     models.save_checkpoint(root / "lenet.pt", model, "lenet", {"num_classes": 3, "in_channels": 1, "image_size": 8})
     return root
 
 
 def run_attack(toy, out, cfg, shard=0, shards=1, selection=None):
     """The attack stage on the toy model: shard ``shard`` of ``shards`` (the selection made here without one)."""
-    return run_stage("attack", {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc", "selection": selection},
-                     {"out": out}, {"attack": {**cfg, "shards": shards}, "device": "cpu"}, {"shard": shard})
+    return run_stage(
+        "attack",
+        {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc", "selection": selection},
+        {"out": out},
+        {"attack": {**cfg, "shards": shards}, "device": "cpu"},
+        {"shard": shard},
+    )
 
 
 def run_select(toy, out, cfg):
-    return run_stage("select_images", {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}, {"out": out},
-                     {"attack": cfg, "device": "cpu"})
+    return run_stage(
+        "select_images",
+        {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"},
+        {"out": out},
+        {"attack": cfg, "device": "cpu"},
+    )
 
 
 def run_merge(paths, out, selection=None):
@@ -80,7 +90,10 @@ def _same_result(a: xr.Dataset, b: xr.Dataset) -> None:
             np.testing.assert_allclose(x.values, y.values, rtol=0, atol=1e-6, err_msg=name)
         else:
             np.testing.assert_array_equal(x.values, y.values, err_msg=name)
-    keep = lambda ds: {k: v for k, v in ds.attrs.items() if k not in TIMING_ATTRS}
+
+    def keep(ds):
+        return {k: v for k, v in ds.attrs.items() if k not in TIMING_ATTRS}
+
     assert keep(a) == keep(b)
 
 
@@ -189,11 +202,38 @@ def test_cli_shards_and_merge(toy, tmp_path, capsys):
     assert main(["attack", *common, "--out", str(tmp_path / "whole.nc")]) == 0
     assert main(["select-images", *common, "--out", str(tmp_path / "sel.json")]) == 0
     for shard in range(2):
-        assert main(["attack", *common, "--shard", str(shard), "--set", "attack.shards=2",
-                     "--selection", str(tmp_path / "sel.json"),
-                     "--out", str(tmp_path / f"s{shard}.nc")]) == 0
-    assert main(["merge-attack", "--shards", str(tmp_path / "s1.nc"), str(tmp_path / "s0.nc"),
-                 "--selection", str(tmp_path / "sel.json"), "--out", str(tmp_path / "merged.nc")]) == 0
+        assert (
+            main(
+                [
+                    "attack",
+                    *common,
+                    "--shard",
+                    str(shard),
+                    "--set",
+                    "attack.shards=2",
+                    "--selection",
+                    str(tmp_path / "sel.json"),
+                    "--out",
+                    str(tmp_path / f"s{shard}.nc"),
+                ]
+            )
+            == 0
+        )
+    assert (
+        main(
+            [
+                "merge-attack",
+                "--shards",
+                str(tmp_path / "s1.nc"),
+                str(tmp_path / "s0.nc"),
+                "--selection",
+                str(tmp_path / "sel.json"),
+                "--out",
+                str(tmp_path / "merged.nc"),
+            ]
+        )
+        == 0
+    )
     assert "merged 2 shards" in capsys.readouterr().err
     _same_result(load_attack(tmp_path / "whole.nc"), load_attack(tmp_path / "merged.nc"))
     assert main(["attack", *common, "--shard", "2", "--set", "attack.shards=2", "--out", str(tmp_path / "bad.nc")]) == 2
@@ -207,8 +247,9 @@ def test_selection_matches_select_correct_images(toy, tmp_path):
     chosen = run_select(toy, tmp_path / "s.json", cfg)
     test = data.load_dataset(toy / "test.nc")
     model, _ = models.load_checkpoint(toy / "lenet.pt")
-    expected = select_correct_images(model, torch.from_numpy(test["image"].values),
-                                     torch.from_numpy(test["label"].values), 9, 4)
+    expected = select_correct_images(
+        model, torch.from_numpy(test["image"].values), torch.from_numpy(test["label"].values), 9, 4
+    )
     np.testing.assert_array_equal(chosen, expected)
     saved = json.loads((tmp_path / "s.json").read_text())
     assert saved["sample_ids"] == expected.tolist() and saved["num_classes"] == 3 and saved["seed"] == 4
@@ -228,7 +269,7 @@ def _jobs(stdout: str) -> dict[str, int]:
     counts: dict[str, int] = {}
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["job", "count"])
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
             if parts[:1] == ["total"]:
@@ -247,21 +288,29 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _dry_run(workdir: Path, *args: str) -> dict[str, int]:
-    result = subprocess.run(["snakemake", "-n", "--quiet", "rules", *args], cwd=workdir, env=_env(),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["snakemake", "-n", "--quiet", "rules", *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return _jobs(result.stdout + "\n" + result.stderr)
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_workflow_schedules_shards_and_a_merge(workdir):
-    jobs = _dry_run(workdir, "--config", "models=[lenet]", 'attack={shards: 3}', "--", "results/digits/attack/lenet.nc")
+    jobs = _dry_run(workdir, "--config", "models=[lenet]", "attack={shards: 3}", "--", "results/digits/attack/lenet.nc")
     assert jobs == {"prepare_data": 1, "train": 1, "select_images": 1, "attack": 3, "merge_attack": 1}
     jobs = _dry_run(workdir, "--config", "models=[lenet]", "--", "results/digits/attack/lenet.nc")
     assert jobs == {"prepare_data": 1, "train": 1, "select_images": 1, "attack": 1, "merge_attack": 1}  # one path
-    full = _dry_run(workdir, "--config", 'attack={shards: 3}')
+    full = _dry_run(workdir, "--config", "attack={shards: 3}")
     assert full["attack"] == 6 and full["merge_attack"] == 2 and full["capture"] == 2
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
     """With finished upstream files and shards 0 and 2 done, only shard 1 and the merge are left.
 
@@ -271,10 +320,13 @@ def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
     root = tmp_path / "resume"
     shutil.copytree(workdir, root, symlinks=True)
     files = [
-        "resources/datasets/digits/train.nc", "resources/datasets/digits/test.nc",
-        "results/digits/models/lenet.pt", "results/digits/metrics/lenet.json",
+        "resources/datasets/digits/train.nc",
+        "resources/datasets/digits/test.nc",
+        "results/digits/models/lenet.pt",
+        "results/digits/metrics/lenet.json",
         "results/digits/attack/lenet/selection.json",
-        "results/digits/attack/lenet/shard_0-of-3.nc", "results/digits/attack/lenet/shard_2-of-3.nc",
+        "results/digits/attack/lenet/shard_0-of-3.nc",
+        "results/digits/attack/lenet/shard_2-of-3.nc",
     ]
     now = time.time() - 100
     for i, name in enumerate(files):  # oldest first, so nothing looks out of date
@@ -282,8 +334,16 @@ def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("placeholder")
         os.utime(path, (now + i, now + i))
-    jobs = _dry_run(root, "--rerun-triggers", "mtime", "--config", "models=[lenet]", 'attack={shards: 3}', "--",
-                    "results/digits/attack/lenet.nc")
+    jobs = _dry_run(
+        root,
+        "--rerun-triggers",
+        "mtime",
+        "--config",
+        "models=[lenet]",
+        "attack={shards: 3}",
+        "--",
+        "results/digits/attack/lenet.nc",
+    )
     assert jobs == {"attack": 1, "merge_attack": 1}
 
 

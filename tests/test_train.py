@@ -10,9 +10,9 @@ import torch
 import xarray as xr
 
 from onepixel.data import load_digits_split, make_dataset, prepare_dataset
-from onepixel.stages import run_stage
 from onepixel.errors import ConfigError, DataError
 from onepixel.models import build_model, load_checkpoint, save_checkpoint
+from onepixel.stages import run_stage
 from onepixel.train import (
     augment_batch,
     build_kwargs_for,
@@ -77,7 +77,9 @@ def test_predict_and_evaluate(digits):
 def test_build_kwargs_for(digits):
     kwargs = build_kwargs_for(digits[0])
     assert {k: kwargs[k] for k in ("num_classes", "in_channels", "image_size")} == {
-        "num_classes": 10, "in_channels": 1, "image_size": 8,
+        "num_classes": 10,
+        "in_channels": 1,
+        "image_size": 8,
     }
     pixels = digits[0]["image"].values / 255
     assert kwargs["mean"] == pytest.approx([pixels.mean()]) and kwargs["std"] == pytest.approx([pixels.std()])
@@ -91,7 +93,11 @@ def test_lenet_learns_digits(digits):
     assert metrics["train_seconds"] < 15
     assert len(lines) == 20 and lines[-1].startswith("lenet epoch 20/20: loss ")
     assert {k: metrics[k] for k in ("model", "epochs", "num_train", "num_test", "dataset")} == {
-        "model": "lenet", "epochs": 20, "num_train": 1347, "num_test": 450, "dataset": "digits",
+        "model": "lenet",
+        "epochs": 20,
+        "num_train": 1347,
+        "num_test": 450,
+        "dataset": "digits",
     }
     assert metrics["params"] == sum(p.numel() for p in model.parameters())
     assert not model.training and next(model.parameters()).device.type == "cpu"
@@ -111,7 +117,7 @@ def test_training_is_seeded(digits):
 
 def test_batch_norm_models_train_with_odd_batches(digits):
     train, test = _subset(digits[0], 65), _subset(digits[1], 10)  # 65 = 2 x 32 + 1: last batch dropped
-    model, metrics = train_model("resnet20", train, test, epochs=1, batch_size=32, **QUIET)
+    _model, metrics = train_model("resnet20", train, test, epochs=1, batch_size=32, **QUIET)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     with pytest.raises(ConfigError, match="batch_size"):
         train_model("lenet", train, test, epochs=1, batch_size=1, **QUIET)
@@ -140,13 +146,25 @@ def digit_files(tmp_path_factory):
 
 def _train(model, digit_files, checkpoint, metrics, config, user_checkpoint=None):
     train, test = digit_files
-    return run_stage("train", {"train": train, "test": test, "user_checkpoint": [user_checkpoint] if user_checkpoint else []},
-                     {"checkpoint": checkpoint, "metrics": metrics}, config, {"model": model})
+    return run_stage(
+        "train",
+        {"train": train, "test": test, "user_checkpoint": [user_checkpoint] if user_checkpoint else []},
+        {"checkpoint": checkpoint, "metrics": metrics},
+        config,
+        {"model": model},
+    )
 
 
 def test_train_stage_trains(tmp_path, digit_files):
-    cfg = {"epochs": 2, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "augment": True, "seed": 0,
-           "checkpoints": {}}
+    cfg = {
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.05,
+        "weight_decay": 5e-4,
+        "augment": True,
+        "seed": 0,
+        "checkpoints": {},
+    }
     ckpt, metrics_path = tmp_path / "models" / "lenet.pt", tmp_path / "metrics" / "lenet.json"
     metrics = _train("lenet", digit_files, ckpt, metrics_path, {"train": cfg, "device": "cpu"})
     written = json.loads(metrics_path.read_text())
@@ -168,12 +186,16 @@ def test_train_stage_user_checkpoint(tmp_path, digit_files):
     metrics = _train("lenet", digit_files, ckpt, metrics_path, {"train": {"epochs": 50}, "device": "cpu"}, bare)
     assert metrics["epochs"] == 0 and metrics["checkpoint_source"] == str(bare)
     assert metrics["test_accuracy"] == pytest.approx(evaluate_accuracy(model, test))
-    reloaded, meta = load_checkpoint(ckpt, name="lenet")
+    _reloaded, meta = load_checkpoint(ckpt, name="lenet")
     assert meta["build_kwargs"]["mean"] == pytest.approx(kwargs["mean"])
     with pytest.raises(DataError, match="lenet.pt: checkpoint holds a 'lenet' model, not the requested 'resnet20'"):
         _train("resnet20", digit_files, tmp_path / "r.pt", tmp_path / "r.json", {"device": "cpu"}, ckpt)
     wrong_classes = tmp_path / "wrong.pt"
-    save_checkpoint(wrong_classes, build_model("lenet", num_classes=3, in_channels=1, image_size=8), "lenet",
-                    {"num_classes": 3, "in_channels": 1, "image_size": 8})
+    save_checkpoint(
+        wrong_classes,
+        build_model("lenet", num_classes=3, in_channels=1, image_size=8),
+        "lenet",
+        {"num_classes": 3, "in_channels": 1, "image_size": 8},
+    )
     with pytest.raises(DataError, match="wrong.pt: model predicts 3 classes but the data set has 10"):
         _train("lenet", digit_files, tmp_path / "w.pt", tmp_path / "w.json", {"device": "cpu"}, wrong_classes)

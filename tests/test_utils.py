@@ -78,16 +78,26 @@ def test_provenance_records_versions_and_device():
 
 def test_deterministic_torch_sets_and_restores_the_flags():
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32,
-              torch.are_deterministic_algorithms_enabled())
+    before = (
+        cudnn.deterministic,
+        cudnn.benchmark,
+        cudnn.allow_tf32,
+        matmul.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+    )
     fill = torch.utils.deterministic.fill_uninitialized_memory
     with deterministic_torch():
         assert cudnn.deterministic and not cudnn.benchmark and not cudnn.allow_tf32 and not matmul.allow_tf32
         assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
         assert not torch.utils.deterministic.fill_uninitialized_memory
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in {":4096:8", ":16:8"}
-    assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32,
-            torch.are_deterministic_algorithms_enabled()) == before
+    assert (
+        cudnn.deterministic,
+        cudnn.benchmark,
+        cudnn.allow_tf32,
+        matmul.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+    ) == before
     assert torch.utils.deterministic.fill_uninitialized_memory == fill
 
 

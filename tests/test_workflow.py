@@ -15,8 +15,8 @@ import xarray as xr
 
 from conftest import run_tool
 from helpers import _copy_workflow, _env
-from onepixel.stages import run_stage
 from onepixel.attack import load_attack
+from onepixel.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,18 +35,30 @@ def workdir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_lint_is_clean(workdir):
     result = _run(["snakemake", "--lint"], workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_dry_run_shows_the_full_chain(workdir):
     result = _run(["snakemake", "-n", "--quiet", "rules"], workdir)
     assert result.returncode == 0, result.stderr
     out = result.stdout + result.stderr
-    for rule in ("prepare_data", "train", "attack", "capture", "propagation", "locality", "vulnerability",
-                 "figures", "locality_figures", "summary"):
+    for rule in (
+        "prepare_data",
+        "train",
+        "attack",
+        "capture",
+        "propagation",
+        "locality",
+        "vulnerability",
+        "figures",
+        "locality_figures",
+        "summary",
+    ):
         assert rule in out, f"{rule} missing from the dry run:\n{out}"
 
 
@@ -55,9 +67,13 @@ def test_dry_run_shows_the_full_chain(workdir):
     [
         (["models=[foo]"], "error: models[0]: 'foo' is not allowed; allowed values: lenet"),
         (["attack={'population': 2}"], "error: attack.population: 2 is out of range; must be >= 4"),
-        (["train={'checkpoints': {'lenet': 'missing.pt'}}"], "error: train.checkpoints.lenet: file not found: missing.pt"),
+        (
+            ["train={'checkpoints': {'lenet': 'missing.pt'}}"],
+            "error: train.checkpoints.lenet: file not found: missing.pt",
+        ),
     ],
 )
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_bad_config_stops_before_any_work(workdir, override, expected):
     result = _run(["snakemake", "--cores", "1", "--config", *override], workdir)
     assert result.returncode != 0
@@ -66,10 +82,15 @@ def test_bad_config_stops_before_any_work(workdir, override, expected):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_dvc_repro_dry_runs_snakemake(tmp_path):
     repo = tmp_path / "dvcrepo"
-    shutil.copytree(REPO, repo, symlinks=True,
-                    ignore=shutil.ignore_patterns(".venv", "results", "resources", ".snakemake", "logs", "__pycache__"))
+    shutil.copytree(
+        REPO,
+        repo,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(".venv", "results", "resources", ".snakemake", "logs", "__pycache__"),
+    )
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     result = _run(["dvc", "repro", "--dry"], repo)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -77,6 +98,7 @@ def test_dvc_repro_dry_runs_snakemake(tmp_path):
     assert "> snakemake\n" in result.stdout, result.stdout
 
 
+@pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_default_profile_runs_locally_on_all_cores_with_one_gpu(workdir):
     shutil.copytree(REPO / "profiles", workdir / "profiles", dirs_exist_ok=True)
     result = _run(["snakemake", "-n", "--quiet", "rules"], workdir)
@@ -113,7 +135,12 @@ def test_end_to_end_on_the_test_config(study):
         assert (results / "figures" / figure).stat().st_size > 10_000
     vulnerability = xr.open_dataset(results / "vulnerability" / "lenet.nc")
     assert vulnerability["fooled"].shape == (12, 8, 8) and list(vulnerability["rf_size"].values) == [5, 14]
-    for figure in ("receptive_fields.png", "erf.png", "lenet/vulnerability_maps.png", "resnet20/vulnerability_maps.png"):
+    for figure in (
+        "receptive_fields.png",
+        "erf.png",
+        "lenet/vulnerability_maps.png",
+        "resnet20/vulnerability_maps.png",
+    ):
         assert (results / "figures" / figure).stat().st_size > 10_000
     assert "lenet" in (results / "figures" / "locality_table.html").read_text()
 
@@ -147,7 +174,7 @@ def _job_counts(text: str) -> dict[str, int]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["job", "count"])
     counts = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         parts = line.split()
         if not parts or parts[0] == "total":
             break
@@ -160,8 +187,9 @@ def _snakemake(root: Path, args: list[str], log: Path, trigger=None, sig: int = 
     whole group (as Ctrl-C in a terminal or a batch scheduler's cancel does). Returns (status, output)."""
     fired = False
     with open(log, "w") as handle:
-        proc = subprocess.Popen(["snakemake", *args], cwd=root, env=_env(), stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["snakemake", *args], cwd=root, env=_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             while trigger is not None and proc.poll() is None:
                 if trigger(log.read_text()):
@@ -189,9 +217,19 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
     finished are kept (same mtime, not rescheduled), nothing partial is taken as complete, and the merged
     attack equals an unsharded one. Finally a corrupt user checkpoint fails its job with one line."""
     root = _copy_workflow(tmp_path / "run")
-    config = ["--cores", "1", "--configfile", "config/test.yaml", "--config", "models=[lenet]", "train={epochs: 1}",
-              "attack={shards: 3, num_images: 6, population: 20, generations: 4}", "device=cpu", "threads=1",
-              "capture={batch_size: 2}"]
+    config = [
+        "--cores",
+        "1",
+        "--configfile",
+        "config/test.yaml",
+        "--config",
+        "models=[lenet]",
+        "train={epochs: 1}",
+        "attack={shards: 3, num_images: 6, population: 20, generations: 4}",
+        "device=cpu",
+        "threads=1",
+        "capture={batch_size: 2}",
+    ]
     target = "results/digits/cubes/lenet"
     shard_dir = root / "results/digits/attack/lenet"
 
@@ -202,8 +240,9 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
         started = len(list((root / "logs/digits").glob("attack_lenet_shard_*.log")))
         return finished >= 1 and started > finished
 
-    status, text = _snakemake(root, [*config, "--", target], tmp_path / "run1.log",
-                              trigger=next_shard_running, sig=signal.SIGINT)
+    status, text = _snakemake(
+        root, [*config, "--", target], tmp_path / "run1.log", trigger=next_shard_running, sig=signal.SIGINT
+    )
     assert status != 0
     jobs = _job_blocks(text)
     done = {Path(jobs[j][1]).name for j in _finished(text) if jobs[j][0] == "attack"}
@@ -217,8 +256,13 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
 
     # 2: resume; SIGTERM to the whole group (what a batch scheduler sends) once capture is running
     capture_log = root / "logs/digits/capture_lenet.log"
-    status, text = _snakemake(root, [*config, "--rerun-incomplete", "--", target], tmp_path / "run2.log",
-                              trigger=lambda text: capture_log.exists(), sig=signal.SIGTERM)
+    status, text = _snakemake(
+        root,
+        [*config, "--rerun-incomplete", "--", target],
+        tmp_path / "run2.log",
+        trigger=lambda text: capture_log.exists(),
+        sig=signal.SIGTERM,
+    )
     assert status != 0
     counts = _job_counts(text)
     assert counts.get("attack") == 3 - len(done), counts  # finished shards are not redone
@@ -242,19 +286,29 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
 
     # the merged attack equals an unsharded attack of the same model (streams keyed by test-set index)
     merged = load_attack(root / "results/digits/attack/lenet.nc")
-    whole = run_stage("attack", {"checkpoint": root / "results/digits/models/lenet.pt",
-                                 "test": root / "resources/datasets/digits/test.nc"},
-                      {"out": tmp_path / "unsharded.nc"},
-                      {"attack": {"num_images": 6, "population": 20, "generations": 4}, "device": "cpu"})
+    whole = run_stage(
+        "attack",
+        {"checkpoint": root / "results/digits/models/lenet.pt", "test": root / "resources/datasets/digits/test.nc"},
+        {"out": tmp_path / "unsharded.nc"},
+        {"attack": {"num_images": 6, "population": 20, "generations": 4}, "device": "cpu"},
+    )
     for name in ("sample_id", "success", "pixel_x", "pixel_y", "color", "adversarial", "queries"):
         np.testing.assert_array_equal(merged[name].values, whole[name].values.astype(merged[name].dtype), name)
 
     # 4: a user error inside a job (a corrupt checkpoint of the user's) is one line, no traceback
     bad = root / "bad.pt"
     bad.write_bytes(b"\x00" * 100)
-    status, text = _snakemake(root, [*config[:-1], "capture={batch_size: 2}",
-                                     "train={epochs: 1, checkpoints: {lenet: bad.pt}}", "--",
-                                     "results/digits/models/lenet.pt"], tmp_path / "run4.log")
+    status, text = _snakemake(
+        root,
+        [
+            *config[:-1],
+            "capture={batch_size: 2}",
+            "train={epochs: 1, checkpoints: {lenet: bad.pt}}",
+            "--",
+            "results/digits/models/lenet.pt",
+        ],
+        tmp_path / "run4.log",
+    )
     assert status != 0
     errors = {line for line in text.splitlines() if line.startswith("error: ")}
     assert len(errors) == 1, text[-3000:]

@@ -85,7 +85,9 @@ class FeatureExtractor:
 
     def __init__(self, model: nn.Module, layers: list[str]) -> None:
         if not layers:
-            raise ConfigError("capture.layers: no layers to capture (the model has no feature layers or Conv2d modules)")
+            raise ConfigError(
+                "capture.layers: no layers to capture (the model has no feature layers or Conv2d modules)"
+            )
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         modules = dict(model.named_modules())
@@ -117,7 +119,9 @@ class FeatureExtractor:
                     handle.remove()
             unused = [name for name in self.layers if name not in captured]
             if unused:
-                raise ConfigError(f"capture.layers: layer(s) {', '.join(map(repr, unused))} not used in the model's forward pass")
+                raise ConfigError(
+                    f"capture.layers: layer(s) {', '.join(map(repr, unused))} not used in the model's forward pass"
+                )
             return captured
 
         return run
@@ -220,7 +224,9 @@ def capture_activations(
     for start in range(0, len(images), batch_size):
         for name, value in extractor(images[start : start + batch_size].to(device, dtype=torch.float32)).items():
             parts[name].append(value.cpu().numpy())
-    return {name: np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, 0), np.float32) for name, chunks in parts.items()}
+    return {
+        name: np.concatenate(chunks) if chunks else np.zeros((0, 0, 0, 0), np.float32) for name, chunks in parts.items()
+    }
 
 
 def raw_maps(clean: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -242,8 +248,9 @@ def raw_maps(clean: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor
     }
 
 
-def layer_geometry(model: nn.Module, extractor: FeatureExtractor, image_shape: tuple[int, int, int],
-                   device: torch.device) -> list[dict[str, Any]]:
+def layer_geometry(
+    model: nn.Module, extractor: FeatureExtractor, image_shape: tuple[int, int, int], device: torch.device
+) -> list[dict[str, Any]]:
     """Depth-ordered ``{"layer", "shape", "stride", "receptive_field", "receptive_field_start"}`` of the extractor's layers.
 
     ``stride`` is the input height over the layer's height; the receptive field
@@ -262,13 +269,15 @@ def layer_geometry(model: nn.Module, extractor: FeatureExtractor, image_shape: t
     geometry = []
     for name, value in probe.items():
         field = fields.get(name)
-        geometry.append({
-            "layer": name,
-            "shape": tuple(int(s) for s in value.shape[1:]),
-            "stride": image_shape[1] / value.shape[2],
-            "receptive_field": int(field.size) if field else -1,
-            "receptive_field_start": float(field.start) if field else None,
-        })
+        geometry.append(
+            {
+                "layer": name,
+                "shape": tuple(int(s) for s in value.shape[1:]),
+                "stride": image_shape[1] / value.shape[2],
+                "receptive_field": int(field.size) if field else -1,
+                "receptive_field_start": float(field.start) if field else None,
+            }
+        )
     return geometry
 
 
@@ -286,8 +295,13 @@ def _cube_attrs(entry: dict[str, Any], index: int, image_shape: tuple[int, int, 
     }
 
 
-def _capture_batch(extractor: FeatureExtractor, clean_u8: np.ndarray, adversarial_u8: np.ndarray,
-                   geometry: list[dict[str, Any]], device: torch.device) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+def _capture_batch(
+    extractor: FeatureExtractor,
+    clean_u8: np.ndarray,
+    adversarial_u8: np.ndarray,
+    geometry: list[dict[str, Any]],
+    device: torch.device,
+) -> list[tuple[np.ndarray, np.ndarray, dict]]:
     """Per layer ``(clean, delta, raw maps)`` of one batch, as CPU arrays."""
     clean = torch.from_numpy(clean_u8).to(device).float().div_(255)
     adversarial = torch.from_numpy(adversarial_u8).to(device).float().div_(255)
@@ -302,7 +316,7 @@ def _capture_batch(extractor: FeatureExtractor, clean_u8: np.ndarray, adversaria
 
 
 def _write_batch(writers: list[CubeWriter], start: int, batch: list[tuple[np.ndarray, np.ndarray, dict]]) -> None:
-    for writer, (clean, delta, maps) in zip(writers, batch):
+    for writer, (clean, delta, maps) in zip(writers, batch, strict=True):
         writer.write(start, clean, delta, maps)
 
 
@@ -325,15 +339,20 @@ def capture_stage(job: Job) -> list[Path]:
         The layer files, in depth order.
     """
     cfg = job.cfg["capture"]
-    checkpoint_path, test_path, attack_path, out_dir = (job.input("checkpoint"), job.input("test"),
-                                                        job.input("attack"), job.output())
+    checkpoint_path, test_path, attack_path, out_dir = (
+        job.input("checkpoint"),
+        job.input("test"),
+        job.input("attack"),
+        job.output(),
+    )
     layers, batch_size, compression, device = cfg["layers"], cfg["batch_size"], cfg["compression"], job.cfg["device"]
     attrs: dict[str, Any] = {}
     model, _meta, test, attack, dev = load_attacked_model(checkpoint_path, test_path, attack_path, device)
     extractor = FeatureExtractor(model, list(layers) if layers else feature_layer_names(model))
     clean_u8 = test["image"].values[attack["sample_id"].values]
     adversarial_u8 = attack["adversarial"].values
-    image_shape = tuple(int(s) for s in clean_u8.shape[1:])
+    channels, height, width = (int(s) for s in clean_u8.shape[1:])
+    image_shape = (channels, height, width)
     geometry = layer_geometry(model, extractor, image_shape, dev)
 
     out = Path(out_dir)
@@ -342,11 +361,15 @@ def capture_stage(job: Job) -> list[Path]:
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         writers = [
-            stack.enter_context(CubeWriter(
-                out / f"{i:02d}_{entry['layer']}.nc", entry["shape"],
-                sample_coords(attack, entry["shape"][1:], image_shape[1:]),
-                {**_cube_attrs(entry, i, image_shape), **common}, compression,
-            ))
+            stack.enter_context(
+                CubeWriter(
+                    out / f"{i:02d}_{entry['layer']}.nc",
+                    entry["shape"],
+                    sample_coords(attack, entry["shape"][1:], image_shape[1:]),
+                    {**_cube_attrs(entry, i, image_shape), **common},
+                    compression,
+                )
+            )
             for i, entry in enumerate(geometry)
         ]
         # One background thread compresses and writes batch k while batch k + 1 is computed
@@ -354,8 +377,13 @@ def capture_stage(job: Job) -> list[Path]:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cube-writer") as pool:
             pending = None
             for start in range(0, len(clean_u8), batch_size):
-                batch = _capture_batch(extractor, clean_u8[start : start + batch_size],
-                                       adversarial_u8[start : start + batch_size], geometry, dev)
+                batch = _capture_batch(
+                    extractor,
+                    clean_u8[start : start + batch_size],
+                    adversarial_u8[start : start + batch_size],
+                    geometry,
+                    dev,
+                )
                 if pending is not None:
                     pending.result()
                 pending = pool.submit(_write_batch, writers, start, batch)
@@ -364,10 +392,19 @@ def capture_stage(job: Job) -> list[Path]:
     seconds = time.perf_counter() - started
     written = sum(writer.bytes_written for writer in writers)
     on_disk = sum(writer.path.stat().st_size for writer in writers)
-    log.info("captured %d layers for %d images in %.1f s: %.1f MiB of activations (%.1f MiB/s), %.1f MiB on disk (%s)",
-             len(writers), len(clean_u8), seconds, written / 2**20, written / 2**20 / max(seconds, 1e-9),
-             on_disk / 2**20, compression)
-    entries = [{"index": i, "file": writer.path.name, **{k: (list(v) if k == "shape" else v) for k, v in entry.items()}}
-               for i, (writer, entry) in enumerate(zip(writers, geometry))]
+    log.info(
+        "captured %d layers for %d images in %.1f s: %.1f MiB of activations (%.1f MiB/s), %.1f MiB on disk (%s)",
+        len(writers),
+        len(clean_u8),
+        seconds,
+        written / 2**20,
+        written / 2**20 / max(seconds, 1e-9),
+        on_disk / 2**20,
+        compression,
+    )
+    entries = [
+        {"index": i, "file": writer.path.name, **{k: (list(v) if k == "shape" else v) for k, v in entry.items()}}
+        for i, (writer, entry) in enumerate(zip(writers, geometry, strict=True))
+    ]
     write_layer_index(out, entries)
     return [writer.path for writer in writers]

@@ -63,7 +63,10 @@ def _cmd_receptive_fields(args: argparse.Namespace) -> None:
 
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint)
-        channels, size = meta["build_kwargs"].get("in_channels", 3), args.size or meta["build_kwargs"].get("image_size", 32)
+        channels, size = (
+            meta["build_kwargs"].get("in_channels", 3),
+            args.size or meta["build_kwargs"].get("image_size", 32),
+        )
     else:
         channels, size = args.channels, args.size or 32
         model = build_model(args.model, in_channels=channels, image_size=size)
@@ -95,8 +98,13 @@ def _run_stage_command(stage: Stage) -> Callable[[argparse.Namespace], None]:
         inputs = {port.name: _port_value(port, args) for port in stage.inputs}
         outputs = {port.name: _port_value(port, args) for port in stage.outputs}
         wildcards = {w.name: getattr(args, f"wildcard_{w.name}") for w in stage.wildcards}
-        run_stage(stage.name, inputs, outputs, config=_raw_config(args),
-                  wildcards={k: v for k, v in wildcards.items() if v is not None})
+        run_stage(
+            stage.name,
+            inputs,
+            outputs,
+            config=_raw_config(args),
+            wildcards={k: v for k, v in wildcards.items() if v is not None},
+        )
 
     return command
 
@@ -118,8 +126,15 @@ def _add_port(parser: argparse.ArgumentParser, port: Port, output: bool) -> None
     metavar = {"per_model": "MODEL=PATH", "files": "PATH", "dir": "DIR", "file": "PATH"}[port.kind]
     many = {"nargs": "+"} if port.kind in ("files", "per_model") else {}
     kind = "output" if output else "input"
-    parser.add_argument(port.option, dest=f"port_{port.name}", metavar=metavar, required=not port.optional,
-                        type=None if port.kind == "per_model" else Path, help=f"{kind}: {port.help}", **many)
+    parser.add_argument(
+        port.option,
+        dest=f"port_{port.name}",
+        metavar=metavar,
+        required=not port.optional,
+        help=f"{kind}: {port.help}",
+        type=str if port.kind == "per_model" else Path,
+        **many,
+    )
 
 
 def _add_stage(sub: Any, stage: Stage) -> None:
@@ -130,16 +145,25 @@ def _add_stage(sub: Any, stage: Stage) -> None:
     for port in stage.outputs:
         _add_port(p, port, output=True)
     for w in stage.wildcards:
-        p.add_argument(f"--{w.name}", dest=f"wildcard_{w.name}", type=w.type, required=w.default is None,
-                       help=w.help + (f" (default {w.default})" if w.default is not None else ""))
+        p.add_argument(
+            f"--{w.name}",
+            dest=f"wildcard_{w.name}",
+            type=w.type,
+            required=w.default is None,
+            help=w.help + (f" (default {w.default})" if w.default is not None else ""),
+        )
     _add_config_options(p)
     p.set_defaults(func=_run_stage_command(stage))
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML config (see config/config.yaml); defaults otherwise")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set attack.population=50 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set attack.population=50 (repeatable)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

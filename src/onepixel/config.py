@@ -33,7 +33,9 @@ def load_schema() -> dict[str, Any]:
 def _with_defaults(validator_class: type[Any]) -> type[Any]:
     validate_properties = validator_class.VALIDATORS["properties"]
 
-    def set_defaults(validator: Any, properties: Mapping[str, Any], instance: Any, schema: Any) -> Iterator[ValidationError]:
+    def set_defaults(
+        validator: Any, properties: Mapping[str, Any], instance: Any, schema: Any
+    ) -> Iterator[ValidationError]:
         if isinstance(instance, dict):
             for name, subschema in properties.items():
                 if "default" in subschema:
@@ -58,8 +60,14 @@ def _allowed_keys(schema: Mapping[str, Any]) -> str:
 
 
 #: JSON Schema type names as a YAML user reads them
-_TYPE_WORDS = {"integer": "integer", "number": "number", "boolean": "boolean (true or false)", "string": "string",
-               "array": "list", "object": "mapping of keys"}
+_TYPE_WORDS = {
+    "integer": "integer",
+    "number": "number",
+    "boolean": "boolean (true or false)",
+    "string": "string",
+    "array": "list",
+    "object": "mapping of keys",
+}
 
 
 def format_error(error: ValidationError, root: str = "") -> str:
@@ -116,11 +124,13 @@ def validate_config(config: Mapping[str, Any] | None, check_files: bool = True) 
     return filled
 
 
-def validate_section(section: str, values: Mapping[str, Any] | None) -> dict[str, Any]:
+def validate_section(section: str, values: Mapping[str, Any] | None, arguments: bool = False) -> dict[str, Any]:
     """Validate one section of the config (e.g. ``"attack"``) on its own; return it with its defaults filled.
 
     The same rules and one-line messages as :func:`validate_config` (keys are named
-    ``section.key``), for library callers that pass one section.
+    ``section.key``), for library callers that pass one section. With ``arguments``
+    the values are a function's keyword arguments: named without the section, and
+    strings are not read as numbers or booleans.
 
     Raises:
         ConfigError: unknown section, or an offending key of it.
@@ -131,7 +141,7 @@ def validate_section(section: str, values: Mapping[str, Any] | None) -> dict[str
         raise ConfigError(f"{section}: not a section of the config; sections: {', '.join(sections)}")
     if values is not None and not isinstance(values, Mapping):
         raise ConfigError(f"{section}: {values!r} has the wrong type; expected mapping of keys")
-    return _validated(properties[section], values, section)
+    return _validated(properties[section], values, "" if arguments else section, coerce=not arguments)
 
 
 def section_defaults(section: str) -> dict[str, Any]:
@@ -139,8 +149,12 @@ def section_defaults(section: str) -> dict[str, Any]:
     return validate_section(section, {})
 
 
-def _validated(schema: Mapping[str, Any], values: Mapping[str, Any] | None, root: str) -> dict[str, Any]:
-    filled = _coerce_scalars(copy.deepcopy(dict(values or {})), schema)
+def _validated(
+    schema: Mapping[str, Any], values: Mapping[str, Any] | None, root: str, coerce: bool = True
+) -> dict[str, Any]:
+    filled = copy.deepcopy(dict(values or {}))
+    if coerce:
+        filled = _coerce_scalars(filled, schema)
     error = best_match(_DefaultFillingValidator(schema).iter_errors(filled))
     if error is not None:
         raise ConfigError(format_error(error, root))
@@ -211,9 +225,7 @@ def _check_semantics(config: dict[str, Any], check_files: bool) -> None:
     checkpoints: dict[str, str] = config["train"]["checkpoints"]
     for model, path in checkpoints.items():
         if model not in config["models"]:
-            raise ConfigError(
-                f"train.checkpoints.{model}: not in models; allowed: {', '.join(config['models'])}"
-            )
+            raise ConfigError(f"train.checkpoints.{model}: not in models; allowed: {', '.join(config['models'])}")
         if check_files and not Path(path).is_file():
             raise ConfigError(f"train.checkpoints.{model}: file not found: {path}")
 

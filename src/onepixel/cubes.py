@@ -135,7 +135,9 @@ class CubeWriter:
         try:
             # netCDF4 directly: a file first written by xarray and reopened here writes ~10x slower
             self._nc = netCDF4.Dataset(tmp, "w", format="NETCDF4")
-            self._nc.setncatts({FORMAT_KEY: format_name("cube"), **{k: v for k, v in self.attrs.items() if k != FORMAT_KEY}})
+            self._nc.setncatts(
+                {FORMAT_KEY: format_name("cube"), **{k: v for k, v in self.attrs.items() if k != FORMAT_KEY}}
+            )
             self._create_coords()
             self._create_variables()
         except BaseException:
@@ -184,7 +186,9 @@ class CubeWriter:
             maps: the :data:`MAP_VARIABLES` of these samples (``(n, H, W)`` and ``(n,)``).
         """
         if clean.shape != delta.shape or clean.shape[1:] != self.shape:
-            raise ValueError(f"{self.path.name}: expected (n, {self.shape}) arrays, got {clean.shape} and {delta.shape}")
+            raise ValueError(
+                f"{self.path.name}: expected (n, {self.shape}) arrays, got {clean.shape} and {delta.shape}"
+            )
         stop = start + len(clean)
         self._nc["clean"][start:stop] = clean
         self._nc["delta"][start:stop] = delta
@@ -196,7 +200,9 @@ class CubeWriter:
         if self._nc is not None and self._nc.isopen():
             self._nc.close()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._close_nc()
         self._atomic.__exit__(exc_type, exc, tb)
 
@@ -239,8 +245,11 @@ def layer_namespace(ds: Any) -> Any:
     """
     check_format(ds.attrs.get(FORMAT_KEY), "cube", ds.encoding.get("source", "cube"))
     i = int(ds.attrs["layer_index"])
-    layer_attrs = {key: ds.attrs[key] for key in ("layer", "layer_index", "stride", "receptive_field", "receptive_field_start")
-                   if key in ds.attrs}
+    layer_attrs = {
+        key: ds.attrs[key]
+        for key in ("layer", "layer_index", "stride", "receptive_field", "receptive_field_start")
+        if key in ds.attrs
+    }
     layer_names = (*CUBE_VARIABLES, *MAP_VARIABLES, "channel", "y", "x", "pixel_x_layer", "pixel_y_layer")
     names = {name: f"{name}_{i}" for name in layer_names if name in ds.variables or name in ds.dims}
     out = ds.rename(names)
@@ -260,7 +269,14 @@ def open_cubes(cube_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
     import xarray as xr
 
     files = read_layer_index(cube_dir)
-    options: dict[str, Any] = {"preprocess": layer_namespace, "combine": "by_coords", "engine": "netcdf4",
-               "data_vars": "all", "coords": "minimal", "compat": "override", "join": "exact"}
+    options: dict[str, Any] = {
+        "preprocess": layer_namespace,
+        "combine": "by_coords",
+        "engine": "netcdf4",
+        "data_vars": "all",
+        "coords": "minimal",
+        "compat": "override",
+        "join": "exact",
+    }
     options.update(kwargs)
     return xr.open_mfdataset([str(file) for file in files], **options)

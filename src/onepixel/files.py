@@ -127,8 +127,9 @@ def open_netcdf(path: str | os.PathLike[str], *, kind: str, required: tuple[str,
     missing = [name for name in required if name not in loaded.variables]
     if missing:
         held = ", ".join(sorted(map(str, loaded.data_vars))) or "no data variables"
-        raise DataError(f"{file}: missing variable(s) {', '.join(missing)} of a {format_name(kind)} file; "
-                        f"the file holds {held}")
+        raise DataError(
+            f"{file}: missing variable(s) {', '.join(missing)} of a {format_name(kind)} file; the file holds {held}"
+        )
     return loaded
 
 
@@ -145,5 +146,3 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-

@@ -72,14 +72,19 @@ def check_format(found: object, kind: str, path: str | os.PathLike[str], field: 
     if found == expected:
         return
     if found is None:
-        raise DataError(f"{path}: has no onepixel {field} (not written by onepixel, or by a development "
-                        f"version before formats were recorded); expected {expected}")
+        raise DataError(
+            f"{path}: has no onepixel {field} (not written by onepixel, or by a development "
+            f"version before formats were recorded); expected {expected}"
+        )
     match = _NAME.fullmatch(found) if isinstance(found, str) else None
     if match is None:
         raise DataError(f"{path}: has {field} {found!r}, which is not a onepixel format; expected {expected}")
     found_kind, version = match[1], int(match[2])
     if found_kind != kind:
         raise DataError(f"{path}: is a {found} file, expected {expected}")
-    advice = ("written by a newer onepixel: upgrade onepixel, or re-run the stage that wrote it"
-              if version > FORMAT_VERSION[kind] else "re-run the stage that wrote it")
+    advice = (
+        "written by a newer onepixel: upgrade onepixel, or re-run the stage that wrote it"
+        if version > FORMAT_VERSION[kind]
+        else "re-run the stage that wrote it"
+    )
     raise DataError(f"{path}: is {found}, this onepixel reads {expected}; {advice}")

@@ -85,5 +85,6 @@ def configure_logging(stream: Any = None) -> None:
     """Show the library's INFO messages (one line each, with the time) on ``stream`` (stderr)."""
     import logging
 
-    logging.basicConfig(level=logging.INFO, stream=stream, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        level=logging.INFO, stream=stream, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+    )

@@ -148,8 +148,10 @@ class Classifier:
         self.rejected = 0
 
     def __repr__(self) -> str:
-        return (f"Classifier({type(self.model).__name__}, output={self.output or self.requested_output!r}, "
-                f"device={str(self.device)!r}, batch_size={self.batch_size})")
+        return (
+            f"Classifier({type(self.model).__name__}, output={self.output or self.requested_output!r}, "
+            f"device={str(self.device)!r}, batch_size={self.batch_size})"
+        )
 
     @property
     def output(self) -> str | None:
@@ -218,7 +220,8 @@ class Classifier:
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, K)`` float32 ``log_softmax`` of the logits; NaN rows where rejected."""
         return self._per_class(
-            images, lambda logits, finite: torch.log_softmax(logits, 1).masked_fill_(~finite[:, None], float("nan")))
+            images, lambda logits, finite: torch.log_softmax(logits, 1).masked_fill_(~finite[:, None], float("nan"))
+        )
 
     def probs(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, K)`` float32 ``softmax`` of the logits; NaN rows where rejected."""
@@ -246,13 +249,20 @@ class Classifier:
         """:meth:`score_batch` of every batch of ``batch_size`` images, joined."""
         n = images.shape[0]
         labels_t, targets_t = self._classes(labels, targets, n)
-        out = Scores(torch.full((n,), float("nan"), dtype=torch.float64), torch.full((n,), -1, dtype=torch.long),
-                     torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
+        out = Scores(
+            torch.full((n,), float("nan"), dtype=torch.float64),
+            torch.full((n,), -1, dtype=torch.long),
+            torch.zeros(n, dtype=torch.bool),
+            torch.zeros(n, dtype=torch.bool),
+        )
 
         def step(rows: slice) -> None:
             got = self._score(images[rows], labels_t[rows], targets_t[rows])
-            for mine, theirs in zip((out.true_prob, out.pred, out.fooled, out.rejected),
-                                    (got.true_prob, got.pred, got.fooled, got.rejected), strict=True):
+            for mine, theirs in zip(
+                (out.true_prob, out.pred, out.fooled, out.rejected),
+                (got.true_prob, got.pred, got.fooled, got.rejected),
+                strict=True,
+            ):
                 mine[rows] = theirs
 
         self._batched(images, step)

@@ -78,7 +78,8 @@ class Stage:
 
     def function(self) -> Callable[[Job], Any]:
         module, _, name = self.run.partition(":")
-        return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+        function: Callable[[Job], Any] = getattr(importlib.import_module(module), name)
+        return function
 
 
 @dataclass(frozen=True)
@@ -109,103 +110,169 @@ def _per_model(name: str, what: str) -> Port:
     return Port(name, f"{what} of each model, as MODEL=PATH", kind="per_model")
 
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage(
-        "download_cifar10", "onepixel.data.stages:download_stage",
-        "download and verify the official CIFAR-10 archive (python version)",
-        reads=(), inputs=(), outputs=(Port("out", "the extracted cifar-10-batches-py folder", kind="dir"),),
-    ),
-    Stage(
-        "prepare_data", "onepixel.data.stages:prepare_stage",
-        "write a dataset's train and test splits as netCDF",
-        reads=("dataset",), seed="dataset.seed",
-        inputs=(Port("raw", "CIFAR-10 files: the downloaded cifar-10-batches-py folder (without dataset.root)",
-                     kind="files", optional=True),),
-        outputs=(Port("train", "training split (.nc)"), Port("test", "test split (.nc)")),
-    ),
-    Stage(
-        "train", "onepixel.train:train_stage",
-        "train a model (or evaluate the user's checkpoint of train.checkpoints) and write its test metrics",
-        reads=("train",), seed="train.seed", device=True,
-        wildcards=(Wildcard("model", "architecture of the registry (see `onepixel models`)"),),
-        inputs=(Port("train", "training split (.nc)"), _TEST,
-                Port("user_checkpoint", "a checkpoint to evaluate instead of training", kind="files", optional=True)),
-        outputs=(Port("checkpoint", "output checkpoint (.pt)"), Port("metrics", "output metrics (.json)")),
-    ),
-    Stage(
-        "select_images", "onepixel.attack.stage:select_stage",
-        "select the correctly classified test images to attack (attack.num_images, attack.seed)",
-        reads=("attack",), seed="attack.seed", device=True,
-        inputs=(_CHECKPOINT, _TEST), outputs=(Port("out", "selection file (.json)"),),
-    ),
-    Stage(
-        "attack", "onepixel.attack.stage:attack_stage",
-        "one-pixel differential-evolution attack on one shard of the selected images",
-        reads=("attack",), seed="attack.seed", device=True,
-        wildcards=(Wildcard("shard", "shard to attack, 0 .. attack.shards - 1", int, 0),),
-        inputs=(_CHECKPOINT, _TEST, Port("selection", "selection file (.json) of `select-images` (default: select here)",
-                                             optional=True)),
-        outputs=(Port("out", "attack results of the shard (.nc)"),),
-    ),
-    Stage(
-        "merge_attack", "onepixel.attack.stage:merge_stage",
-        "merge the shard files of one attack into one attack file",
-        reads=(), seed="attack.seed",
-        inputs=(Port("shards", "every shard file of the attack", kind="files"),
-                Port("selection", "selection file (.json): rows in its order, coverage checked", optional=True)),
-        outputs=(Port("out", "attack results (.nc)"),),
-    ),
-    Stage(
-        "capture", "onepixel.capture:capture_stage",
-        "capture per-layer activation cubes of the clean and adversarial images",
-        reads=("capture",), seed="attack.seed", device=True,
-        inputs=(_CHECKPOINT, _TEST, _ATTACK),
-        outputs=(Port("out", "output directory (one .nc per layer, layers.json last)", kind="dir"),),
-    ),
-    Stage(
-        "propagation", "onepixel.analysis.propagation:propagation_stage",
-        "propagation maps (PMmax / PMavg) from the activation cubes",
-        reads=("propagation",), seed="attack.seed",
-        inputs=(Port("cubes", "directory written by `capture`", kind="dir"),),
-        outputs=(Port("out", "propagation maps (.nc)"),),
-    ),
-    Stage(
-        "locality", "onepixel.analysis.locality:locality_stage",
-        "locality analysis: each successful attack's colour at ring distances 1..D and at random positions",
-        reads=("locality",), seed="locality.seed", device=True,
-        inputs=(_CHECKPOINT, _TEST, _ATTACK), outputs=(Port("out", "locality analysis (.nc)"),),
-    ),
-    Stage(
-        "vulnerability", "onepixel.analysis.vulnerability:vulnerability_stage",
-        "vulnerability maps (each attack's colour at every position), their correlograms, the receptive fields",
-        reads=("vulnerability", "locality.rings"), seed="vulnerability.seed", device=True,
-        inputs=(_CHECKPOINT, _TEST, _ATTACK), outputs=(Port("out", "vulnerability maps (.nc)"),),
-    ),
-    Stage(
-        "figures", "onepixel.figures.stages:figures_stage",
-        "propagation-map grids, average propagation maps, success against distance, PMs against depth",
-        reads=("dataset.name", "figures"),
-        inputs=(_TEST, _per_model("attack", "attack results"), _per_model("propagation", "propagation maps"),
-                _per_model("locality", "locality analysis")),
-        outputs=(Port("out", "output directory of the figures", kind="dir"),),
-    ),
-    Stage(
-        "locality_figures", "onepixel.figures.stages:locality_figures_stage",
-        "locality table, receptive-field overlay, effective receptive fields, vulnerability-map examples",
-        reads=("dataset.name", "figures"),
-        inputs=(_TEST, _per_model("locality", "locality analysis"), _per_model("vulnerability", "vulnerability maps")),
-        outputs=(Port("out", "output directory of the figures", kind="dir"),),
-    ),
-    Stage(
-        "summary", "onepixel.summary:summary_stage",
-        "headline numbers across models (DVC metrics), plot tables and the metrics page of the report",
-        reads=("dataset.name",),
-        inputs=(_per_model("metrics", "metrics (.json)"), _per_model("attack", "attack results"),
-                _per_model("propagation", "propagation maps"), _per_model("locality", "locality analysis")),
-        outputs=(Port("summary", "summary.json"), Port("models_csv", "per-model table (.csv)"),
-                 Port("locality_csv", "per-distance table (.csv)"), Port("table", "metrics page (.html)")),
-    ),
-)}
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage(
+            "download_cifar10",
+            "onepixel.data.stages:download_stage",
+            "download and verify the official CIFAR-10 archive (python version)",
+            reads=(),
+            inputs=(),
+            outputs=(Port("out", "the extracted cifar-10-batches-py folder", kind="dir"),),
+        ),
+        Stage(
+            "prepare_data",
+            "onepixel.data.stages:prepare_stage",
+            "write a dataset's train and test splits as netCDF",
+            reads=("dataset",),
+            seed="dataset.seed",
+            inputs=(
+                Port(
+                    "raw",
+                    "CIFAR-10 files: the downloaded cifar-10-batches-py folder (without dataset.root)",
+                    kind="files",
+                    optional=True,
+                ),
+            ),
+            outputs=(Port("train", "training split (.nc)"), Port("test", "test split (.nc)")),
+        ),
+        Stage(
+            "train",
+            "onepixel.train:train_stage",
+            "train a model (or evaluate the user's checkpoint of train.checkpoints) and write its test metrics",
+            reads=("train",),
+            seed="train.seed",
+            device=True,
+            wildcards=(Wildcard("model", "architecture of the registry (see `onepixel models`)"),),
+            inputs=(
+                Port("train", "training split (.nc)"),
+                _TEST,
+                Port("user_checkpoint", "a checkpoint to evaluate instead of training", kind="files", optional=True),
+            ),
+            outputs=(Port("checkpoint", "output checkpoint (.pt)"), Port("metrics", "output metrics (.json)")),
+        ),
+        Stage(
+            "select_images",
+            "onepixel.attack.stage:select_stage",
+            "select the correctly classified test images to attack (attack.num_images, attack.seed)",
+            reads=("attack",),
+            seed="attack.seed",
+            device=True,
+            inputs=(_CHECKPOINT, _TEST),
+            outputs=(Port("out", "selection file (.json)"),),
+        ),
+        Stage(
+            "attack",
+            "onepixel.attack.stage:attack_stage",
+            "one-pixel differential-evolution attack on one shard of the selected images",
+            reads=("attack",),
+            seed="attack.seed",
+            device=True,
+            wildcards=(Wildcard("shard", "shard to attack, 0 .. attack.shards - 1", int, 0),),
+            inputs=(
+                _CHECKPOINT,
+                _TEST,
+                Port("selection", "selection file (.json) of `select-images` (default: select here)", optional=True),
+            ),
+            outputs=(Port("out", "attack results of the shard (.nc)"),),
+        ),
+        Stage(
+            "merge_attack",
+            "onepixel.attack.stage:merge_stage",
+            "merge the shard files of one attack into one attack file",
+            reads=(),
+            seed="attack.seed",
+            inputs=(
+                Port("shards", "every shard file of the attack", kind="files"),
+                Port("selection", "selection file (.json): rows in its order, coverage checked", optional=True),
+            ),
+            outputs=(Port("out", "attack results (.nc)"),),
+        ),
+        Stage(
+            "capture",
+            "onepixel.capture:capture_stage",
+            "capture per-layer activation cubes of the clean and adversarial images",
+            reads=("capture",),
+            seed="attack.seed",
+            device=True,
+            inputs=(_CHECKPOINT, _TEST, _ATTACK),
+            outputs=(Port("out", "output directory (one .nc per layer, layers.json last)", kind="dir"),),
+        ),
+        Stage(
+            "propagation",
+            "onepixel.analysis.propagation:propagation_stage",
+            "propagation maps (PMmax / PMavg) from the activation cubes",
+            reads=("propagation",),
+            seed="attack.seed",
+            inputs=(Port("cubes", "directory written by `capture`", kind="dir"),),
+            outputs=(Port("out", "propagation maps (.nc)"),),
+        ),
+        Stage(
+            "locality",
+            "onepixel.analysis.locality:locality_stage",
+            "locality analysis: each successful attack's colour at ring distances 1..D and at random positions",
+            reads=("locality",),
+            seed="locality.seed",
+            device=True,
+            inputs=(_CHECKPOINT, _TEST, _ATTACK),
+            outputs=(Port("out", "locality analysis (.nc)"),),
+        ),
+        Stage(
+            "vulnerability",
+            "onepixel.analysis.vulnerability:vulnerability_stage",
+            "vulnerability maps (each attack's colour at every position), their correlograms, the receptive fields",
+            reads=("vulnerability", "locality.rings"),
+            seed="vulnerability.seed",
+            device=True,
+            inputs=(_CHECKPOINT, _TEST, _ATTACK),
+            outputs=(Port("out", "vulnerability maps (.nc)"),),
+        ),
+        Stage(
+            "figures",
+            "onepixel.figures.stages:figures_stage",
+            "propagation-map grids, average propagation maps, success against distance, PMs against depth",
+            reads=("dataset.name", "figures"),
+            inputs=(
+                _TEST,
+                _per_model("attack", "attack results"),
+                _per_model("propagation", "propagation maps"),
+                _per_model("locality", "locality analysis"),
+            ),
+            outputs=(Port("out", "output directory of the figures", kind="dir"),),
+        ),
+        Stage(
+            "locality_figures",
+            "onepixel.figures.stages:locality_figures_stage",
+            "locality table, receptive-field overlay, effective receptive fields, vulnerability-map examples",
+            reads=("dataset.name", "figures"),
+            inputs=(
+                _TEST,
+                _per_model("locality", "locality analysis"),
+                _per_model("vulnerability", "vulnerability maps"),
+            ),
+            outputs=(Port("out", "output directory of the figures", kind="dir"),),
+        ),
+        Stage(
+            "summary",
+            "onepixel.summary:summary_stage",
+            "headline numbers across models (DVC metrics), plot tables and the metrics page of the report",
+            reads=("dataset.name",),
+            inputs=(
+                _per_model("metrics", "metrics (.json)"),
+                _per_model("attack", "attack results"),
+                _per_model("propagation", "propagation maps"),
+                _per_model("locality", "locality analysis"),
+            ),
+            outputs=(
+                Port("summary", "summary.json"),
+                Port("models_csv", "per-model table (.csv)"),
+                Port("locality_csv", "per-distance table (.csv)"),
+                Port("table", "metrics page (.html)"),
+            ),
+        ),
+    )
+}
 
 
 def get_stage(name: str) -> Stage:
@@ -239,7 +306,9 @@ def _check_ports(stage: Stage, given: Mapping[str, Any], ports: tuple[Port, ...]
     names = {port.name for port in ports}
     unknown = sorted(set(given) - names)
     if unknown:
-        raise ConfigError(f"{stage.command}: unknown {what} {unknown[0]!r}; {what}s: {', '.join(sorted(names)) or 'none'}")
+        raise ConfigError(
+            f"{stage.command}: unknown {what} {unknown[0]!r}; {what}s: {', '.join(sorted(names)) or 'none'}"
+        )
     files: dict[str, Any] = {}
     for port in ports:
         value = given.get(port.name)

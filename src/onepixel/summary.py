@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,9 @@ def _finite(value: Any) -> float | None:
     return round(number, 6) if np.isfinite(number) else None
 
 
-def model_summary(metrics_path: PathLike, attack_path: PathLike, propagation_path: PathLike,
-                  locality_path: PathLike) -> dict[str, Any]:
+def model_summary(
+    metrics_path: PathLike, attack_path: PathLike, propagation_path: PathLike, locality_path: PathLike
+) -> dict[str, Any]:
     """Headline numbers of one model.
 
     Returns a flat dict: test accuracy, attacked images, attack success rate,
@@ -62,15 +63,22 @@ def model_summary(metrics_path: PathLike, attack_path: PathLike, propagation_pat
 def locality_rows(model: str, locality_path: PathLike) -> list[dict[str, Any]]:
     """One row per ring distance of a locality file: the success rate with its
     95 % interval (``ci_low``, ``ci_high``) and the random-position baseline."""
-    locality = open_netcdf(locality_path, kind="locality",
-                           required=("success_rate", "success_rate_ci", "baseline_success_rate"))
+    locality = open_netcdf(
+        locality_path, kind="locality", required=("success_rate", "success_rate_ci", "baseline_success_rate")
+    )
     rate = locality["success_rate"]
     ci = locality["success_rate_ci"].transpose("distance", "bound")  # bound = low, high
     low, high = ci.isel(bound=0).values, ci.isel(bound=1).values
     baseline = _finite(locality["baseline_success_rate"].values)
     return [
-        {"model": model, "distance": int(d), "success_rate": _finite(r), "ci_low": _finite(lo), "ci_high": _finite(hi),
-         "baseline_success_rate": baseline}
+        {
+            "model": model,
+            "distance": int(d),
+            "success_rate": _finite(r),
+            "ci_low": _finite(lo),
+            "ci_high": _finite(hi),
+            "baseline_success_rate": baseline,
+        }
         for d, r, lo, hi in zip(rate["distance"].values, rate.values, low, high, strict=True)
     ]
 
@@ -87,7 +95,7 @@ def _percent(value: Any) -> str:
     return "&ndash;" if value is None else f"{100 * value:.1f} %"
 
 
-_HTML_COLUMNS = [
+_HTML_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("test_accuracy", "test accuracy", _percent),
     ("attacked", "attacked images", str),
     ("attack_success_rate", "one-pixel success", _percent),
@@ -103,54 +111,80 @@ def summary_html(summary: Mapping[str, Any], locality: list[dict[str, Any]], dat
     locality table (success rate per distance with its 95 % interval)."""
     models = summary["models"]
     distances = sorted({row["distance"] for row in locality})
-    head = ["model", *(label for _, label, _ in _HTML_COLUMNS[:4]),
-            *(f"same colour at d = {d}" for d in distances), *(label for _, label, _ in _HTML_COLUMNS[4:])]
+    head = [
+        "model",
+        *(label for _, label, _ in _HTML_COLUMNS[:4]),
+        *(f"same colour at d = {d}" for d in distances),
+        *(label for _, label, _ in _HTML_COLUMNS[4:]),
+    ]
     body = []
     for name, row in models.items():
-        cells = [html.escape(name), *(fmt(row.get(key)) for key, _, fmt in _HTML_COLUMNS[:4]),
-                 *(_percent(row.get(f"locality_d{d}")) for d in distances),
-                 *(fmt(row.get(key)) for key, _, fmt in _HTML_COLUMNS[4:])]
+        cells = [
+            html.escape(name),
+            *(fmt(row.get(key)) for key, _, fmt in _HTML_COLUMNS[:4]),
+            *(_percent(row.get(f"locality_d{d}")) for d in distances),
+            *(fmt(row.get(key)) for key, _, fmt in _HTML_COLUMNS[4:]),
+        ]
         body.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
     loc_body = [
-        "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
-            html.escape(row["model"]), row["distance"], _percent(row["success_rate"]),
-            "&ndash;" if row["ci_low"] is None else f"{_percent(row['ci_low'])} &ndash; {_percent(row['ci_high'])}",
-            _percent(row["baseline_success_rate"]),
-        )) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{cell}</td>"
+            for cell in (
+                html.escape(row["model"]),
+                row["distance"],
+                _percent(row["success_rate"]),
+                "&ndash;" if row["ci_low"] is None else f"{_percent(row['ci_low'])} &ndash; {_percent(row['ci_high'])}",
+                _percent(row["baseline_success_rate"]),
+            )
+        )
+        + "</tr>"
         for row in locality
     ]
     prov = summary.get("provenance", {})
     made = ", ".join(f"{key} {html.escape(str(prov[key]))}" for key in ("git_commit", "config_digest") if key in prov)
     title = f"One-pixel attack metrics{': ' + html.escape(dataset) if dataset else ''}"
-    return "\n".join([
-        "<!DOCTYPE html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
-        ("<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
-         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f0f0f0}"
-         "td:first-child{text-align:left}caption{text-align:left;font-weight:bold;margin-bottom:.4em}</style>"),
-        "</head><body>",
-        f"<h1>{title}</h1>",
-        '<table id="models"><caption>Per model: accuracy, attack success, locality and propagation</caption>',
-        "<tr>" + "".join(f"<th>{label}</th>" for label in head) + "</tr>",
-        *body,
-        "</table>",
-        ('<table id="locality"><caption>Success rate of the attack\'s colour at distance d from the attacked '
-         "pixel (the rings of locality.rings, Chebyshev by default), with its 95 % bootstrap interval over "
-         "images</caption>"),
-        "<tr><th>model</th><th>d</th><th>success rate</th><th>95 % interval</th><th>random position</th></tr>",
-        *loc_body,
-        "</table>",
-        f"<p>Made from {made}.</p>" if made else "",
-        "</body></html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            f'<html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
+            (
+                "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:1.5em}"
+                "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f0f0f0}"
+                "td:first-child{text-align:left}caption{text-align:left;font-weight:bold;margin-bottom:.4em}</style>"
+            ),
+            "</head><body>",
+            f"<h1>{title}</h1>",
+            '<table id="models"><caption>Per model: accuracy, attack success, locality and propagation</caption>',
+            "<tr>" + "".join(f"<th>{label}</th>" for label in head) + "</tr>",
+            *body,
+            "</table>",
+            (
+                '<table id="locality"><caption>Success rate of the attack\'s colour at distance d from the attacked '
+                "pixel (the rings of locality.rings, Chebyshev by default), with its 95 % bootstrap interval over "
+                "images</caption>"
+            ),
+            "<tr><th>model</th><th>d</th><th>success rate</th><th>95 % interval</th><th>random position</th></tr>",
+            *loc_body,
+            "</table>",
+            f"<p>Made from {made}.</p>" if made else "",
+            "</body></html>",
+            "",
+        ]
+    )
 
 
-def write_summary(metrics: Mapping[str, PathLike], attacks: Mapping[str, PathLike],
-                  propagations: Mapping[str, PathLike], localities: Mapping[str, PathLike],
-                  out_path: PathLike, models_csv: PathLike | None = None,
-                  locality_csv: PathLike | None = None, html_path: PathLike | None = None,
-                  dataset: str = "") -> dict[str, Any]:
+def write_summary(
+    metrics: Mapping[str, PathLike],
+    attacks: Mapping[str, PathLike],
+    propagations: Mapping[str, PathLike],
+    localities: Mapping[str, PathLike],
+    out_path: PathLike,
+    models_csv: PathLike | None = None,
+    locality_csv: PathLike | None = None,
+    html_path: PathLike | None = None,
+    dataset: str = "",
+) -> dict[str, Any]:
     """Write ``{"models": {name: model_summary(...)}, "provenance": ...}`` as JSON and return it.
 
     Optionally also, for ``dvc plots`` and the report: ``models_csv`` (one row per
@@ -158,10 +192,9 @@ def write_summary(metrics: Mapping[str, PathLike], attacks: Mapping[str, PathLik
     model and distance, :func:`locality_rows`) and ``html_path`` (:func:`summary_html`).
     Every file is written atomically.
     """
-    summary = {
+    summary: dict[str, Any] = {
         "models": {
-            name: model_summary(metrics[name], attacks[name], propagations[name], localities[name])
-            for name in metrics
+            name: model_summary(metrics[name], attacks[name], propagations[name], localities[name]) for name in metrics
         },
         "provenance": provenance(),
     }
@@ -178,7 +211,14 @@ def write_summary(metrics: Mapping[str, PathLike], attacks: Mapping[str, PathLik
 
 def summary_stage(job: Job) -> dict[str, Any]:
     """The summary of every model: ``summary.json`` (DVC metrics), the plot tables and the metrics page."""
-    return write_summary(job.inputs["metrics"], job.inputs["attack"], job.inputs["propagation"], job.inputs["locality"],
-                         job.output("summary"), models_csv=job.output("models_csv"),
-                         locality_csv=job.output("locality_csv"), html_path=job.output("table"),
-                         dataset=job.cfg["dataset"]["name"])
+    return write_summary(
+        job.inputs["metrics"],
+        job.inputs["attack"],
+        job.inputs["propagation"],
+        job.inputs["locality"],
+        job.output("summary"),
+        models_csv=job.output("models_csv"),
+        locality_csv=job.output("locality_csv"),
+        html_path=job.output("table"),
+        dataset=job.cfg["dataset"]["name"],
+    )

@@ -80,9 +80,15 @@ def deterministic_torch() -> Iterator[None]:
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32,
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             deterministic.fill_uninitialized_memory)
+    saved = (
+        cudnn.deterministic,
+        cudnn.benchmark,
+        cudnn.allow_tf32,
+        matmul.allow_tf32,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        deterministic.fill_uninitialized_memory,
+    )
     cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
     torch.use_deterministic_algorithms(True, warn_only=True)
     deterministic.fill_uninitialized_memory = False  # nothing reads memory before writing it: skip the fill
@@ -92,5 +98,3 @@ def deterministic_torch() -> Iterator[None]:
         cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved[:4]
         torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
         deterministic.fill_uninitialized_memory = saved[6]
-
-

@@ -180,7 +180,8 @@ def _metrics(
 
 def _check_fits(checkpoint: str, model: nn.Module, ds: xr.Dataset, expected: dict[str, Any]) -> None:
     """Raise a DataError when ``model`` takes other channels or predicts other classes than ``ds`` has."""
-    channels, want_channels = int(model.normalize.mean.shape[1]), expected["in_channels"]
+    mean: torch.Tensor = model.normalize.mean  # type: ignore[assignment]
+    channels, want_channels = int(mean.shape[1]), expected["in_channels"]
     if channels != want_channels:
         raise DataError(f"{checkpoint}: model takes {channels} channel(s) but the images have {want_channels}")
     classes, want_classes = predict_logits(model, to_float(ds["image"].values[:1])).shape[1], expected["num_classes"]
@@ -212,8 +213,9 @@ def train_stage(job: Job) -> dict[str, Any]:
     dev = resolve_device(job.cfg["device"])
     user_checkpoints = job.inputs["user_checkpoint"] or [job.cfg["train"]["checkpoints"].get(model_name)]
     if user_checkpoints[0]:
-        model, build_kwargs, metrics = _evaluate_user_checkpoint(model_name, str(user_checkpoints[0]), train_ds,
-                                                                 test_ds, dev)
+        model, build_kwargs, metrics = _evaluate_user_checkpoint(
+            model_name, str(user_checkpoints[0]), train_ds, test_ds, dev
+        )
     else:
         options = {key: job.cfg["train"][key] for key in TRAIN_KEYS}
         model, metrics = train_model(model_name, train_ds, test_ds, device=str(dev), **options)

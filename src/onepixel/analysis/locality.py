@@ -24,6 +24,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,9 @@ def _inside(xs: np.ndarray, ys: np.ndarray, offsets: np.ndarray, height: int, wi
     return offsets[keep]
 
 
-def random_shifts(xs: np.ndarray, ys: np.ndarray, count: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+def random_shifts(
+    xs: np.ndarray, ys: np.ndarray, count: int, height: int, width: int, rng: np.random.Generator
+) -> np.ndarray:
     """``min(count, available)`` distinct non-zero rigid shifts of the pattern ``(xs, ys)`` that stay inside.
 
     For one pixel these are uniformly random positions of the image other than the
@@ -111,7 +114,11 @@ def random_shifts(xs: np.ndarray, ys: np.ndarray, count: int, height: int, width
 
 
 def bootstrap_ratio_ci(
-    numerator: np.ndarray, denominator: np.ndarray, n_resamples: int = N_BOOTSTRAP, seed: int = 0, level: float = CI_LEVEL
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = CI_LEVEL,
 ) -> np.ndarray:
     """Percentile bootstrap interval of ``sum(numerator) / sum(denominator)``, resampling images.
 
@@ -148,14 +155,6 @@ def attack_arrays(
     labels_np = np.asarray(labels, dtype=np.int64).reshape(n)
     targets_np = np.full(n, -1, np.int64) if targets is None else np.asarray(targets, dtype=np.int64).reshape(n)
     return px, py, cols, labels_np, targets_np
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU when it has none)."""
-    tensor = next(iter(model.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(model.buffers()), torch.empty(0))
-    return tensor.device
 
 
 def evaluate_shifts(
@@ -325,7 +324,9 @@ def locality_analysis(
     px, py, cols, labels_np, targets_np = attack_arrays(images, labels, pixel_x, pixel_y, colors, targets)
     clf = as_classifier(model, output=output, device=device)
     rejected_before = clf.rejected
-    jobs, group = _locality_jobs(px, py, height, width, max_distance, random_positions, rings, np.random.default_rng(seed))
+    jobs, group = _locality_jobs(
+        px, py, height, width, max_distance, random_positions, rings, np.random.default_rng(seed)
+    )
     fooled, true_prob, _pred = evaluate_shifts(clf, images, labels_np, targets_np, px, py, cols, jobs, batch_size)
 
     shape = (n, max_distance + 1)
@@ -339,7 +340,9 @@ def locality_analysis(
     clean = clean_true_prob(clf, images, labels_np, batch_size)
     change, change_ci = mean_ci(mean_prob - clean[:, None], seed=seed)
     ci = bootstrap_ratio_ci(n_fooled, counts, seed=seed)
-    ds = _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels_np, targets_np, random_positions, seed)
+    ds = _locality_dataset(
+        counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels_np, targets_np, random_positions, seed
+    )
     ds = _add_probability_change(ds, clean, change, change_ci, rings)
     rejected = clf.rejected - rejected_before
     if rejected:
@@ -348,7 +351,9 @@ def locality_analysis(
     return ds
 
 
-def _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels, targets, random_positions, seed) -> xr.Dataset:
+def _locality_dataset(
+    counts, n_fooled, rate, mean_prob, total_rate, ci, px, py, labels, targets, random_positions, seed
+) -> xr.Dataset:
     """Package the per-group results; the last group is the random baseline."""
     d = counts.shape[1] - 1
     sd = ("sample", "distance")
@@ -357,15 +362,43 @@ def _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py,
         "n_positions": (sd, counts[:, :d], {"long_name": "ring positions inside the image"}),
         "n_fooled": (sd, n_fooled[:, :d], {"long_name": "ring positions where the attack's colour fools the model"}),
         "rate": (sd, rate[:, :d], {"long_name": "fraction of ring positions that fool the model", **unit}),
-        "mean_true_prob": (sd, mean_prob[:, :d], {"long_name": "softmax probability of the true class, mean over ring positions", **unit}),
+        "mean_true_prob": (
+            sd,
+            mean_prob[:, :d],
+            {"long_name": "softmax probability of the true class, mean over ring positions", **unit},
+        ),
         "baseline_n": ("sample", counts[:, d], {"long_name": "random positions evaluated"}),
         "baseline_fooled": ("sample", n_fooled[:, d], {"long_name": "random positions that fool the model"}),
-        "baseline_rate": ("sample", rate[:, d], {"long_name": "fraction of random positions that fool the model", **unit}),
-        "baseline_true_prob": ("sample", mean_prob[:, d], {"long_name": "true-class probability, mean over random positions", **unit}),
-        "success_rate": ("distance", total_rate[:d], {"long_name": "fooled / evaluated ring positions over all images", **unit}),
-        "baseline_success_rate": ((), total_rate[d], {"long_name": "fooled / evaluated random positions over all images", **unit}),
-        "success_rate_ci": (("distance", "bound"), ci[:d], {"long_name": f"{CI_LEVEL:.0%} bootstrap interval of success_rate (images resampled)", **unit}),
-        "baseline_success_rate_ci": ("bound", ci[d], {"long_name": f"{CI_LEVEL:.0%} bootstrap interval of baseline_success_rate", **unit}),
+        "baseline_rate": (
+            "sample",
+            rate[:, d],
+            {"long_name": "fraction of random positions that fool the model", **unit},
+        ),
+        "baseline_true_prob": (
+            "sample",
+            mean_prob[:, d],
+            {"long_name": "true-class probability, mean over random positions", **unit},
+        ),
+        "success_rate": (
+            "distance",
+            total_rate[:d],
+            {"long_name": "fooled / evaluated ring positions over all images", **unit},
+        ),
+        "baseline_success_rate": (
+            (),
+            total_rate[d],
+            {"long_name": "fooled / evaluated random positions over all images", **unit},
+        ),
+        "success_rate_ci": (
+            ("distance", "bound"),
+            ci[:d],
+            {"long_name": f"{CI_LEVEL:.0%} bootstrap interval of success_rate (images resampled)", **unit},
+        ),
+        "baseline_success_rate_ci": (
+            "bound",
+            ci[d],
+            {"long_name": f"{CI_LEVEL:.0%} bootstrap interval of baseline_success_rate", **unit},
+        ),
     }
     coords = {
         "distance": ("distance", np.arange(1, d + 1), {"units": "pixels"}),
@@ -375,23 +408,50 @@ def _locality_dataset(counts, n_fooled, rate, mean_prob, total_rate, ci, px, py,
         "true_class": ("sample", labels),
         "target_class": ("sample", targets),
     }
-    attrs = {"max_distance": d, "random_positions": random_positions, "seed": seed, "n_bootstrap": N_BOOTSTRAP, "ci_level": CI_LEVEL}
+    attrs = {
+        "max_distance": d,
+        "random_positions": random_positions,
+        "seed": seed,
+        "n_bootstrap": N_BOOTSTRAP,
+        "ci_level": CI_LEVEL,
+    }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def _add_probability_change(ds: xr.Dataset, clean: np.ndarray, change: np.ndarray, change_ci: np.ndarray, rings: str) -> xr.Dataset:
+def _add_probability_change(
+    ds: xr.Dataset, clean: np.ndarray, change: np.ndarray, change_ci: np.ndarray, rings: str
+) -> xr.Dataset:
     """Add the clean probability, its change per distance and the description of the rings."""
     d = ds.sizes["distance"]
     unit = {"units": "1"}
-    ds["clean_true_prob"] = ("sample", clean, {"long_name": "softmax probability of the true class on the clean image", **unit})
-    ds["true_prob_change"] = ("distance", change[:d], {
-        "long_name": "mean over images of (mean true-class probability on the ring - on the clean image)", **unit})
-    ds["true_prob_change_ci"] = (("distance", "bound"), change_ci[:d], {
-        "long_name": f"{CI_LEVEL:.0%} bootstrap interval of true_prob_change (images resampled)", **unit})
-    ds["baseline_true_prob_change"] = ((), change[d], {
-        "long_name": "mean over images of (mean true-class probability at the random positions - on the clean image)", **unit})
-    ds["baseline_true_prob_change_ci"] = ("bound", change_ci[d], {
-        "long_name": f"{CI_LEVEL:.0%} bootstrap interval of baseline_true_prob_change", **unit})
+    ds["clean_true_prob"] = (
+        "sample",
+        clean,
+        {"long_name": "softmax probability of the true class on the clean image", **unit},
+    )
+    ds["true_prob_change"] = (
+        "distance",
+        change[:d],
+        {"long_name": "mean over images of (mean true-class probability on the ring - on the clean image)", **unit},
+    )
+    ds["true_prob_change_ci"] = (
+        ("distance", "bound"),
+        change_ci[:d],
+        {"long_name": f"{CI_LEVEL:.0%} bootstrap interval of true_prob_change (images resampled)", **unit},
+    )
+    ds["baseline_true_prob_change"] = (
+        (),
+        change[d],
+        {
+            "long_name": "mean over images of (mean true-class probability at the random positions - on the clean image)",
+            **unit,
+        },
+    )
+    ds["baseline_true_prob_change_ci"] = (
+        "bound",
+        change_ci[d],
+        {"long_name": f"{CI_LEVEL:.0%} bootstrap interval of baseline_true_prob_change", **unit},
+    )
     ds["distance"].attrs["long_name"] = f"{_RING_NAMES[rings]} distance from the attacked pixel"
     ds.attrs["rings"] = rings
     ds.attrs["description"] = (
@@ -412,9 +472,18 @@ def locality_stage(job: Job) -> xr.Dataset:
     attack the file has 0 samples and NaN rates.
     """
     cfg = job.cfg["locality"]
-    checkpoint_path, test_path, attack_path, out_path = (job.input("checkpoint"), job.input("test"),
-                                                         job.input("attack"), job.output())
-    max_distance, random_positions, seed, rings = cfg["max_distance"], cfg["random_positions"], cfg["seed"], cfg["rings"]
+    checkpoint_path, test_path, attack_path, out_path = (
+        job.input("checkpoint"),
+        job.input("test"),
+        job.input("attack"),
+        job.output(),
+    )
+    max_distance, random_positions, seed, rings = (
+        cfg["max_distance"],
+        cfg["random_positions"],
+        cfg["seed"],
+        cfg["rings"],
+    )
     device = job.cfg["device"]
     loaded = load_attacked_model(checkpoint_path, test_path, attack_path, device)
     test, attack, dev = loaded.test, loaded.attack, loaded.device
@@ -450,7 +519,9 @@ def locality_stage(job: Job) -> xr.Dataset:
 TABLE_DISTANCES = (1, 2, 3)
 
 
-def locality_table(localities: Mapping[str, xr.Dataset], distances: Sequence[int] = TABLE_DISTANCES) -> list[dict[str, object]]:
+def locality_table(
+    localities: Mapping[str, xr.Dataset], distances: Sequence[int] = TABLE_DISTANCES
+) -> list[dict[str, object]]:
     """One row per model: attacks analysed, success rate (with its 95 % interval) at each distance and at random positions.
 
     Distances beyond a file's ``max_distance`` are left out (``None``). Rates are fractions.
@@ -470,24 +541,28 @@ def locality_table(localities: Mapping[str, xr.Dataset], distances: Sequence[int
     return rows
 
 
-def _percent(rate: object, low: object, high: object) -> str:
+def _percent(rate: Any, low: Any, high: Any) -> str:
     """``"12.5 % [8.1, 17.0]"``; ``"–"`` for a missing or NaN rate."""
-    if rate is None or not np.isfinite(rate):  # type: ignore[arg-type]
+    if rate is None or not np.isfinite(rate):
         return "–"
-    if low is None or not np.isfinite(low):  # type: ignore[arg-type]
-        return f"{100 * rate:.1f} %"  # type: ignore[operator]
-    return f"{100 * rate:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"  # type: ignore[operator]
+    if low is None or not np.isfinite(low):
+        return f"{100 * rate:.1f} %"
+    return f"{100 * rate:.1f} % [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def write_locality_table(
-    localities: Mapping[str, xr.Dataset], csv_path: str | os.PathLike[str], html_path: str | os.PathLike[str] | None = None
+    localities: Mapping[str, xr.Dataset],
+    csv_path: str | os.PathLike[str],
+    html_path: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, object]]:
     """Write :func:`locality_table` as CSV (fractions) and, optionally, as an HTML table (percent with intervals)."""
     import csv
     import html
 
     rows = locality_table(localities)
-    columns = ["model", "rings", "attacks"] + [f"{k}{s}" for k in [f"d{d}" for d in TABLE_DISTANCES] + ["random"] for s in ("", "_low", "_high")]
+    columns = ["model", "rings", "attacks"] + [
+        f"{k}{s}" for k in [f"d{d}" for d in TABLE_DISTANCES] + ["random"] for s in ("", "_low", "_high")
+    ]
     with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -495,9 +570,17 @@ def write_locality_table(
     if html_path is not None:
         heads = ["model", "successful attacks"] + [f"d = {d}" for d in TABLE_DISTANCES] + ["random positions"]
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in [
-                row["model"], row["attacks"], *[_percent(row[f"d{d}"], row[f"d{d}_low"], row[f"d{d}_high"]) for d in TABLE_DISTANCES],
-                _percent(row["random"], row["random_low"], row["random_high"])]) + "</tr>\n"
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(cell))}</td>"
+                for cell in [
+                    row["model"],
+                    row["attacks"],
+                    *[_percent(row[f"d{d}"], row[f"d{d}_low"], row[f"d{d}_high"]) for d in TABLE_DISTANCES],
+                    _percent(row["random"], row["random_low"], row["random_high"]),
+                ]
+            )
+            + "</tr>\n"
             for row in rows
         )
         rings = {str(row["rings"]) for row in rows}

@@ -56,7 +56,9 @@ def propagation_maps(clean: np.ndarray, adversarial: np.ndarray) -> tuple[np.nda
         computed in float64, returned as float32.
     """
     if clean.shape != adversarial.shape or clean.ndim != 4:
-        raise ValueError(f"clean and adversarial must be equal (N, C, H, W) arrays; got {clean.shape} and {adversarial.shape}")
+        raise ValueError(
+            f"clean and adversarial must be equal (N, C, H, W) arrays; got {clean.shape} and {adversarial.shape}"
+        )
     return maps_from_delta(clean, adversarial.astype(np.float64) - clean.astype(np.float64))
 
 
@@ -180,29 +182,46 @@ def layer_propagation(
     with _open_cube(path) as cube:
         # the raw maps stored by the capture stage (onepixel.cubes.MAP_VARIABLES)
         pm_max, pm_avg, scale = (cube[name].values.astype(np.float32) for name in MAP_VARIABLES)
-        coords = {name: ("sample", cube[name].values) for name in
-                  ("sample_id", "success", "true_class", "adv_class", "pixel_x", "pixel_y") if name in cube.variables}
+        coords = {
+            name: ("sample", cube[name].values)
+            for name in ("sample_id", "success", "true_class", "adv_class", "pixel_x", "pixel_y")
+            if name in cube.variables
+        }
         px, py = cube["pixel_x_layer"].values, cube["pixel_y_layer"].values
         success = cube["success"].values.astype(bool)
         name = str(cube.attrs["layer"])
-        info = {"layer": name, "layer_index": i, "layer_height": pm_max.shape[1], "layer_width": pm_max.shape[2],
-                "stride": float(cube.attrs["stride"]), "receptive_field": int(cube.attrs["receptive_field"]),
-                "input_size": cube.attrs["input_size"]}
+        info = {
+            "layer": name,
+            "layer_index": i,
+            "layer_height": pm_max.shape[1],
+            "layer_width": pm_max.shape[2],
+            "stride": float(cube.attrs["stride"]),
+            "receptive_field": int(cube.attrs["receptive_field"]),
+            "input_size": cube.attrs["input_size"],
+        }
     if normalisation == "layer":
         scale = np.full_like(scale, scale.max(initial=0.0))
     pm_max_norm, pm_avg_norm = normalise(pm_max, scale), normalise(pm_avg, scale)
     dims = ("sample", f"y_{i}", f"x_{i}")
     label = f"layer {name}"
     data_vars: dict[str, tuple] = {}
-    for key, maps, what in (("pm_max", pm_max, "PMmax"), ("pm_avg", pm_avg, "PMavg"),
-                            ("pm_max_norm", pm_max_norm, "normalised PMmax"), ("pm_avg_norm", pm_avg_norm, "normalised PMavg")):
+    for key, maps, what in (
+        ("pm_max", pm_max, "PMmax"),
+        ("pm_avg", pm_avg, "PMavg"),
+        ("pm_max_norm", pm_max_norm, "normalised PMmax"),
+        ("pm_avg_norm", pm_avg_norm, "normalised PMavg"),
+    ):
         data_vars[f"{key}_{i}"] = (dims, maps, {"layer": name, "long_name": f"{what} of {label}", "units": "1"})
     summaries: dict[str, np.ndarray] = {}
     for outcome, select, adjective in (("success", success, "successful"), ("failure", ~success, "failed")):
         for kind, maps in (("max", pm_max_norm), ("avg", pm_avg_norm)):
             mean, count = _average(maps, select)
             long_name = f"mean normalised PM{kind} over {adjective} attacks, {label}"
-            data_vars[f"avg_pm_{kind}_{outcome}_{i}"] = (dims[1:], mean, {"layer": name, "long_name": long_name, "units": "1"})
+            data_vars[f"avg_pm_{kind}_{outcome}_{i}"] = (
+                dims[1:],
+                mean,
+                {"layer": name, "long_name": long_name, "units": "1"},
+            )
         summaries[f"n_averaged_{outcome}"] = np.asarray(count)
     summaries.update(map_summaries(pm_max, pm_max_norm, px, py, spread_threshold))
     summaries.update(scale=scale, pixel_x_layer=px, pixel_y_layer=py)
@@ -212,16 +231,23 @@ def layer_propagation(
 def _summary_dataset(summaries: list[dict[str, np.ndarray]], infos: list[dict[str, object]]) -> xr.Dataset:
     """The ``(layer, sample)`` summaries and ``(layer,)`` coordinates of all layers."""
     data_vars = {
-        key: (("layer",) if key.startswith("n_averaged") else ("layer", "sample"),
-              np.stack([summary[key] for summary in summaries]), _SUMMARY_ATTRS[key])
+        key: (
+            ("layer",) if key.startswith("n_averaged") else ("layer", "sample"),
+            np.stack([summary[key] for summary in summaries]),
+            _SUMMARY_ATTRS[key],
+        )
         for key in summaries[0]
     }
-    coords = {key: ("layer", np.asarray([info[key] for info in infos]))
-              for key in ("layer", "layer_index", "layer_height", "layer_width", "stride", "receptive_field")}
+    coords = {
+        key: ("layer", np.asarray([info[key] for info in infos]))
+        for key in ("layer", "layer_index", "layer_height", "layer_width", "stride", "receptive_field")
+    }
     return xr.Dataset(data_vars, coords=coords)
 
 
-def _global_attrs(normalisation: str, spread_threshold: float, n_layers: int, info: dict[str, object]) -> dict[str, object]:
+def _global_attrs(
+    normalisation: str, spread_threshold: float, n_layers: int, info: dict[str, object]
+) -> dict[str, object]:
     attrs: dict[str, object] = {
         "Conventions": "CF-1.10",
         "title": "propagation maps of one-pixel attacks",
@@ -262,10 +288,13 @@ def compute_propagation(
     if not cube_paths:
         raise DataError("propagation: no layer cubes given")
     layers = [layer_propagation(i, Path(path), normalisation, spread_threshold) for i, path in enumerate(cube_paths)]
-    for (maps, _, _), path in zip(layers[1:], cube_paths[1:]):
+    for (maps, _, _), path in zip(layers[1:], cube_paths[1:], strict=True):
         _check_same_samples(layers[0][0], maps, Path(path), Path(cube_paths[0]))
-    ds = xr.merge([maps for maps, _, _ in layers] + [_summary_dataset([s for _, s, _ in layers], [i for _, _, i in layers])],
-                  compat="override", combine_attrs="drop")
+    ds = xr.merge(
+        [maps for maps, _, _ in layers] + [_summary_dataset([s for _, s, _ in layers], [i for _, _, i in layers])],
+        compat="override",
+        combine_attrs="drop",
+    )
     ds.attrs = _global_attrs(normalisation, spread_threshold, len(layers), layers[0][2])
     return ds
 
@@ -273,7 +302,10 @@ def compute_propagation(
 _SUMMARY_ATTRS = {
     "peak": {"long_name": "maximum of the normalised PMmax", "units": "1"},
     "spread": {"long_name": "fraction of positions with normalised PMmax above spread_threshold", "units": "1"},
-    "mass_distance": {"long_name": "PMmax-weighted mean Chebyshev distance from the attacked pixel", "units": "layer cells"},
+    "mass_distance": {
+        "long_name": "PMmax-weighted mean Chebyshev distance from the attacked pixel",
+        "units": "layer cells",
+    },
     "mass_distance_rel": {"long_name": "mass_distance / max(layer height, layer width)", "units": "1"},
     "scale": {"long_name": "divisor of the normalised maps (max |F_l(x)|)", "units": "1"},
     "pixel_x_layer": {"long_name": "attacked pixel's column in the layer grid", "units": "layer cells"},
@@ -308,8 +340,12 @@ def propagation_stage(job: Job) -> xr.Dataset:
             maps, summary, info = layer_propagation(i, path, normalisation, spread_threshold)
             if first is None:
                 first = maps
-                maps.attrs = {FORMAT_KEY: format_name("propagation"),
-                              **_global_attrs(normalisation, spread_threshold, len(files), info), **provenance(), **attrs}
+                maps.attrs = {
+                    FORMAT_KEY: format_name("propagation"),
+                    **_global_attrs(normalisation, spread_threshold, len(files), info),
+                    **provenance(),
+                    **attrs,
+                }
                 maps.to_netcdf(tmp, mode="w", engine="netcdf4", encoding=_encoding(maps))
             else:
                 _check_same_samples(first, maps, path, files[0])
@@ -317,7 +353,9 @@ def propagation_stage(job: Job) -> xr.Dataset:
                 maps.to_netcdf(tmp, mode="a", engine="netcdf4", encoding=_encoding(maps))
             summaries.append(summary)
             infos.append(info)
-            log.info("layer %d/%d %s: propagation maps of %d samples", i + 1, len(files), info["layer"], maps.sizes["sample"])
+            log.info(
+                "layer %d/%d %s: propagation maps of %d samples", i + 1, len(files), info["layer"], maps.sizes["sample"]
+            )
         summary_ds = _summary_dataset(summaries, infos)
         summary_ds.to_netcdf(tmp, mode="a", engine="netcdf4")
     log.info("propagation maps of %d layers -> %s in %.1f s", len(files), out_path, time.perf_counter() - started)
@@ -325,4 +363,4 @@ def propagation_stage(job: Job) -> xr.Dataset:
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, object]]:
-    return {name: {"zlib": True, "complevel": 1} for name in ds.data_vars if ds[name].ndim >= 2}
+    return {str(name): {"zlib": True, "complevel": 1} for name in ds.data_vars if ds[name].ndim >= 2}

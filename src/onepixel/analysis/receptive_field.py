@@ -88,13 +88,16 @@ class ReceptiveField:
         return self.start + index * self.stride
 
 
-def receptive_field_box(rf: ReceptiveField, unit_y: int, unit_x: int, height: int, width: int) -> tuple[int, int, int, int]:
+def receptive_field_box(
+    rf: ReceptiveField, unit_y: int, unit_x: int, height: int, width: int
+) -> tuple[int, int, int, int]:
     """Input pixels seen by unit ``(unit_y, unit_x)``, clipped to the image.
 
     Returns:
         ``(y0, y1, x0, x1)``: rows ``y0 <= y < y1`` and columns ``x0 <= x < x1``
         (empty when the field lies outside the image).
     """
+
     def span(index: int, limit: int) -> tuple[int, int]:
         low = math.ceil(rf.centre(index) - rf.radius)
         return min(max(low, 0), limit), min(max(low + rf.size, 0), limit)
@@ -115,7 +118,9 @@ class _Axis:
 
     def window(self, kernel: int, stride: int, padding: int, dilation: int = 1) -> _Axis:
         """After a sliding window (convolution or pooling) over this axis."""
-        return _Axis(self.size + dilation * (kernel - 1) * self.jump, self.jump * stride, self.low - padding * self.jump)
+        return _Axis(
+            self.size + dilation * (kernel - 1) * self.jump, self.jump * stride, self.low - padding * self.jump
+        )
 
     def sliced(self, first: int, step: int) -> _Axis:
         """After keeping units ``first, first + step, ...``."""
@@ -144,17 +149,65 @@ class _Opaque:
 _State = _Field | _Opaque | None  # None: does not depend on the input (constants, shapes)
 
 _POINTWISE_MODULES = (
-    nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-    nn.Hardtanh, nn.PReLU, nn.Softplus, nn.Dropout, nn.Dropout2d, nn.Identity,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.PReLU,
+    nn.Softplus,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
 )
 _POINTWISE_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
-    torch.add, torch.sub, torch.mul, torch.div, torch.relu, torch.sigmoid, torch.tanh,
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.hardtanh, F.dropout, F.batch_norm, F.softplus,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.neg,
+    operator.pow,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.hardtanh,
+    F.dropout,
+    F.batch_norm,
+    F.softplus,
 }
 _POINTWISE_METHODS = {
-    "relu", "sigmoid", "tanh", "add", "sub", "mul", "div", "contiguous", "clone", "float", "double", "half",
-    "to", "type_as", "detach", "neg", "pow",
+    "relu",
+    "sigmoid",
+    "tanh",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "half",
+    "to",
+    "type_as",
+    "detach",
+    "neg",
+    "pow",
 }
 # positional parameter names of the functional pooling ops (after the input)
 _POOL_PARAMS = {
@@ -188,7 +241,10 @@ def _window(state: _State, kernel: Any, stride: Any, padding: Any, dilation: Any
 def _conv(module: nn.Conv2d, state: _State) -> _State:
     padding = module.padding
     if isinstance(padding, str):  # "valid" or "same" (stride 1; PyTorch puts the odd extra unit after)
-        padding = tuple(0 if padding == "valid" else d * (k - 1) // 2 for k, d in zip(module.kernel_size, module.dilation, strict=True))
+        padding = tuple(
+            0 if padding == "valid" else d * (k - 1) // 2
+            for k, d in zip(module.kernel_size, module.dilation, strict=True)
+        )
     return _window(state, module.kernel_size, module.stride, padding, module.dilation)
 
 
@@ -291,7 +347,9 @@ def _function_state(node: fx.Node, states: Sequence[_State]) -> _State:
     if target is torch.cat:
         return _cat(states, node)
     if target in _POOL_PARAMS:
-        given = dict(zip(_POOL_PARAMS[target], node.args[1:], strict=False)) | {k: v for k, v in node.kwargs.items() if k in _POOL_PARAMS[target]}
+        given = dict(zip(_POOL_PARAMS[target], node.args[1:], strict=False)) | {
+            k: v for k, v in node.kwargs.items() if k in _POOL_PARAMS[target]
+        }
         kernel = given["kernel_size"]
         stride = given.get("stride") or kernel
         return _window(states[0], kernel, stride, given.get("padding", 0), given.get("dilation", 1))
@@ -368,7 +426,9 @@ def _trace(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[_LayerT
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # torch.fx raises TraceError, TypeError, ... on data-dependent control flow
-        raise ConfigError(f"model {type(model).__name__}: cannot be traced with torch.fx ({exc.__class__.__name__}: {exc})") from exc
+        raise ConfigError(
+            f"model {type(model).__name__}: cannot be traced with torch.fx ({exc.__class__.__name__}: {exc})"
+        ) from exc
     module = fx.GraphModule(model, graph)
     reference: torch.Tensor | None = next(iter(model.parameters()), None)
     if reference is None:
@@ -391,13 +451,17 @@ def _layer_field(name: str, tracer: _LayerTracer, states: dict[fx.Node, _State])
         known = ", ".join(list(tracer.outputs)[:8])
         raise ConfigError(f"layers: {name!r} is not a module or node of the model's forward pass (e.g. {known})")
     if len(nodes) > 1:
-        raise ConfigError(f"layers: {name!r} is called {len(nodes)} times in the forward pass; its receptive field is ambiguous")
+        raise ConfigError(
+            f"layers: {name!r} is called {len(nodes)} times in the forward pass; its receptive field is ambiguous"
+        )
     state = states[nodes[0]]
     if not isinstance(state, _Field):
         why = state.reason if isinstance(state, _Opaque) else "it does not depend on the input"
         raise ConfigError(f"layers: {name!r} has no spatial receptive field: {why}")
     if state.y != state.x:
-        raise ConfigError(f"layers: {name!r} has different receptive fields along y {state.y} and x {state.x}; only square ones are supported")
+        raise ConfigError(
+            f"layers: {name!r} has different receptive fields along y {state.y} and x {state.x}; only square ones are supported"
+        )
     axis = state.x
     return ReceptiveField(size=axis.size, stride=axis.jump, start=axis.low + (axis.size - 1) / 2)
 
@@ -500,7 +564,7 @@ def effective_receptive_field(
     try:
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            x = (chunk.to(device, torch.float64) / 255 if chunk.dtype == torch.uint8 else chunk.to(device, torch.float64))
+            x = chunk.to(device, torch.float64) / 255 if chunk.dtype == torch.uint8 else chunk.to(device, torch.float64)
             x = x.to(dtype).requires_grad_(True)
             out = layer_output(model, layer, x)
             row, col = unit if unit is not None else (out.shape[-2] // 2, out.shape[-1] // 2)

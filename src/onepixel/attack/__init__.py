@@ -22,4 +22,3 @@ __all__ = [
     "result_to_dataset",
     "save_attack",
 ]
-

@@ -38,10 +38,11 @@ import torch
 from torch import nn
 
 from onepixel.attack import rng
+from onepixel.config import validate_section
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError, DataError
 from onepixel.scoring import MODEL_OUTPUTS, looks_like_probabilities, output_as_logits
-from onepixel.torch_utils import eval_mode
+from onepixel.torch_utils import eval_mode, model_device
 
 #: images of the probe forward pass that checks the classes and detects probabilities
 _PROBE = 4
@@ -96,8 +97,10 @@ class AttackResult:
         rate = f" ({100 * hits / n:.1f} %)" if n else ""
         queries = f"{float(self.queries.double().mean()):.0f}" if n else "-"
         _, c, h, w = self.adversarial.shape
-        return (f"AttackResult(n={n}, success={hits}/{n}{rate}, pixels={self.pixel_x.shape[1]}, channels={c}, "
-                f"image={h}x{w}, mean queries={queries})")
+        return (
+            f"AttackResult(n={n}, success={hits}/{n}{rate}, pixels={self.pixel_x.shape[1]}, channels={c}, "
+            f"image={h}x{w}, mean queries={queries})"
+        )
 
     def select(self, index: torch.Tensor | slice) -> AttackResult:
         """Rows ``index`` of every field, as a new result."""
@@ -146,12 +149,17 @@ class _Genome:
         member = torch.arange(population, device=device)
         elem = member[:, None] * genes + torch.arange(genes, device=device)[None, :]
         return cls(
-            pixels=pixels, shape=shape,
+            pixels=pixels,
+            shape=shape,
             lo=torch.zeros(genes, dtype=torch.float32, device=device),
             hi=torch.tensor([w - 1, h - 1] + [255] * c, dtype=torch.float32, device=device).repeat(pixels),
-            pos_cols=pos_cols, col_cols=(kind >= 2).nonzero().squeeze(1),
+            pos_cols=pos_cols,
+            col_cols=(kind >= 2).nonzero().squeeze(1),
             pos_high=torch.where(kind[pos_cols] == 0, w, h)[None, None, :],
-            member=member, elem=elem, member_mixed=rng.mix_counter(member), elem_mixed=rng.mix_counter(elem),
+            member=member,
+            elem=elem,
+            member_mixed=rng.mix_counter(member),
+            elem_mixed=rng.mix_counter(elem),
         )
 
     @property
@@ -223,8 +231,11 @@ class _Slots:
             pop=torch.zeros(slots, P, genome.genes, dtype=torch.float32, device=device),
             fit=torch.full((slots, P), math.inf, dtype=torch.float32, device=device),
             img=torch.full((slots,), -1, dtype=torch.long, device=device),
-            gen=zeros(), base=torch.zeros(slots, c, h, w, dtype=torch.float32, device=device),
-            cls=zeros(), key=zeros(), rej=zeros(),
+            gen=zeros(),
+            base=torch.zeros(slots, c, h, w, dtype=torch.float32, device=device),
+            cls=zeros(),
+            key=zeros(),
+            rej=zeros(),
             buf=torch.empty(min(batch_size, slots * P), c, h, w, dtype=torch.float32, device=device),
         )
 
@@ -250,8 +261,9 @@ class _Slots:
         self.cls[slots] = queue.cls[rows]
         self.key[slots] = queue.key[rows]
 
-    def retire(self, slots: torch.Tensor, genes: torch.Tensor, gens: torch.Tensor, ok: torch.Tensor,
-               out: _Outcome) -> None:
+    def retire(
+        self, slots: torch.Tensor, genes: torch.Tensor, gens: torch.Tensor, ok: torch.Tensor, out: _Outcome
+    ) -> None:
         """Record the finished images of ``slots`` (their chosen ``genes``, ``gens``, ``ok``) and free the slots."""
         rows = self.img[slots]
         out.genes[rows] = genes
@@ -305,8 +317,9 @@ def _gather_members(pop: torch.Tensor, *indices: torch.Tensor) -> list[torch.Ten
     return [rows.index_select(0, (index + offset).view(-1)).view(B, P, D) for index in indices]
 
 
-def _rand1(pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Genome,
-           F: float, crossover: float) -> torch.Tensor:
+def _rand1(
+    pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Genome, F: float, crossover: float
+) -> torch.Tensor:
     """The paper's DE/rand/1 without crossover: trial = a + F (b - c), a, b, c distinct members != target."""
     pk = rng.purpose_keys(keys, (rng.P_A, rng.P_B, rng.P_C))
     a, b, c = rng.distinct_members(keys, genome.member, 3, genome.member_mixed, pk)
@@ -314,8 +327,9 @@ def _rand1(pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Ge
     return pa + F * (pb - pc)
 
 
-def _best1bin(pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Genome,
-              F: float, crossover: float) -> torch.Tensor:
+def _best1bin(
+    pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, genome: _Genome, F: float, crossover: float
+) -> torch.Tensor:
     """scipy's best/1/bin: mutant = best + F (a - b); binomial crossover (rate ``crossover``, one forced gene)."""
     B, P, D = pop.shape
     pk = rng.purpose_keys(keys, (rng.P_A, rng.P_B, rng.P_FORCED, rng.P_CROSS))
@@ -337,8 +351,9 @@ _TRIALS: dict[str, Strategy] = {"rand1": _rand1, "best1bin": _best1bin}
 STRATEGIES = tuple(_TRIALS)
 
 
-def _decode(genes: torch.Tensor, pixels: int, shape: tuple[int, int, int]
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _decode(
+    genes: torch.Tensor, pixels: int, shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round/clip float genes ``(M, D)`` -> xs, ys ``(M, k)`` long, colours ``(M, k, C)`` float."""
     c, h, w = shape
     g = genes.view(-1, pixels, 2 + c)
@@ -348,8 +363,14 @@ def _decode(genes: torch.Tensor, pixels: int, shape: tuple[int, int, int]
     return xs, ys, cols
 
 
-def _chosen_genes(cand: torch.Tensor, cand_fit: torch.Tensor, cand_ok: torch.Tensor, pop: torch.Tensor,
-                  fit: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+def _chosen_genes(
+    cand: torch.Tensor,
+    cand_fit: torch.Tensor,
+    cand_ok: torch.Tensor,
+    pop: torch.Tensor,
+    fit: torch.Tensor,
+    ok: torch.Tensor,
+) -> torch.Tensor:
     """Genes ``(B, D)`` returned for B finished images: the best-fitness successful candidate
     (``ok``), else the best member of the population.
 
@@ -371,11 +392,15 @@ def _as_uint8(images: object) -> torch.Tensor:
     floats): images on the 8-bit grid (``k / 255``) come back exactly, others
     are moved to the nearest grid value. NaN or values outside [0, 1] are refused.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not (
-            images.dtype == torch.uint8 or images.dtype.is_floating_point):
+    if (
+        not isinstance(images, torch.Tensor)
+        or images.dim() != 4
+        or not (images.dtype == torch.uint8 or images.dtype.is_floating_point)
+    ):
         desc = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise DataError(f"images: expected a uint8 tensor (N, C, H, W) in [0, 255] or a float one in [0, 1]; "
-                        f"got {desc}")
+        raise DataError(
+            f"images: expected a uint8 tensor (N, C, H, W) in [0, 255] or a float one in [0, 1]; got {desc}"
+        )
     if images.dtype == torch.uint8:
         return images
     x = images.detach()
@@ -387,28 +412,31 @@ def _as_uint8(images: object) -> torch.Tensor:
     return torch.round(x * 255).to(torch.uint8)
 
 
-def _check_int(key: str, value: object, minimum: int) -> None:
-    """A one-line :class:`ConfigError` unless ``value`` is an int (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}: {value!r} is not allowed; use an integer >= {minimum}")
-
-
-def _check_options(pixels: int, population: int, generations: int, F: float, crossover: float, strategy: str,
-                   targeted: bool, seed: int, batch_size: int, output: str) -> None:
-    """One-line :class:`ConfigError` naming the first bad option."""
-    _check_int("pixels", pixels, 1)
-    _check_int("population", population, 4)
-    _check_int("generations", generations, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
-    if isinstance(F, bool) or not isinstance(F, (int, float)) or not (0 < F <= 2) or math.isnan(F):
-        raise ConfigError(f"F: {F!r} is out of range; use a number with 0 < F <= 2")
-    if isinstance(crossover, bool) or not isinstance(crossover, (int, float)) or not (0 <= crossover <= 1):
-        raise ConfigError(f"crossover: {crossover!r} is out of range; use a number in [0, 1]")
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy: {strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
-    if not isinstance(targeted, bool):
-        raise ConfigError(f"targeted: {targeted!r} is not a boolean; use true or false")
+def _check_options(
+    pixels: int,
+    population: int,
+    generations: int,
+    F: float,
+    crossover: float,
+    strategy: str,
+    targeted: bool,
+    seed: int,
+    batch_size: int,
+    output: str,
+) -> None:
+    """One-line :class:`ConfigError` naming the first bad option, by the config schema's ``attack`` section."""
+    options = {
+        "pixels": pixels,
+        "population": population,
+        "generations": generations,
+        "F": F,
+        "crossover": crossover,
+        "strategy": strategy,
+        "targeted": targeted,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    validate_section("attack", options, arguments=True)
     if output not in MODEL_OUTPUTS:
         raise ConfigError(f"output: {output!r} is unknown; use one of {', '.join(MODEL_OUTPUTS)}")
 
@@ -560,13 +588,7 @@ class OnePixelAttack:
         self.output = output
         #: what the model returned in the last run: "logits" or "probabilities" (None before a run)
         self.model_output: str | None = None if output == "auto" else output
-        if device is None:
-            param = next(iter(model.parameters()), None)
-            buf = next(iter(model.buffers()), None)
-            ref = param if param is not None else buf
-            self.device = ref.device if ref is not None else torch.device("cpu")
-        else:
-            self.device = torch.device(device)
+        self.device = model_device(model) if device is None else torch.device(device)
         self.last_stats: dict[str, float] = {}
         self._num_classes = 0
 
@@ -628,8 +650,9 @@ class OnePixelAttack:
         }
         return result
 
-    def _check_inputs(self, images: object, labels: object, targets: object | None, ids: object | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _check_inputs(
+        self, images: object, labels: object, targets: object | None, ids: object | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The inputs of :meth:`run` as CPU tensors (images uint8), or a one-line error naming the bad one."""
         images = _as_uint8(images)
         n = images.shape[0]
@@ -655,8 +678,7 @@ class OnePixelAttack:
         labels/targets index the model's classes."""
         out = self.model(probe.float() / 255)
         if out.dim() != 2 or out.shape[0] != probe.shape[0]:
-            raise DataError(f"model: expected outputs of shape (N, K); got {tuple(out.shape)} "
-                            f"for N={probe.shape[0]}")
+            raise DataError(f"model: expected outputs of shape (N, K); got {tuple(out.shape)} for N={probe.shape[0]}")
         if self.output == "auto":
             self.model_output = "probabilities" if looks_like_probabilities(out) else "logits"
         num = self._num_classes = out.shape[1]
@@ -719,8 +741,9 @@ class OnePixelAttack:
             slots.admit(done, queue)
         slots.gen[act[~fin]] += 1  # every slot that was active and not finished moves on one generation
 
-    def _candidates(self, pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, is_init: torch.Tensor,
-                    genome: _Genome) -> torch.Tensor:
+    def _candidates(
+        self, pop: torch.Tensor, fit: torch.Tensor, keys: torch.Tensor, is_init: torch.Tensor, genome: _Genome
+    ) -> torch.Tensor:
         """Candidates ``(A, P, D)``: the initial population where ``is_init``, else trial vectors."""
         n_init = int(is_init.sum())
         if n_init == 0:
@@ -740,8 +763,9 @@ class OnePixelAttack:
         trial = _TRIALS[self.strategy](pop, fit, keys, genome, self.F, self.crossover)
         return torch.maximum(torch.minimum(trial, genome.hi), genome.lo)
 
-    def _evaluate(self, genes: torch.Tensor, act: torch.Tensor, slots: _Slots, genome: _Genome
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _evaluate(
+        self, genes: torch.Tensor, act: torch.Tensor, slots: _Slots, genome: _Genome
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fitness ``(M,)`` (minimised), success ``(M,)`` and finite output ``(M,)`` of candidates ``(M, D)``
         of slots ``act`` (P consecutive candidates per slot).
 
@@ -796,8 +820,7 @@ class OnePixelAttack:
         return fit, ok, finite
 
     # ------------------------------------------------------------------
-    def _finalise(self, imgs: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None, out: _Outcome
-                  ) -> AttackResult:
+    def _finalise(self, imgs: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None, out: _Outcome) -> AttackResult:
         """The result: adversarial images of the chosen genes, re-evaluated alone (:meth:`_reevaluate`)."""
         _, c, h, w = imgs.shape
         xs, ys, cols = _decode(out.genes, self.pixels, (c, h, w))
@@ -829,8 +852,9 @@ class OnePixelAttack:
             rejected_candidates=cpu(out.rejected).long(),
         )
 
-    def _reevaluate(self, imgs: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, cols_u8: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _reevaluate(
+        self, imgs: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, cols_u8: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Adversarial images (CPU uint8), softmax on clean and adversarial images (CPU), adversarial class
         and finite output (device), in chunks, in float32 with autocast off: the verdict a user would get.
 

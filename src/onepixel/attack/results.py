@@ -45,7 +45,11 @@ _ATTRS: dict[str, dict[str, str]] = {
     "generations": {"long_name": "differential evolution generations after the initial population", "units": "1"},
     "pixel_x": {"long_name": "column of the perturbed pixel", "units": "pixel"},
     "pixel_y": {"long_name": "row of the perturbed pixel", "units": "pixel"},
-    "color": {"long_name": "new value of the perturbed pixel (replaces the original)", "units": "1", "valid_range": "0 255"},
+    "color": {
+        "long_name": "new value of the perturbed pixel (replaces the original)",
+        "units": "1",
+        "valid_range": "0 255",
+    },
     "true_class": {"long_name": "true class index", "units": "1"},
     "target_class": {"long_name": "target class index (-1: untargeted)", "units": "1"},
     "adv_class": {"long_name": "predicted class of the adversarial image", "units": "1"},
@@ -101,9 +105,11 @@ def result_to_dataset(
     )
     ds.attrs["attack_config"] = json.dumps(config, sort_keys=True, default=str)
     for key, value in (attrs or {}).items():
-        ds.attrs[key] = value if isinstance(value, (str, int, float, np.integer, np.floating)) and not isinstance(
-            value, bool
-        ) else json.dumps(value, sort_keys=True, default=str)
+        ds.attrs[key] = (
+            value
+            if isinstance(value, (str, int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            else json.dumps(value, sort_keys=True, default=str)
+        )
     return ds
 
 
@@ -128,9 +134,8 @@ def load_attack(path: str | os.PathLike[str]) -> xr.Dataset:
 
 
 def attack_config(ds: xr.Dataset) -> dict[str, Any]:
-    """The attack configuration stored in ``ds`` (empty dict when absent)."""
-    text = ds.attrs.get("attack_config")
-    return json.loads(text) if text else {}
+    """The attack configuration stored in ``ds`` (the attribute ``attack_config``)."""
+    return json.loads(ds.attrs["attack_config"])
 
 
 def merge_attacks(datasets: list[xr.Dataset], order: np.ndarray | None = None) -> xr.Dataset:
@@ -149,8 +154,9 @@ def merge_attacks(datasets: list[xr.Dataset], order: np.ndarray | None = None) -
     if len(configs) > 1:
         raise DataError("merge_attacks: shards were made with different attack_config; re-run them with one config")
     rows = [ds for ds in datasets if ds.sizes.get("sample", 0) > 0] or [datasets[0]]
-    merged = xr.concat(rows, dim="sample", data_vars="all", coords="different", compat="equals",
-                       combine_attrs="override")
+    merged = xr.concat(
+        rows, dim="sample", data_vars="all", coords="different", compat="equals", combine_attrs="override"
+    )
     pairs = np.stack([merged["sample_id"].values, merged["target_class"].values], 1)
     if len(np.unique(pairs, axis=0)) != len(pairs):
         raise DataError("merge_attacks: the shards overlap (a sample_id/target_class row appears twice)")
@@ -169,16 +175,18 @@ def merge_attacks(datasets: list[xr.Dataset], order: np.ndarray | None = None) -
 def attack_model_output(attack: xr.Dataset) -> str:
     """What the attacked model returns, as the attack recorded it: ``"logits"`` or ``"probabilities"``.
 
-    The attack stage stores the kind it resolved as the attribute ``model_output``;
-    a file written before that attribute existed was made by an attack that read
-    every output as logits, so it reads as ``"logits"``.
+    The attack stage stores the kind it resolved as the attribute ``model_output``.
 
     Raises:
-        DataError: the attribute holds another value.
+        DataError: the attribute is missing or holds another value.
     """
-    kind = str(attack.attrs.get("model_output", "logits"))
+    kind = attack.attrs.get("model_output")
     if kind not in ("logits", "probabilities"):
-        raise DataError(f"attack file: model_output {kind!r} is not 'logits' or 'probabilities'")
+        where = attack.encoding.get("source", "attack file")
+        raise DataError(
+            f"{where}: attribute model_output is {kind!r}; expected 'logits' or 'probabilities' "
+            "(the attack stage records it)"
+        )
     return kind
 
 
@@ -229,7 +237,9 @@ def load_attacked_model(
     test = load_dataset(test_path)
     ids = np.asarray(attack["sample_id"].values, dtype=np.int64)
     if ids.size and (ids.max() >= test.sizes["sample"] or ids.min() < 0):
-        raise DataError(f"{attack_path}: sample_id {int(ids.max())} is outside the {test.sizes['sample']} images of {test_path}")
+        raise DataError(
+            f"{attack_path}: sample_id {int(ids.max())} is outside the {test.sizes['sample']} images of {test_path}"
+        )
     model, meta = load_checkpoint(checkpoint_path, map_location=dev)
     model.eval()
     attack_model_output(attack)  # an unknown kind fails here, before any work

@@ -120,8 +120,9 @@ def uniform(key: torch.Tensor, counter: torch.Tensor | None, mixed: torch.Tensor
     return (bits(key, counter, mixed).double() + 0.5) * (1.0 / 2**32)
 
 
-def randint(key: torch.Tensor, counter: torch.Tensor | None, high: int | torch.Tensor,
-            mixed: torch.Tensor | None = None) -> torch.Tensor:
+def randint(
+    key: torch.Tensor, counter: torch.Tensor | None, high: int | torch.Tensor, mixed: torch.Tensor | None = None
+) -> torch.Tensor:
     """Uniform integers in ``[0, high)`` (Lemire's multiply-shift; ``high`` < 2**31)."""
     r = bits(key, counter, mixed)
     r *= high
@@ -171,8 +172,13 @@ def skip_excluded(draws: torch.Tensor, member: torch.Tensor, count: int) -> list
     return out
 
 
-def distinct_members(keys: torch.Tensor, member: torch.Tensor, count: int,
-                     mixed: torch.Tensor | None = None, pkeys: torch.Tensor | None = None) -> list[torch.Tensor]:
+def distinct_members(
+    keys: torch.Tensor,
+    member: torch.Tensor,
+    count: int,
+    mixed: torch.Tensor | None = None,
+    pkeys: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
     """For B images (stream ``keys`` (B,)) and each member i of ``member`` (P,): ``count``
     (<= 3) mutually distinct random members, all != i, each ``(B, P)`` int64.
 

@@ -1,11 +1,10 @@
-"""The attack stage: pick correctly classified test images, attack them, write netCDF.
+"""The attack stages of the workflow: select the correctly classified test images, attack a shard, merge the shards.
 
-For scale the stage can be split into shards (``attack.shards`` of the workflow):
+Every attack takes the same path (``attack.shards = n``, n = 1 included):
 :func:`select_stage` picks the images once and writes them to a selection
-file, :func:`attack_stage` with ``shard=i, shards=n`` attacks the i-th of n
+file, :func:`attack_stage` with wildcard ``shard = i`` attacks the i-th of n
 contiguous, disjoint parts of that selection (:func:`shard_indices`), and
-:func:`merge_stage` combines the shard files into the file an unsharded run
-writes. The random streams are keyed by test-set index (and target), so the
+:func:`merge_stage` combines the shard files into the attack file. The random streams are keyed by test-set index (and target), so the
 merged result equals the unsharded one row for row.
 """
 
@@ -44,6 +43,7 @@ DEFAULT_ATTACK_CONFIG: dict[str, Any] = section_defaults("attack")
 #: keys of the ``attack`` section that only say how the work is split, not what is
 #: computed; they are left out of the ``attack_config`` stored with the results
 EXECUTION_KEYS: tuple[str, ...] = ("shards",)
+
 
 def attack_settings(attack_cfg: dict[str, Any] | None) -> dict[str, Any]:
     """``attack_cfg`` validated against the schema's ``attack`` section and completed with its defaults.
@@ -190,8 +190,9 @@ def _stage_inputs(checkpoint_path, test_path, attack_cfg, device) -> _StageInput
 def _select(inputs: _StageInputs, log: Callable[[str], Any]) -> np.ndarray:
     """:func:`select_correct_images` with the config's ``num_images`` and ``seed``; a shortfall is logged."""
     cfg = inputs.cfg
-    chosen = select_correct_images(inputs.model, inputs.images, inputs.labels, cfg["num_images"], cfg["seed"],
-                                   device=inputs.device)
+    chosen = select_correct_images(
+        inputs.model, inputs.images, inputs.labels, cfg["num_images"], cfg["seed"], device=inputs.device
+    )
     if len(chosen) < cfg["num_images"]:
         log(f"attack: only {len(chosen)} correctly classified test images (asked for {cfg['num_images']})")
     return chosen
@@ -250,8 +251,10 @@ def read_selection(
         cfg = attack_settings(attack_cfg)
         for key in ("seed", "num_images"):
             if sel.get(key) != cfg[key]:
-                raise DataError(f"{file}: made with attack.{key} = {sel.get(key)!r}, the config has {cfg[key]!r}; "
-                                "re-run the selection")
+                raise DataError(
+                    f"{file}: made with attack.{key} = {sel.get(key)!r}, the config has {cfg[key]!r}; "
+                    "re-run the selection"
+                )
     if checkpoint_path is not None and sel.get("model_sha256") != file_sha256(checkpoint_path):
         raise DataError(f"{file}: made with another model than {checkpoint_path}; re-run the selection")
     ids = np.asarray(sel["sample_ids"], dtype=np.int64).reshape(-1)
@@ -292,8 +295,10 @@ def attack_stage(job: Job) -> xr.Dataset:
         if selection_path is not None:
             chosen = read_selection(selection_path, cfg, checkpoint_path)
             if len(chosen) and int(chosen.max()) >= images.shape[0]:
-                raise DataError(f"{selection_path}: sample_id {int(chosen.max())} is outside the test set "
-                                f"({images.shape[0]} images); re-run the selection")
+                raise DataError(
+                    f"{selection_path}: sample_id {int(chosen.max())} is outside the test set "
+                    f"({images.shape[0]} images); re-run the selection"
+                )
         else:
             chosen = _select(inputs, log)
         chosen = chosen[shard_indices(len(chosen), shard, shards)]
@@ -340,19 +345,23 @@ def merge_stage(job: Job) -> xr.Dataset:
     if not paths:
         raise DataError("merge-attack: no shard files given")
     shards = [load_attack(p) for p in paths]
-    counts = {int(ds.attrs.get("shards", 1)) for ds in shards}
-    index = [int(ds.attrs.get("shard", 0)) for ds in shards]
+    counts = {int(ds.attrs["shards"]) for ds in shards}
+    index = [int(ds.attrs.get("shard", 0)) for ds in shards]  # written only when shards > 1
     if len(counts) != 1 or sorted(index) != list(range(len(paths))) or counts != {len(paths)}:
-        got = ", ".join(f"{p.name} (shard {i} of {ds.attrs.get('shards', 1)})" for p, i, ds in zip(paths, index, shards))
+        got = ", ".join(
+            f"{p.name} (shard {i} of {ds.attrs['shards']})" for p, i, ds in zip(paths, index, shards, strict=True)
+        )
         raise DataError(f"merge-attack: expected shards 0..{len(paths) - 1} of {len(paths)}, each once; got {got}")
     shards = [shards[i] for i in np.argsort(index)]
     order = read_selection(selection_path) if selection_path is not None else None
     merged = merge_attacks(shards, order=order)
     ids = np.unique(merged["sample_id"].values)
     if order is not None and (len(ids) != len(order) or not np.isin(order, ids).all()):
-        raise DataError(f"merge-attack: the shards hold {len(ids)} images but {selection_path} selects {len(order)}; "
-                        "were they made with another selection?")
-    wall = float(sum(float(ds.attrs.get("wall_time_s", 0.0)) for ds in shards))
+        raise DataError(
+            f"merge-attack: the shards hold {len(ids)} images but {selection_path} selects {len(order)}; "
+            "were they made with another selection?"
+        )
+    wall = float(sum(float(ds.attrs["wall_time_s"]) for ds in shards))
     candidates = int(merged["queries"].values.sum())
     rate = candidates / wall if wall > 0 else float("nan")
     attrs = dict(merged.attrs)
@@ -381,8 +390,10 @@ def summary_line(ds: xr.Dataset, candidates_per_s: float) -> str:
         f"{candidates_per_s:.0f} candidates/s"
     )
     if "rejected_candidates" in ds and n and int(ds["rejected_candidates"].values.sum()):
-        text += (f"; {int(ds['rejected_candidates'].values.sum())} candidates rejected "
-                 "(NaN or infinite model output, counted as not adversarial)")
+        text += (
+            f"; {int(ds['rejected_candidates'].values.sum())} candidates rejected "
+            "(NaN or infinite model output, counted as not adversarial)"
+        )
     target = np.asarray(ds["target_class"].values)
     if n and (target >= 0).any():
         ids = np.asarray(ds["sample_id"].values)

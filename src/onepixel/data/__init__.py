@@ -34,8 +34,8 @@ __all__ = [
     "CIFAR10_URL",
     "DATASET_NAMES",
     "channel_stats",
-    "dataset_splits",
     "cifar10_root_files",
+    "dataset_splits",
     "download_cifar10",
     "load_dataset",
     "load_digits_split",
@@ -73,7 +73,9 @@ def dataset_splits(
         return read_cifar10_root(root, log=log)
     if name == "cifar10":
         if raw_root is None:
-            raise ConfigError("dataset.root: empty, and no download folder given; set dataset.root or download CIFAR-10")
+            raise ConfigError(
+                "dataset.root: empty, and no download folder given; set dataset.root or download CIFAR-10"
+            )
         return read_cifar10_batches(download_cifar10(raw_root))
     raise ConfigError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
 

@@ -102,13 +102,17 @@ def download_cifar10(
         return batch_dir
     archive = root / CIFAR10_ARCHIVE
     if archive.is_file() and not check_integrity(archive, md5):
-        say(f"{archive}: md5 {_file_md5(archive)} is not the published {md5} (a truncated or corrupt download); "
-            "fetching it again")
+        say(
+            f"{archive}: md5 {_file_md5(archive)} is not the published {md5} (a truncated or corrupt download); "
+            "fetching it again"
+        )
         archive.unlink()
     if batch_dir.exists():
         bad = next(name for name, sum_ in file_md5s.items() if not check_integrity(batch_dir / name, sum_))
-        say(f"{batch_dir / bad}: missing or its md5 is not the published one (a partial or damaged extraction); "
-            "extracting the archive again")
+        say(
+            f"{batch_dir / bad}: missing or its md5 is not the published one (a partial or damaged extraction); "
+            "extracting the archive again"
+        )
         shutil.rmtree(batch_dir)
     try:
         download_and_extract_archive(url, download_root=root, filename=CIFAR10_ARCHIVE, md5=md5)
@@ -120,8 +124,10 @@ def download_cifar10(
                 f"{archive}: the downloaded archive has md5 {got}, not the published {md5} (truncated or corrupt "
                 f"download from {url}); removed it, run again to fetch it anew"
             ) from exc
-        raise DataError(f"{root}: could not download CIFAR-10 from {url} ({one_line(str(exc))}); "
-                        f"download it yourself and extract it so that {batch_dir} exists") from exc
+        raise DataError(
+            f"{root}: could not download CIFAR-10 from {url} ({one_line(str(exc))}); "
+            f"download it yourself and extract it so that {batch_dir} exists"
+        ) from exc
     except OSError as exc:
         raise DataError(
             f"{root}: could not download CIFAR-10 from {url} ({exc.__class__.__name__}: {one_line(str(exc))}); "
@@ -265,12 +271,16 @@ def read_cifar10_root(
     train, test = _to_datasets(files)
     n_train, n_test = train.sizes["sample"], test.sizes["sample"]
     if official:
-        notice = (f"{root}: the official CIFAR-10 set ({n_train} training, {n_test} test images; "
-                  "published md5 checksums verified)")
+        notice = (
+            f"{root}: the official CIFAR-10 set ({n_train} training, {n_test} test images; "
+            "published md5 checksums verified)"
+        )
     else:
-        notice = (f"{root}: {n_train} training and {n_test} test images in CIFAR-10's layout; "
-                  "not the official CIFAR-10 set (its checksums differ from the published ones), "
-                  "used as a partial or custom copy")
+        notice = (
+            f"{root}: {n_train} training and {n_test} test images in CIFAR-10's layout; "
+            "not the official CIFAR-10 set (its checksums differ from the published ones), "
+            "used as a partial or custom copy"
+        )
     for ds in (train, test):
         ds.attrs.update(source=str(root), official_checksums=int(official))
     if log is not None:

@@ -16,7 +16,8 @@ def prepare_stage(job: Job) -> None:
     cfg = job.cfg["dataset"]
     raw = job.inputs["raw"]
     raw_root = raw[0].parent if raw and not cfg["root"] else None
-    splits = dataset_splits(cfg["name"], raw_root, cfg["test_fraction"], cfg["seed"], cfg["root"] or None,
-                            log=job.log.info)
+    splits = dataset_splits(
+        cfg["name"], raw_root, cfg["test_fraction"], cfg["seed"], cfg["root"] or None, log=job.log.info
+    )
     for ds, name in zip(splits, ("train", "test"), strict=True):
         save_dataset(ds, job.output(name))

@@ -28,7 +28,9 @@ def save_figure(fig: Figure, out_base: str | os.PathLike[str], formats: Sequence
     """Save ``fig`` as ``{out_base}.{fmt}`` for each format, atomically; return the paths."""
     bad = [fmt for fmt in formats if fmt not in FORMATS]
     if bad or not formats:
-        raise ConfigError(f"figures.formats: {bad or list(formats)!r} not allowed; use a non-empty subset of {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"figures.formats: {bad or list(formats)!r} not allowed; use a non-empty subset of {', '.join(FORMATS)}"
+        )
     paths = []
     for fmt in formats:
         path = Path(f"{out_base}.{fmt}")
@@ -86,7 +88,15 @@ def mark_edges(ax: Axes, x: ArrayLike, y: ArrayLike) -> None:
     Unlike a circle, these leave the map itself uncovered: in the first layers of a
     32x32 network the perturbation fills only the few cells around the pixel.
     """
-    style: dict[str, Any] = {"ms": 7, "mfc": "#00e5ff", "mec": "black", "mew": 0.8, "ls": "none", "clip_on": False, "zorder": 5}
+    style: dict[str, Any] = {
+        "ms": 7,
+        "mfc": "#00e5ff",
+        "mec": "black",
+        "mew": 0.8,
+        "ls": "none",
+        "clip_on": False,
+        "zorder": 5,
+    }
     ax.plot(x, np.ones(np.shape(x)), marker="v", transform=ax.get_xaxis_transform(), **style)
     ax.plot(np.zeros(np.shape(y)), y, marker=">", transform=ax.get_yaxis_transform(), **style)
 
@@ -99,7 +109,7 @@ def placeholder(out_base: str | os.PathLike[str], text: str, formats: Sequence[s
 
 
 def ring_word(loc: xr.Dataset) -> str:
-    """"Chebyshev" or "Euclidean (rounded)" for a locality or vulnerability file."""
+    """ "Chebyshev" or "Euclidean (rounded)" for a locality or vulnerability file."""
     return "Euclidean (rounded)" if loc.attrs["rings"] == "euclidean" else "Chebyshev"
 
 

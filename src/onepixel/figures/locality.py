@@ -36,7 +36,15 @@ def plot_locality(
         rate, ci = 100 * loc["success_rate"].values, 100 * loc["success_rate_ci"].values
         base, base_ci = 100 * float(loc["baseline_success_rate"]), 100 * loc["baseline_success_rate_ci"].values
         top = np.nanmax([top, *rate, *ci.ravel(), base, *base_ci])
-        ax_rate.plot(d, rate, "-o", color=colour, lw=1.8, ms=5, label=f"{name}: ring at distance d (n={loc.sizes['sample']} attacks)")
+        ax_rate.plot(
+            d,
+            rate,
+            "-o",
+            color=colour,
+            lw=1.8,
+            ms=5,
+            label=f"{name}: ring at distance d (n={loc.sizes['sample']} attacks)",
+        )
         band(ax_rate, d, ci[:, 0], ci[:, 1], colour)
         ax_rate.axhline(base, color=colour, ls="--", lw=1.4, label=f"{name}: random positions")
         if np.isfinite(base_ci).all():
@@ -59,6 +67,8 @@ def plot_locality(
     ax_prob.set_ylabel("change of the true-class probability\n(mean over images; vs. the clean image)")
     ax_prob.set_title("(b) true-class probability, change from the clean image", fontsize=10)
     fig.legend(*ax_rate.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=2, frameon=False)
-    fig.suptitle(f"{title}\nshaded: 95 % bootstrap confidence intervals over the attacked images; dashed: random positions",
-                 fontsize=10)
+    fig.suptitle(
+        f"{title}\nshaded: 95 % bootstrap confidence intervals over the attacked images; dashed: random positions",
+        fontsize=10,
+    )
     return save_figure(fig, out_base, formats)

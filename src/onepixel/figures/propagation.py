@@ -63,7 +63,9 @@ def plot_pm_grid(
     row = attack.isel(sample=sample)
     sample_id = int(prop["sample_id"].values[sample])
     if int(row["sample_id"]) != sample_id:
-        raise DataError(f"attack row {sample} is image {int(row['sample_id'])}, propagation row is image {sample_id}; files do not match")
+        raise DataError(
+            f"attack row {sample} is image {int(row['sample_id'])}, propagation row is image {sample_id}; files do not match"
+        )
     n_layers = prop.sizes["layer"]
     fig, axes = panel_grid(n_layers + 2, ncols=6)
     true_c, adv_c = int(row["true_class"]), int(row["adv_class"])
@@ -71,7 +73,8 @@ def plot_pm_grid(
     p_clean, p_adv = row["prob_clean"].values, row["prob_adv"].values
     show_image(axes[0], clean_image, f"clean image\ntrue class: {class_names[true_c]} (p={p_clean[true_c]:.2f})")
     show_image(
-        axes[1], row["adversarial"].values,
+        axes[1],
+        row["adversarial"].values,
         f"adversarial image\npredicted: {class_names[adv_c]} (p={p_adv[adv_c]:.2f})\ntrue class: p={p_adv[true_c]:.2f}",
     )
     mark_pixel(axes[1], row["pixel_x"].values, row["pixel_y"].values)
@@ -81,8 +84,11 @@ def plot_pm_grid(
         mark_edges(axes[i + 2], prop["pixel_x_layer"].values[i, sample], prop["pixel_y_layer"].values[i, sample])
     assert image is not None  # at least one layer was drawn
     fig.colorbar(image, ax=axes[2:], extend="max", shrink=0.9, label="normalised PMmax (clipped at 1)")
-    add_caption(fig, _caption(prop) + ". Triangles on the maps' edges: the attacked pixel's column and row, "
-                 "mapped into each layer's grid as floor(x · W_l / W).")
+    add_caption(
+        fig,
+        _caption(prop) + ". Triangles on the maps' edges: the attacked pixel's column and row, "
+        "mapped into each layer's grid as floor(x · W_l / W).",
+    )
     outcome = "successful" if bool(row["success"]) else "failed"
     kind = "one-pixel" if attack.sizes.get("pixel", 1) == 1 else f"{attack.sizes['pixel']}-pixel"
     fig.suptitle(
@@ -116,7 +122,10 @@ def plot_average_pm(
     assert image is not None  # at least one layer was drawn
     fig.colorbar(image, ax=axes, shrink=0.9, label="mean normalised PMmax")
     add_caption(fig, _caption(prop) + "; element-wise mean over the attacks (their pixels differ, so none is marked).")
-    fig.suptitle(f"{title}\nAverage propagation map (normalised PMmax) over {n_success} successful one-pixel attacks", fontsize=10)
+    fig.suptitle(
+        f"{title}\nAverage propagation map (normalised PMmax) over {n_success} successful one-pixel attacks",
+        fontsize=10,
+    )
     return save_figure(fig, out_base, formats)
 
 
@@ -152,6 +161,12 @@ def plot_pm_depth(
         ax.set_xlim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.set_title(f"({letter}) {'peak' if letter == 'a' else 'spread'}, mean over successful attacks", fontsize=10)
-    fig.legend(*ax_peak.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=min(4, max(1, len(props))), frameon=False)
+    fig.legend(
+        *ax_peak.get_legend_handles_labels(),
+        fontsize=8,
+        loc="outside lower center",
+        ncols=min(4, max(1, len(props))),
+        frameon=False,
+    )
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out_base, formats)

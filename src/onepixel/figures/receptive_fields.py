@@ -38,7 +38,16 @@ def _rf_lines(ax: Axes, vuln: xr.Dataset, xmax: float, label_top: bool) -> None:
     for cluster in clusters if label_top else []:
         first, last = cluster[0][1], cluster[-1][1]
         text = str(first) if first == last else f"{first}–{last}"
-        ax.text(cluster[0][0], 1.01, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=6.5, color="0.25")
+        ax.text(
+            cluster[0][0],
+            1.01,
+            text,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=6.5,
+            color="0.25",
+        )
     erf_r = float(vuln.attrs["erf_radius"])
     if np.isfinite(erf_r) and erf_r <= xmax:
         ax.axvline(erf_r, color="#d62728", ls="--", lw=1.3)
@@ -49,7 +58,11 @@ def _beyond(vuln: xr.Dataset, xmax: float) -> str:
     far = [i for i, r in enumerate(vuln["rf_radius"].values, start=1) if r > xmax]
     if not far:
         return f"radii of all {vuln.sizes['layer']} feature layers shown"
-    return f"layers {far[0]}–{far[-1]}: radius beyond the plot" if len(far) > 1 else f"layer {far[0]}: radius beyond the plot"
+    return (
+        f"layers {far[0]}–{far[-1]}: radius beyond the plot"
+        if len(far) > 1
+        else f"layer {far[0]}: radius beyond the plot"
+    )
 
 
 def _rate_panel(ax: Axes, vuln: xr.Dataset, loc: xr.Dataset | None) -> float:
@@ -62,8 +75,17 @@ def _rate_panel(ax: Axes, vuln: xr.Dataset, loc: xr.Dataset | None) -> float:
     if loc is not None and loc.sizes["sample"]:
         ld, lr, lci = loc["distance"].values, 100 * loc["success_rate"].values, 100 * loc["success_rate_ci"].values
         err = np.abs(np.stack([lci[:, 0], lci[:, 1]]) - lr)
-        ax.errorbar(ld, lr, yerr=np.where(np.isfinite(err), err, 0), fmt="o", color="C1", ms=4, capsize=2, lw=1,
-                    label="locality stage: rings (all successful attacks)")
+        ax.errorbar(
+            ld,
+            lr,
+            yerr=np.where(np.isfinite(err), err, 0),
+            fmt="o",
+            color="C1",
+            ms=4,
+            capsize=2,
+            lw=1,
+            label="locality stage: rings (all successful attacks)",
+        )
     return float(np.nanmax([1.0, *rate, *ci.ravel()]))
 
 
@@ -115,7 +137,9 @@ def plot_receptive_fields(
             ax.set_xlim(0.5, xmax + 0.5)
             ax.grid(alpha=0.25)
         top_ax.set_ylim(0, min(100.0, top * 1.15))
-        top_ax.set_title(f"{names[k]}: {n_success} successful attacks mapped\n{_beyond(vuln, xmax)}", fontsize=9, pad=12)
+        top_ax.set_title(
+            f"{names[k]}: {n_success} successful attacks mapped\n{_beyond(vuln, xmax)}", fontsize=9, pad=12
+        )
         top_ax.set_ylabel("fooled positions (%)")
         low_ax.set_ylabel("Moran's I (successful attacks)")
         low_ax.set_xlabel(f"{ring_word(vuln)} distance / lag d (pixels)")
@@ -124,28 +148,51 @@ def plot_receptive_fields(
     handles += [Line2D([], [], color="0.35", ls=":"), Line2D([], [], color="#d62728", ls="--")]
     labels = [label.split(" (n=")[0] for label in labels] + [
         "theoretical receptive-field radius (size − 1)/2 of feature layer i (i on top)",
-        "effective receptive-field radius of the last feature layer (95 % of its mass)"]
+        "effective receptive-field radius of the last feature layer (95 % of its mass)",
+    ]
     fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=1 if ncols < 3 else 2, frameon=False)
     fig.suptitle(title, fontsize=11)
     return save_figure(fig, out_base, formats)
 
 
-def plot_erf(vulns: dict[str, xr.Dataset], out_base: str | os.PathLike[str], formats: Sequence[str] = ("png", "pdf"),
-             title: str = "Effective receptive fields") -> list[Path]:
+def plot_erf(
+    vulns: dict[str, xr.Dataset],
+    out_base: str | os.PathLike[str],
+    formats: Sequence[str] = ("png", "pdf"),
+    title: str = "Effective receptive fields",
+) -> list[Path]:
     """The ERF of each model's last feature layer (normalised to its maximum), its theoretical field and 95 % radius."""
     fig, axes = panel_grid(len(vulns), ncols=4, extra_height=1.2)
     image = None
     for ax, (name, vuln) in zip(axes, vulns.items(), strict=True):
         erf = vuln["erf"].values
         peak = float(np.nanmax(erf)) if np.isfinite(erf).any() else 0.0
-        image = ax.imshow(erf / peak if peak > 0 else np.zeros_like(erf), cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
+        image = ax.imshow(
+            erf / peak if peak > 0 else np.zeros_like(erf), cmap=MAP_CMAP, vmin=0, vmax=1, interpolation="nearest"
+        )
         a = vuln.attrs
-        cy, cx, size, radius = float(a["erf_centre_y"]), float(a["erf_centre_x"]), int(a["erf_size"]), float(a["erf_radius"])
+        cy, cx, size, radius = (
+            float(a["erf_centre_y"]),
+            float(a["erf_centre_x"]),
+            int(a["erf_size"]),
+            float(a["erf_radius"]),
+        )
         half = (size - 1) / 2
-        ax.add_patch(Rectangle((cx - half - 0.5, cy - half - 0.5), size, size, fill=False, ec=ERF_BOX, lw=1.6, clip_on=True))
+        ax.add_patch(
+            Rectangle((cx - half - 0.5, cy - half - 0.5), size, size, fill=False, ec=ERF_BOX, lw=1.6, clip_on=True)
+        )
         if np.isfinite(radius):
-            ax.add_patch(Rectangle((cx - radius - 0.5, cy - radius - 0.5), 2 * radius + 1, 2 * radius + 1, fill=False,
-                                   ec="white", ls="--", lw=1.2))
+            ax.add_patch(
+                Rectangle(
+                    (cx - radius - 0.5, cy - radius - 0.5),
+                    2 * radius + 1,
+                    2 * radius + 1,
+                    fill=False,
+                    ec="white",
+                    ls="--",
+                    lw=1.2,
+                )
+            )
         ax.plot([cx], [cy], marker="+", color=ERF_BOX, ms=8, mew=1.5)
         ax.set_xlim(-0.5, erf.shape[1] - 0.5)
         ax.set_ylim(erf.shape[0] - 0.5, -0.5)
@@ -153,12 +200,18 @@ def plot_erf(vulns: dict[str, xr.Dataset], out_base: str | os.PathLike[str], for
         ax.set_yticks([])
         covers = cx - half <= 0 and cy - half <= 0 and cx + half >= erf.shape[1] - 1 and cy + half >= erf.shape[0] - 1
         whole = "\n(covers the whole image)" if covers else ""
-        ax.set_title(f"{name}: {a['erf_layer']}\ntheoretical field {size}×{size}{whole}\n95 % of ERF within radius {radius:g}", fontsize=7.5)
+        ax.set_title(
+            f"{name}: {a['erf_layer']}\ntheoretical field {size}×{size}{whole}\n95 % of ERF within radius {radius:g}",
+            fontsize=7.5,
+        )
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.9, label="mean |∂ unit / ∂ input| (÷ its maximum)")
-    add_caption(fig, "Gradient of the centre unit of the last feature layer (summed over channels) with respect to the "
-                 "input, absolute value summed over colour channels, mean over the attacked images (Luo et al. 2016). "
-                 "Cyan square: the unit's theoretical receptive field (cut off by the image border); white dashed: "
-                 "the smallest square around the unit's centre (+) holding 95 % of the ERF.")
+    add_caption(
+        fig,
+        "Gradient of the centre unit of the last feature layer (summed over channels) with respect to the "
+        "input, absolute value summed over colour channels, mean over the attacked images (Luo et al. 2016). "
+        "Cyan square: the unit's theoretical receptive field (cut off by the image border); white dashed: "
+        "the smallest square around the unit's centre (+) holding 95 % of the ERF.",
+    )
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, out_base, formats)

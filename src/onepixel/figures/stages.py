@@ -29,7 +29,11 @@ def figures_stage(job: Job) -> list[Path]:
     """
     cfg = job.cfg["figures"]
     dataset_name, test_path, out_dir = job.cfg["dataset"]["name"], job.input("test"), job.output()
-    attack_paths, propagation_paths, locality_paths = job.inputs["attack"], job.inputs["propagation"], job.inputs["locality"]
+    attack_paths, propagation_paths, locality_paths = (
+        job.inputs["attack"],
+        job.inputs["propagation"],
+        job.inputs["locality"],
+    )
     models = list(attack_paths)
     examples, formats = cfg["examples"], tuple(cfg["formats"])
     from onepixel.attack import load_attack
@@ -46,7 +50,11 @@ def figures_stage(job: Job) -> list[Path]:
     summaries: dict[str, xr.Dataset] = {}
     for model in models:
         attack = load_attack(attack_paths[model])
-        prop = open_netcdf(propagation_paths[model], kind="propagation", required=("peak", "spread", "pixel_x_layer", "n_averaged_success"))
+        prop = open_netcdf(
+            propagation_paths[model],
+            kind="propagation",
+            required=("peak", "spread", "pixel_x_layer", "n_averaged_success"),
+        )
         successful = np.flatnonzero(prop["success"].values)
         for k in range(examples):
             base = out / model / f"pm_grid_{k}"
@@ -55,11 +63,17 @@ def figures_stage(job: Job) -> list[Path]:
                 image = test["image"].values[int(prop["sample_id"].values[s])]
                 written += plot_pm_grid(prop, attack, image, s, base, class_names, formats)
             else:
-                written += placeholder(base, f"{model}: {len(successful)} successful attack(s), so no example {k + 1} to draw", formats)
+                written += placeholder(
+                    base, f"{model}: {len(successful)} successful attack(s), so no example {k + 1} to draw", formats
+                )
         written += plot_average_pm(prop, out / model / "average_pm", f"{model} on {dataset_name}", formats)
         summaries[model] = prop[["peak", "spread"]]
-    localities = {m: open_netcdf(locality_paths[m], kind="locality", required=("success_rate", "success_rate_ci")) for m in models}
-    written += plot_locality(localities, out / "locality", formats, title=f"Locality of one-pixel vulnerability ({dataset_name})")
+    localities = {
+        m: open_netcdf(locality_paths[m], kind="locality", required=("success_rate", "success_rate_ci")) for m in models
+    }
+    written += plot_locality(
+        localities, out / "locality", formats, title=f"Locality of one-pixel vulnerability ({dataset_name})"
+    )
     written += plot_pm_depth(summaries, out / "pm_depth", formats, title=f"Propagation through depth ({dataset_name})")
     log.info("wrote %d figure files under %s", len(written), out)
     return written
@@ -86,15 +100,36 @@ def locality_figures_stage(job: Job) -> list[Path]:
     out = Path(out_dir)
     test = load_dataset(test_path)
     class_names = [str(c) for c in test["class_name"].values]
-    localities = {m: open_netcdf(locality_paths[m], kind="locality", required=("success_rate", "success_rate_ci")) for m in models}
-    vulns = {m: open_netcdf(vulnerability_paths[m], kind="vulnerability", required=("fooled", "rate_success", "rf_radius", "erf")) for m in models}
+    localities = {
+        m: open_netcdf(locality_paths[m], kind="locality", required=("success_rate", "success_rate_ci")) for m in models
+    }
+    vulns = {
+        m: open_netcdf(
+            vulnerability_paths[m], kind="vulnerability", required=("fooled", "rate_success", "rf_radius", "erf")
+        )
+        for m in models
+    }
     write_locality_table(localities, out / "locality_table.csv", out / "locality_table.html")
     written = [out / "locality_table.csv", out / "locality_table.html"]
-    written += plot_receptive_fields(vulns, localities, out / "receptive_fields", formats,
-                                     title=f"How far does a one-pixel vulnerability reach? ({dataset_name})")
-    written += plot_erf(vulns, out / "erf", formats, title=f"Effective receptive fields of the last feature layer ({dataset_name})")
+    written += plot_receptive_fields(
+        vulns,
+        localities,
+        out / "receptive_fields",
+        formats,
+        title=f"How far does a one-pixel vulnerability reach? ({dataset_name})",
+    )
+    written += plot_erf(
+        vulns, out / "erf", formats, title=f"Effective receptive fields of the last feature layer ({dataset_name})"
+    )
     for model in models:
-        written += plot_vulnerability_examples(vulns[model], test["image"].values, out / model / "vulnerability_maps",
-                                               class_names, examples, formats, title=f"Vulnerability maps of {model} ({dataset_name})")
+        written += plot_vulnerability_examples(
+            vulns[model],
+            test["image"].values,
+            out / model / "vulnerability_maps",
+            class_names,
+            examples,
+            formats,
+            title=f"Vulnerability maps of {model} ({dataset_name})",
+        )
     log.info("wrote %d locality / receptive-field files under %s", len(written), out)
     return written

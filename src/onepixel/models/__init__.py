@@ -75,8 +75,11 @@ def build_model(
     """
     if name not in _BUILDERS:
         raise ConfigError(f"model: unknown architecture {name!r}; allowed: {', '.join(MODEL_NAMES)}")
-    for key, value, low in (("num_classes", num_classes, 2), ("in_channels", in_channels, 1),
-                            ("image_size", image_size, MIN_IMAGE_SIZE)):
+    for key, value, low in (
+        ("num_classes", num_classes, 2),
+        ("in_channels", in_channels, 1),
+        ("image_size", image_size, MIN_IMAGE_SIZE),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"model {key}: {value!r} must be an integer >= {low}")
     model = _BUILDERS[name](Normalize(in_channels, mean, std), num_classes, in_channels, image_size)

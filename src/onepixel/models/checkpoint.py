@@ -80,8 +80,10 @@ def _torch_load(file: Path, map_location: Any) -> Any:
                 "to load (weights_only=False); save a state_dict or an onepixel checkpoint instead"
             ) from exc
         if not _looks_like_torch_save(file):
-            raise DataError(f"{file}: not a readable PyTorch checkpoint (neither torch.save's zip format nor a "
-                            "pickle: corrupt or another kind of file)") from exc
+            raise DataError(
+                f"{file}: not a readable PyTorch checkpoint (neither torch.save's zip format nor a "
+                "pickle: corrupt or another kind of file)"
+            ) from exc
         if "weights only" in text.lower() or "WeightsUnpickler" in text:
             reason = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
             why = f" ({one_line(reason.group(1))})" if reason else ""
@@ -92,8 +94,10 @@ def _torch_load(file: Path, map_location: Any) -> Any:
             ) from exc
         raise DataError(f"{file}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)") from exc
     except Exception as exc:  # zip/EOF/runtime errors of a truncated or foreign file
-        raise DataError(f"{file}: not a readable PyTorch checkpoint, truncated or corrupt? "
-                        f"({one_line(f'{exc.__class__.__name__}: {exc}', limit=200)})") from exc
+        raise DataError(
+            f"{file}: not a readable PyTorch checkpoint, truncated or corrupt? "
+            f"({one_line(f'{exc.__class__.__name__}: {exc}', limit=200)})"
+        ) from exc
 
 
 def _looks_like_torch_save(file: Path) -> bool:
@@ -164,8 +168,11 @@ def _fit_problems(model: nn.Module | None, state_dict: dict[str, torch.Tensor]) 
     ]
     return [
         f"{label}: {_listing(keys)}"
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                            ("shape mismatches (file vs model)", shapes))
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches (file vs model)", shapes),
+        )
         if keys
     ]
 

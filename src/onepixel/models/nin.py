@@ -23,9 +23,7 @@ class NiN(nn.Module):
         )
         self.pool1 = nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), nn.Dropout(dropout))
         self.mlpconv2 = nn.Sequential(conv_bn_relu(96, 192, 5), conv_bn_relu(192, 192, 1), conv_bn_relu(192, 192, 1))
-        self.pool2 = nn.Sequential(
-            nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.Dropout(dropout)
-        )
+        self.pool2 = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.Dropout(dropout))
         self.mlpconv3 = nn.Sequential(
             conv_bn_relu(192, 192, 3), conv_bn_relu(192, 192, 1), nn.Conv2d(192, num_classes, 1)
         )

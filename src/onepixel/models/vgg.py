@@ -21,7 +21,11 @@ class VGG(nn.Module):
     inputs larger than 32x32 work too.
     """
 
-    def __init__(self, normalize: Normalize, num_classes: int, in_channels: int,
+    def __init__(
+        self,
+        normalize: Normalize,
+        num_classes: int,
+        in_channels: int,
         stages: tuple[tuple[int, ...], ...] = VGG16_STAGES,
     ):
         super().__init__()

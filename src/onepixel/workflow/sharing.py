@@ -143,8 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
     parser.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
     parser.add_argument("--jobs", type=int, help="parallel transfers of dvc pull")
-    parser.add_argument("--no-pull", action="store_true",
-                        help="do not pull; only mark the workspace's results up to date")
+    parser.add_argument(
+        "--no-pull", action="store_true", help="do not pull; only mark the workspace's results up to date"
+    )
     args = parser.parse_args(argv)
     try:
         if args.no_pull:
