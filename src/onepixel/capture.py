@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from onepixel.attack.results import load_attacked_model
+from onepixel.attack.results import load_job_inputs
 from onepixel.cubes import (
     CubeWriter,
     sample_coords,
@@ -326,28 +326,20 @@ def capture_stage(job: Job) -> list[Path]:
     The clean images are the test images at the attack file's ``sample_id``; the
     adversarial ones are its ``adversarial`` variable. One pass over the samples,
     ``batch_size`` at a time (two forward passes per batch, every layer at
-    once), appends to ``out_dir/{index:02d}_{layer}.nc`` for every layer (see
+    once), appends to ``{out}/{index:02d}_{layer}.nc`` for every layer (see
     :mod:`onepixel.cubes`), so memory does not grow with the number of samples;
-    ``out_dir/layers.json`` is written last and marks the cubes complete.
+    ``{out}/layers.json`` is written last and marks the cubes complete.
 
-    Args:
-        layers: module or node names; ``None`` or empty: the model's feature layers.
-        compression: a key of :data:`onepixel.cubes.COMPRESSIONS`.
-        attrs: extra global attributes for every cube (e.g. the config digest).
+    Config: ``capture.layers`` (module or torch.fx node names; empty: the model's
+    feature layers), ``capture.batch_size``, ``capture.compression`` (a key of
+    :data:`onepixel.cubes.COMPRESSIONS`).
 
     Returns:
         The layer files, in depth order.
     """
     cfg = job.cfg["capture"]
-    checkpoint_path, test_path, attack_path, out_dir = (
-        job.input("checkpoint"),
-        job.input("test"),
-        job.input("attack"),
-        job.output(),
-    )
-    layers, batch_size, compression, device = cfg["layers"], cfg["batch_size"], cfg["compression"], job.cfg["device"]
-    attrs: dict[str, Any] = {}
-    model, _meta, test, attack, dev = load_attacked_model(checkpoint_path, test_path, attack_path, device)
+    layers, batch_size, compression = cfg["layers"], cfg["batch_size"], cfg["compression"]
+    model, _meta, test, attack, dev = load_job_inputs(job)
     extractor = FeatureExtractor(model, list(layers) if layers else feature_layer_names(model))
     clean_u8 = test["image"].values[attack["sample_id"].values]
     adversarial_u8 = attack["adversarial"].values
@@ -355,9 +347,9 @@ def capture_stage(job: Job) -> list[Path]:
     image_shape = (channels, height, width)
     geometry = layer_geometry(model, extractor, image_shape, dev)
 
-    out = Path(out_dir)
+    out = job.output()
     out.mkdir(parents=True, exist_ok=True)
-    common = {**provenance(dev), **(attrs or {})}
+    common = provenance(dev)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         writers = [

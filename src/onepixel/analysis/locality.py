@@ -31,7 +31,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from onepixel.attack.results import load_attacked_model
+from onepixel.attack.results import load_job_inputs
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
@@ -472,20 +472,8 @@ def locality_stage(job: Job) -> xr.Dataset:
     attack the file has 0 samples and NaN rates.
     """
     cfg = job.cfg["locality"]
-    checkpoint_path, test_path, attack_path, out_path = (
-        job.input("checkpoint"),
-        job.input("test"),
-        job.input("attack"),
-        job.output(),
-    )
-    max_distance, random_positions, seed, rings = (
-        cfg["max_distance"],
-        cfg["random_positions"],
-        cfg["seed"],
-        cfg["rings"],
-    )
-    device = job.cfg["device"]
-    loaded = load_attacked_model(checkpoint_path, test_path, attack_path, device)
+    attack_path, out_path = job.input("attack"), job.output()
+    loaded = load_job_inputs(job)
     test, attack, dev = loaded.test, loaded.attack, loaded.device
     successful = attack.isel(sample=np.flatnonzero(attack["success"].values))
     if successful.sizes["sample"] == 0:
@@ -499,11 +487,11 @@ def locality_stage(job: Job) -> xr.Dataset:
         successful["pixel_y"].values,
         successful["color"].values,
         successful["target_class"].values,
-        max_distance=max_distance,
-        random_positions=random_positions,
-        seed=seed,
+        max_distance=cfg["max_distance"],
+        random_positions=cfg["random_positions"],
+        seed=cfg["seed"],
         device=dev,
-        rings=rings,
+        rings=cfg["rings"],
     )
     ds = ds.assign_coords(sample_id=("sample", sample_id))
     ds.attrs.update(provenance(dev))

@@ -15,6 +15,7 @@ from onepixel.attack.de import AttackResult
 from onepixel.errors import DataError
 from onepixel.files import open_netcdf, write_netcdf
 from onepixel.scoring import Classifier
+from onepixel.stages import Job
 from onepixel.torch_utils import resolve_device
 
 REQUIRED_VARIABLES = (
@@ -244,3 +245,8 @@ def load_attacked_model(
     model.eval()
     attack_model_output(attack)  # an unknown kind fails here, before any work
     return AttackedModel(model, meta, test, attack, dev)
+
+
+def load_job_inputs(job: Job) -> AttackedModel:
+    """:func:`load_attacked_model` of a stage's ``checkpoint``, ``test`` and ``attack`` inputs, on ``device``."""
+    return load_attacked_model(job.input("checkpoint"), job.input("test"), job.input("attack"), job.cfg["device"])
