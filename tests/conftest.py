@@ -109,7 +109,7 @@ def smoke_config() -> dict:
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config = merge(base, yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
     # distinct seeds, so that a test can tell which seed a result records
-    for section, seed in (("dataset", 0), ("train", 1), ("attack", 2), ("locality", 3)):
+    for section, seed in (("dataset", 0), ("train", 1), ("attack", 2), ("locality", 3), ("vulnerability", 4)):
         config[section]["seed"] = seed
     return config
 

@@ -165,7 +165,12 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
     forced = ["snakemake", "--keep-going", "--retries", "0", "--force"]
     run(
         "gpu rules",
-        [*forced, f"{results}/attack/lenet.nc", f"{results}/cubes/resnet20", f"{results}/locality/resnet20.nc"],
+        [
+            *forced,
+            f"{results}/attack/lenet/shard_0-of-1.nc",
+            f"{results}/cubes/resnet20",
+            f"{results}/locality/resnet20.nc",
+        ],
     )
     # prepare_data (a localrule) runs here, then the train job that needs it is submitted
     run("local rule", [*forced, "resources/datasets/digits/test.nc", f"{results}/models/lenet.pt"])
@@ -193,7 +198,7 @@ def test_sbatch_submits_each_cluster_job_once(sbatch_calls):
     assert {name: set(calls) for name, calls in sbatch_calls["runs"].items()} == {
         "dvc repro": {"rule_propagation_wildcards_lenet"},
         "gpu rules": {
-            "rule_attack_wildcards_lenet",
+            "rule_attack_wildcards_lenet_0",
             "rule_capture_wildcards_resnet20",
             "rule_locality_wildcards_resnet20",
         },
@@ -211,7 +216,7 @@ def test_dvc_repro_submits_with_the_profile_from_the_environment(sbatch_calls):
 @pytest.mark.parametrize(
     "job",
     [
-        "rule_attack_wildcards_lenet",
+        "rule_attack_wildcards_lenet_0",
         "rule_capture_wildcards_resnet20",
         "rule_locality_wildcards_resnet20",
         "rule_train_wildcards_lenet",
@@ -226,9 +231,10 @@ def test_sbatch_arguments_of_gpu_jobs(sbatch_calls, job):
     assert _option(args, "-t") == "240"
     assert _option(args, "--mem") == "16000"
     assert _option(args, "-D") == str(sbatch_calls["repo"])
-    rule, model = job.removeprefix("rule_").split("_wildcards_")
+    rule, values = job.removeprefix("rule_").split("_wildcards_")
+    wildcards = ",".join(f"{name}={value}" for name, value in zip(("model", "shard"), values.split("_"), strict=False))
     wrapped = shlex.split(_option(args, "--wrap"))
-    assert wrapped[wrapped.index("--target-jobs") + 1] == f"{rule}:model={model}"
+    assert wrapped[wrapped.index("--target-jobs") + 1] == f"{rule}:{wildcards}"
 
 
 @pytest.mark.slow

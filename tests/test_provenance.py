@@ -70,13 +70,13 @@ def _kind(relative: str) -> str:
 
 
 def _expected_seed(relative: str, config: dict) -> int:
-    """The seed of the random stream that chose a file's content (see the adapters in workflow/scripts)."""
+    """The seed of the random stream that chose a file's content (the `seed` of its stage in onepixel.stages)."""
     return {
         "datasets": config["dataset"]["seed"],
         "models": config["train"]["seed"],
         "metrics": config["train"]["seed"],
         "locality": config["locality"]["seed"],
-        "vulnerability": config["locality"]["seed"],
+        "vulnerability": config["vulnerability"]["seed"],
     }.get(_kind(relative), config["attack"]["seed"])
 
 

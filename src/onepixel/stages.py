@@ -233,6 +233,7 @@ STAGES: dict[str, Stage] = {
             "onepixel.figures.stages:figures_stage",
             "propagation-map grids, average propagation maps, success against distance, PMs against depth",
             reads=("dataset.name", "figures"),
+            seed="attack.seed",
             inputs=(
                 _TEST,
                 _per_model("attack", "attack results"),
@@ -258,6 +259,7 @@ STAGES: dict[str, Stage] = {
             "onepixel.summary:summary_stage",
             "headline numbers across models (DVC metrics), plot tables and the metrics page of the report",
             reads=("dataset.name",),
+            seed="attack.seed",
             inputs=(
                 _per_model("metrics", "metrics (.json)"),
                 _per_model("attack", "attack results"),
