@@ -322,6 +322,24 @@ def _check_ports(stage: Stage, given: Mapping[str, Any], ports: tuple[Port, ...]
     return files
 
 
+def _check_same_models(stage: Stage, inputs: Mapping[str, Any]) -> None:
+    """Every ``per_model`` input of a stage must name the same models (those of its first such input)."""
+    ports = [port for port in stage.inputs if port.kind == "per_model" and inputs.get(port.name)]
+    if not ports:
+        return
+    models = list(inputs[ports[0].name])
+    for port in ports[1:]:
+        missing = [model for model in models if model not in inputs[port.name]]
+        extra = [model for model in inputs[port.name] if model not in models]
+        if missing or extra:
+            which = missing or extra
+            where = port.name if missing else ports[0].name
+            raise ConfigError(
+                f"{stage.command}: no {where} file given for model(s) {', '.join(which)}; "
+                f"every per-model input needs one file for each of {', '.join(models)}"
+            )
+
+
 def _as_paths(port: Port, value: Any) -> Any:
     if port.kind == "files":
         return [Path(v) for v in ([value] if isinstance(value, (str, os.PathLike)) else value)]
@@ -373,9 +391,11 @@ def run_stage(
     """
     stage = get_stage(name)
     cfg = dict(config) if validated and config is not None else validate_config(config or {})
+    files = _check_ports(stage, inputs, stage.inputs, "input")
+    _check_same_models(stage, files)
     job = Job(
         cfg=cfg,
-        inputs=_check_ports(stage, inputs, stage.inputs, "input"),
+        inputs=files,
         outputs=_check_ports(stage, outputs, stage.outputs, "output"),
         wildcards=_check_wildcards(stage, wildcards or {}),
         log=log or logging.getLogger(f"onepixel.{stage.name}"),

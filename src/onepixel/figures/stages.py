@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from onepixel.errors import ConfigError
+from onepixel.analysis.locality import write_locality_table
+from onepixel.attack import load_attack
+from onepixel.data import load_dataset
 from onepixel.figures.common import placeholder
 from onepixel.figures.locality import plot_locality
 from onepixel.figures.propagation import plot_average_pm, plot_pm_depth, plot_pm_grid
@@ -36,13 +38,6 @@ def figures_stage(job: Job) -> list[Path]:
     )
     models = list(attack_paths)
     examples, formats = cfg["examples"], tuple(cfg["formats"])
-    from onepixel.attack import load_attack
-    from onepixel.data import load_dataset
-
-    for key, paths in (("attack", attack_paths), ("propagation", propagation_paths), ("locality", locality_paths)):
-        missing = [m for m in models if m not in paths]
-        if missing:
-            raise ConfigError(f"figures: no {key} file given for model(s) {', '.join(missing)}")
     out = Path(out_dir)
     test = load_dataset(test_path)
     class_names = [str(c) for c in test["class_name"].values]
@@ -90,13 +85,6 @@ def locality_figures_stage(job: Job) -> list[Path]:
     locality_paths, vulnerability_paths = job.inputs["locality"], job.inputs["vulnerability"]
     models = list(locality_paths)
     examples, formats = cfg["examples"], tuple(cfg["formats"])
-    from onepixel.analysis.locality import write_locality_table
-    from onepixel.data import load_dataset
-
-    for key, paths in (("locality", locality_paths), ("vulnerability", vulnerability_paths)):
-        missing = [m for m in models if m not in paths]
-        if missing:
-            raise ConfigError(f"figures: no {key} file given for model(s) {', '.join(missing)}")
     out = Path(out_dir)
     test = load_dataset(test_path)
     class_names = [str(c) for c in test["class_name"].values]
