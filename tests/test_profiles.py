@@ -161,17 +161,18 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
     (repo / results / "propagation" / "lenet.nc").unlink()
     (repo / results / "summary.json").unlink()
     run("dvc repro", ["dvc", "repro"])
-    # independent GPU jobs (their inputs are up to date), forced
+    # independent GPU jobs (their inputs are up to date), forced, one run each: after a refused
+    # submission the executor may end the run before it submits the other jobs of its batch
     forced = ["snakemake", "--keep-going", "--retries", "0", "--force"]
-    run(
-        "gpu rules",
-        [
-            *forced,
-            f"{results}/attack/lenet/shard_0-of-1.nc",
-            f"{results}/cubes/resnet20",
-            f"{results}/locality/resnet20.nc",
-        ],
-    )
+    gpu_jobs: dict[str, list[str]] = {}
+    for target in (
+        f"{results}/attack/lenet/shard_0-of-1.nc",
+        f"{results}/cubes/resnet20",
+        f"{results}/locality/resnet20.nc",
+    ):
+        run("gpu rules", [*forced, target])
+        gpu_jobs.update(submitted["gpu rules"])
+    submitted["gpu rules"] = gpu_jobs
     # prepare_data (a localrule) runs here, then the train job that needs it is submitted
     run("local rule", [*forced, "resources/datasets/digits/test.nc", f"{results}/models/lenet.pt"])
     return {
