@@ -4,11 +4,15 @@
 #   make test-fast - the tests not marked slow (for development, under 2 minutes)
 #   make lint  - ruff (lint and format check), mypy and snakemake --lint
 #   make push / make pull - share models and results through DVC's default remote
-#   make report - the HTML report of the last run (results/report.html)
+#                (STUDY=<study id>: one study only, e.g. STUDY=digits-smoke)
+#   make report - the HTML report of a study: results/<study id>/report.html
+#                (CONFIG=config/test.yaml for another study than the default)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONFIG ?= config/config.yaml
+STUDY ?=
 
 .PHONY: setup run test test-fast lint clean push pull report
 
@@ -30,15 +34,16 @@ test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -m "not slow"
 
 push: setup
-	$(BIN)/dvc push
+	$(BIN)/dvc push $(if $(STUDY),study@$(STUDY))
 
 # dvc pull, then touch the pulled results in DAG order so Snakemake takes them as
 # up to date (DVC gives pulled files new modification times in any order)
 pull: setup
-	$(BIN)/python -m onepixel.workflow.sharing
+	$(BIN)/python -m onepixel.workflow.sharing $(if $(STUDY),--study $(STUDY))
 
 report: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --report results/report.html
+	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --configfile $(CONFIG) \
+		--report "$$($(BIN)/python -m onepixel.study --config $(CONFIG) --report)"
 
 LINTED := src tests benchmarks workflow
 
@@ -49,4 +54,4 @@ lint: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --lint
 
 clean:
-	rm -rf results/*/ resources/datasets logs .snakemake
+	rm -rf results/*/ .snakemake

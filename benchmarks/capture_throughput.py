@@ -43,7 +43,9 @@ import xarray as xr
 
 from onepixel.attack.results import save_attack
 from onepixel.cubes import COMPRESSIONS
-from onepixel.data.dataset import make_dataset, save_dataset
+from onepixel.data.dataset import load_dataset, make_dataset, save_dataset
+from onepixel.files import file_sha256
+from onepixel.lineage import dataset_digest, selection_digest
 from onepixel.models import build_model, save_checkpoint
 from onepixel.stages import run_stage
 from onepixel.torch_utils import resolve_device
@@ -104,7 +106,13 @@ def prepare(directory: Path, model_name: str, n: int) -> tuple[dict[str, Path], 
     save_dataset(
         make_dataset(images, np.zeros(n, np.int64), [str(c) for c in range(10)], "bench", "test"), paths["test"]
     )
-    save_attack(synthetic_attack(images), paths["attack"])
+    attack = synthetic_attack(images)
+    attack.attrs.update(  # what it was made from, which capture checks
+        model_sha256=file_sha256(paths["checkpoint"]),
+        test_digest=dataset_digest(load_dataset(paths["test"])),
+        selection_digest=selection_digest(attack["sample_id"].values),
+    )
+    save_attack(attack, paths["attack"])
     return paths, source
 
 

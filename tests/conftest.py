@@ -15,6 +15,7 @@ import yaml
 
 from onepixel.data import make_dataset, save_dataset
 from onepixel.models import build_model, save_checkpoint
+from onepixel.study import layout
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -108,6 +109,7 @@ def smoke_config() -> dict:
 
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config = merge(base, yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
+    config["study"] = ""  # the default study of the repository the tests run it in: results/digits/
     # distinct seeds, so that a test can tell which seed a result records
     for section, seed in (("dataset", 0), ("train", 1), ("attack", 2), ("locality", 3), ("vulnerability", 4)):
         config[section]["seed"] = seed
@@ -126,14 +128,14 @@ class Study:
 
     @property
     def results(self) -> Path:
-        return self.repo / "results" / self.config["dataset"]["name"]
+        return self.repo / layout(self.config).root
 
 
 @pytest.fixture(scope="session")
 def study(tmp_path_factory) -> Study:
     """The smoke-test study run once per session, as a user runs it: a clean copy of the
     working tree made a git repository, config/config.yaml set to the test values
-    (config/test.yaml), then `dvc repro` (whose stage runs `snakemake` with the workflow
+    (config/test.yaml), then `dvc repro study@digits` (whose stage runs `snakemake` with the workflow
     profile profiles/default), and its dvc.lock, metrics and plot tables committed.
     About 1.5 minutes on 2 CPU cores. Tests must not change it: copy or clone it."""
     root = tmp_path_factory.mktemp("study")
@@ -145,6 +147,6 @@ def study(tmp_path_factory) -> Study:
     )
     check_tool(["git", "init", "-q", "-b", "main"], repo)
     commit = git_commit_all(repo, "study at the smoke-test config")
-    repro = check_tool(["dvc", "repro"], repo, timeout=1800)
+    repro = check_tool(["dvc", "repro", "study@digits"], repo, timeout=1800)
     git_commit_all(repo, "results of the smoke-test study")
     return Study(root=root, repo=repo, config=config, commit=commit, repro=repro)

@@ -16,7 +16,10 @@ import torch
 import xarray as xr
 from torch import nn
 
-from onepixel.attack import OnePixelAttack, result_to_dataset, save_attack
+from onepixel.attack import OnePixelAttack, load_attack, result_to_dataset, save_attack
+from onepixel.data.dataset import apply_pixels
+from onepixel.files import file_sha256
+from onepixel.lineage import attack_lineage, dataset_digest, selection_digest
 from onepixel.models import build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +61,7 @@ def _env() -> dict[str, str]:
 
 def _copy_workflow(root: Path) -> Path:
     """A scratch copy of the workflow's files (runs never touch the repository's results/)."""
-    for name in ("workflow", "config", "src"):
+    for name in ("workflow", "config", "src", "profiles"):
         shutil.copytree(REPO / name, root / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
@@ -152,15 +155,37 @@ class _Mixed(nn.Module):
         return self.head(torch.relu(self.frozen(self.bn(self.conv(x)))))
 
 
-def save_attack_rows(attack: xr.Dataset, test: xr.Dataset, path: Path) -> Path:
+#: lineage attributes for attack files that a test writes and reads back without a stage checking them
+STUB_LINEAGE = {"model_sha256": "ab" * 32, "test_digest": "cd" * 32, "selection_digest": "ef" * 32}
+
+
+def fake_checkpoint(path: Path) -> Path:
+    """A file that stands in for a checkpoint where a test replaces ``load_checkpoint``: the stages
+    still hash it and compare the hash with the attack's ``model_sha256``."""
+    path.write_bytes(b"stands in for a checkpoint: " + path.name.encode())
+    return path
+
+
+def save_attack_rows(attack: xr.Dataset, test: xr.Dataset, path: Path, checkpoint: Path | None = None) -> Path:
     """Write the hand-made rows of an attack on ``test`` (``success``, pixels, colours, classes,
     ``sample_id``) as a real attack file (:func:`onepixel.attack.save_attack`). The variables a test
-    does not set are filled in: ``adversarial`` with the clean images, ``adv_class`` with the true
-    class, and queries, generations, probabilities and rejected candidates with zeros; the model is
-    recorded as returning logits (attribute ``model_output``) unless ``attack`` says otherwise."""
+    does not set are filled in: ``adversarial`` with the clean images with the recorded pixels
+    replaced, ``adv_class`` with the true class, and queries, generations, probabilities and rejected
+    candidates with zeros; the model is recorded as returning logits (attribute ``model_output``)
+    unless ``attack`` says otherwise. The lineage is that of ``test`` (``test_digest``), of the
+    ``checkpoint`` file (``model_sha256``; a stub without one) and of the rows' sample ids
+    (``selection_digest``), unless ``attack``'s attributes say otherwise."""
     n, classes = attack.sizes["sample"], test.sizes["class"]
+    ids = attack["sample_id"].values
+    clean = torch.from_numpy(np.ascontiguousarray(test["image"].values[ids]))
+    adversarial = apply_pixels(
+        clean,
+        torch.from_numpy(np.asarray(attack["pixel_x"].values, np.int64)),
+        torch.from_numpy(np.asarray(attack["pixel_y"].values, np.int64)),
+        torch.from_numpy(np.asarray(attack["color"].values, np.uint8)),
+    ).numpy()
     filler = {
-        "adversarial": (("sample", "channel", "y", "x"), test["image"].values[attack["sample_id"].values]),
+        "adversarial": (("sample", "channel", "y", "x"), adversarial),
         "adv_class": ("sample", attack["true_class"].values),
         "queries": ("sample", np.zeros(n, np.int64)),
         "generations": ("sample", np.zeros(n, np.int64)),
@@ -169,6 +194,17 @@ def save_attack_rows(attack: xr.Dataset, test: xr.Dataset, path: Path) -> Path:
         "prob_adv": (("sample", "class"), np.zeros((n, classes), np.float32)),
     }
     rows = attack.assign({name: value for name, value in filler.items() if name not in attack})
-    rows.attrs = {"model_output": "logits", "attack_config": "{}", "shards": 1, "wall_time_s": 0.0, **attack.attrs}
+    lineage = {
+        "model_sha256": file_sha256(checkpoint) if checkpoint is not None else STUB_LINEAGE["model_sha256"],
+        "test_digest": dataset_digest(test),
+        "selection_digest": selection_digest(list(dict.fromkeys(ids.tolist()))),
+    }
+    defaults = {"model_output": "logits", "attack_config": "{}", "shards": 1, "wall_time_s": 0.0, **lineage}
+    rows.attrs = {**defaults, **attack.attrs}
     save_attack(rows.assign(success=rows["success"].astype(np.uint8)), path)
     return path
+
+
+def lineage_of(attack_path: Path) -> dict[str, str]:
+    """``model_sha256``, ``test_digest`` and ``attack_digest`` of an attack file: what a file made from it records."""
+    return attack_lineage(load_attack(attack_path))

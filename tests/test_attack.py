@@ -13,6 +13,7 @@ import xarray as xr
 from torch import nn
 
 import onepixel.attack
+from helpers import STUB_LINEAGE
 from onepixel.attack import (
     AttackResult,
     OnePixelAttack,
@@ -554,7 +555,8 @@ def small_result(n=3):
 def test_dataset_roundtrip(tmp_path: Path):
     res = small_result()
     cfg = {**DEFAULT_ATTACK_CONFIG, "population": 30, "generations": 5}
-    ds = result_to_dataset(res, np.array([10, 4, 7]), cfg, {"seed": 0, "model_sha256": "ab", "extra": {"a": 1}})
+    attrs = {**STUB_LINEAGE, "seed": 0, "model_sha256": "ab", "extra": {"a": 1}}
+    ds = result_to_dataset(res, np.array([10, 4, 7]), cfg, attrs)
     assert dict(ds.sizes) == {"sample": 3, "pixel": 1, "channel": 1, "class": 3, "y": 8, "x": 8}
     assert ds["success"].dtype == np.uint8 and ds["adversarial"].dtype == np.uint8
     assert json.loads(ds.attrs["attack_config"]) == cfg

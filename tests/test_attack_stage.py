@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import REPO, _assert_bit_identical, _damaged, _Mixed
+from helpers import REPO, STUB_LINEAGE, _assert_bit_identical, _damaged, _Mixed
 from onepixel.attack import (
     OnePixelAttack,
     load_attack,
@@ -202,7 +202,7 @@ def test_nan_or_inf_outputs_are_rejected_counted_and_the_run_goes_on(value, tmp_
     assert (res.color[:, 0, 0] <= 229).all() and torch.isfinite(res.prob_adv).all()
     assert res.success.sum() >= 2 and torch.equal(res.queries, 50 * (1 + res.generations))
     # stored with the result
-    save_attack(result_to_dataset(res, np.arange(4), {"population": 50}), tmp_path / "a.nc")
+    save_attack(result_to_dataset(res, np.arange(4), {"population": 50}, STUB_LINEAGE), tmp_path / "a.nc")
     np.testing.assert_array_equal(load_attack(tmp_path / "a.nc")["rejected_candidates"].values, counted.numpy())
 
 

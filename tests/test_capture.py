@@ -12,7 +12,7 @@ import xarray as xr
 from torch import nn
 
 import onepixel.models
-from helpers import _assert_bit_identical, save_attack_rows
+from helpers import _assert_bit_identical, fake_checkpoint, save_attack_rows
 from onepixel.capture import (
     FeatureExtractor,
     capture_activations,
@@ -103,7 +103,8 @@ def fake_run(tmp_path, monkeypatch, n: int = 5):
     )
     write_netcdf(test, tmp_path / "test.nc", kind="dataset")
     net = InplaceNet().eval()
-    save_attack_rows(attack, test, tmp_path / "attack.nc")
+    monkeypatch.chdir(tmp_path)  # the tests name the checkpoint ckpt.pt
+    save_attack_rows(attack, test, tmp_path / "attack.nc", fake_checkpoint(tmp_path / "ckpt.pt"))
     monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {}))
     return net, test, attack
 
@@ -260,7 +261,7 @@ def test_attack_beyond_the_test_set_is_refused(tmp_path, monkeypatch) -> None:
         tmp_path / "small.nc",
         kind="dataset",
     )
-    with pytest.raises(DataError, match=r"attack.nc: sample_id 9 is outside the 5 images of .*small.nc"):
+    with pytest.raises(DataError, match=r"^capture: .*small.nc is not the test set .*attack.nc was made on"):
         run_stage(
             "capture",
             {"checkpoint": "ckpt.pt", "test": tmp_path / "small.nc", "attack": tmp_path / "attack.nc"},

@@ -315,10 +315,10 @@ def test_workflow_reads_the_root_and_reruns_when_it_changes(workdir):
     assert "prepare_data" in out and "download_cifar10" not in out
     assert "../staged/cifar-10-batches-py/data_batch_1" in out  # the root's files are the inputs
 
-    target = "resources/datasets/cifar10/test.nc"
+    target = "results/cifar10/data/test.nc"
     made = _snakemake(["--cores", "1", target, *config], workdir)
     assert made.returncode == 0, made.stderr[-3000:]
-    log = (workdir / "logs" / "cifar10" / "prepare_data.log").read_text()
+    log = (workdir / "results" / "cifar10" / "logs" / "prepare_data.log").read_text()
     assert "../staged: 10 training and 2 test images" in log and "not the official CIFAR-10 set" in log
     assert load_dataset(workdir / target).sizes["sample"] == PER_BATCH
     done = _snakemake(["-n", target, *config], workdir)
@@ -334,11 +334,12 @@ def test_workflow_reads_the_root_and_reruns_when_it_changes(workdir):
 
 @pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
 def test_workflow_stops_on_a_missing_root(workdir):
-    result = _snakemake(["--cores", "1", "--config", "dataset={'name': 'cifar10', 'root': '../missing'}"], workdir)
+    config = ["--config", "dataset={'name': 'cifar10', 'root': '../missing'}", "study=missing"]
+    result = _snakemake(["--cores", "1", *config], workdir)
     assert result.returncode != 0
     assert "error: dataset.root: not found: ../missing (relative to the working directory" in result.stderr
     assert "Traceback" not in result.stderr and "prepare_data" not in result.stdout + result.stderr
-    assert not (workdir / "results").exists()
+    assert not (workdir / "results" / "cifar10-missing").exists()  # not even the study's log folder
 
 
 # ---------------------------------------------------------------- real CIFAR-10 images

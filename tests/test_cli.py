@@ -217,6 +217,8 @@ def test_the_generated_cli_gives_the_workflows_results(study, tmp_path):
         *pairs["locality"],
         "--summary",
         out / "summary.json",
+        "--provenance",
+        out / "provenance.json",
         "--models-csv",
         out / "models.csv",
         "--locality-csv",

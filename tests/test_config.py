@@ -85,7 +85,7 @@ def test_load_config_errors_name_the_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("attack: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2:1: not valid YAML"):
         load_config(bad)
     listing = tmp_path / "list.yaml"
     listing.write_text("- 1\n- 2\n")
@@ -342,3 +342,27 @@ def test_snakemake_stops_on_a_bad_config_before_any_job(workdir, override, expec
     assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+
+
+def test_a_yaml_error_names_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attack:\n  population: 50\n   generations: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert str(info.value) == f"{bad}:3:15: not valid YAML: mapping values are not allowed here"
+    bad.write_text("models: [lenet, allconv\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert str(info.value) == (
+        f"{bad}:2:1: not valid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence started at line 1, column 9)"
+    )
+
+
+def test_a_config_file_that_is_a_folder_or_not_text_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=rf"^config file {tmp_path}: is a folder, not a YAML file$"):
+        load_config(tmp_path)
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match=r"c.yaml: not a UTF-8 text file \(byte 0 is 0xff\)$"):
+        load_config(binary)

@@ -11,7 +11,7 @@ import xarray as xr
 from torch import nn
 
 import onepixel.models
-from helpers import png_size, save_attack_rows
+from helpers import fake_checkpoint, lineage_of, png_size, save_attack_rows
 from onepixel.analysis.locality import locality_analysis
 from onepixel.errors import ConfigError
 from onepixel.figures import (
@@ -78,11 +78,11 @@ def run(tmp_path_factory):
     )
     write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
-    save_attack_rows(attack, test, tmp / "a.nc")
+    save_attack_rows(attack, test, tmp / "a.nc", fake_checkpoint(tmp / "c.pt"))
     patch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {}))
     run_stage(
         "capture",
-        {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
+        {"checkpoint": tmp / "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
         {"out": tmp / "cubes"},
         {"device": "cpu"},
     )
@@ -91,6 +91,7 @@ def run(tmp_path_factory):
     loc = locality_analysis(
         net, torch.from_numpy(images[ids][ok]), np.zeros(ok.sum()), px[ok], py[ok], color[ok], max_distance=3
     )
+    loc.attrs.update(lineage_of(tmp / "a.nc"))  # made from this attack, as the locality stage records
     write_netcdf(loc, tmp / "loc.nc", kind="locality")
     yield types.SimpleNamespace(tmp=tmp, prop=prop, loc=loc, attack=attack, images=images)
     patch.undo()
@@ -142,3 +143,35 @@ def test_figures_stage(run, tmp_path) -> None:
 def test_bad_format(run, tmp_path) -> None:
     with pytest.raises(ConfigError, match="figures.formats"):
         plot_pm_depth({"small": run.prop}, tmp_path / "x", formats=("gif",))
+
+
+def test_pm_grid_of_a_targeted_k_pixel_attack_names_marks_every_pixel_and_the_target(run, tmp_path, monkeypatch):
+    import onepixel.figures.propagation as figures
+
+    px0, py0 = run.attack["pixel_x"].values[:, 0], run.attack["pixel_y"].values[:, 0]
+    px = np.stack([px0, (px0 + 4) % 8], 1)
+    py = np.stack([py0, (py0 + 3) % 8], 1)
+    attack = run.attack.drop_vars(["pixel_x", "pixel_y", "color"]).assign(
+        pixel_x=(("sample", "pixel"), px),
+        pixel_y=(("sample", "pixel"), py),
+        color=(("sample", "pixel", "channel"), np.full((N, 2, 1), 255, np.uint8)),
+        target_class=("sample", np.full(N, 2)),
+    )
+    drawn = []
+    save = figures.save_figure
+    monkeypatch.setattr(
+        figures, "save_figure", lambda fig, base, formats: drawn.append(fig) or save(fig, base, formats)
+    )
+    (png,) = plot_pm_grid(run.prop, attack, run.images[1], 0, tmp_path / "grid", ["zero", "one", "two"], ("png",))
+    assert png.stat().st_size > 20_000
+    fig = drawn[0]
+    title = fig._suptitle.get_text()
+    assert "targeted 2-pixel attack (target: two)" in title
+    assert f"pixels ({px[0, 0]}, {py[0, 0]}), ({px[0, 1]}, {py[0, 1]}) as (x, y)" in title
+    adversarial, layers = fig.axes[1], fig.axes[2:5]
+    assert "target: two (p=" in adversarial.get_title()
+    assert all(line.get_xdata().tolist() == px[0].tolist() for line in adversarial.lines)  # both pixels circled
+    for ax, height, width in zip(layers, run.prop["layer_height"].values, run.prop["layer_width"].values, strict=True):
+        top, left = ax.lines[:2]  # one triangle per pixel on the top and on the left edge
+        assert top.get_xdata().tolist() == (px[0] * width // 8).tolist()
+        assert left.get_ydata().tolist() == (py[0] * height // 8).tolist()

@@ -48,7 +48,8 @@ def test_registry() -> None:
         "summary",
     }
     assert set(FILES) == set(KINDS)
-    assert all(FORMAT_VERSION[kind] == 1 for kind in KINDS)
+    # summary/2: its provenance moved to provenance.json, summary.json holds numbers only
+    assert {kind: version for kind, version in FORMAT_VERSION.items() if version != 1} == {"summary": 2}
     assert format_name("locality") == "onepixel-locality/1"
     with pytest.raises(ValueError, match="unknown file kind 'checkpoint'"):
         format_name("checkpoint")
@@ -139,8 +140,8 @@ def test_unversioned_future_and_foreign_files_are_refused(tmp_path: Path) -> Non
         f'{tmp_path / "plain.json"}: has no onepixel "format" key (not written by onepixel, or by a development '
         "version before formats were recorded); expected onepixel-layers/1"
     )
-    (tmp_path / "future.json").write_text('{"format": "onepixel-summary/2"}')
-    assert "is onepixel-summary/2, this onepixel reads onepixel-summary/1" in _refusal(
+    (tmp_path / "future.json").write_text('{"format": "onepixel-summary/3"}')
+    assert "is onepixel-summary/3, this onepixel reads onepixel-summary/2" in _refusal(
         read_json, tmp_path / "future.json", kind="summary"
     )
     (tmp_path / "list.json").write_text("[1, 2]")
@@ -191,7 +192,7 @@ def test_library_readers_check_the_kind(tmp_path: Path) -> None:
     assert "which is not a onepixel format; expected onepixel-selection/1" in old
     write_json({"test_accuracy": 0.5}, tmp_path / "metrics.json", kind="summary")
     assert _refusal(model_summary, tmp_path / "metrics.json", test, test, test) == (
-        f"{tmp_path / 'metrics.json'}: is a onepixel-summary/1 file, expected onepixel-metrics/1"
+        f"{tmp_path / 'metrics.json'}: is a onepixel-summary/2 file, expected onepixel-metrics/1"
     )
 
 
@@ -212,7 +213,7 @@ def run(toy, tmp_path_factory) -> dict[str, Path]:
         "locality": {"max_distance": 2, "random_positions": 3},
         "vulnerability": {"max_attacks": 2},
     }
-    model = {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}
+    model = {"checkpoint": out / "lenet.pt", "test": toy / "test.nc"}  # the checkpoint the train stage writes
     run_stage(
         "train",
         {"train": toy / "test.nc", "test": toy / "test.nc", "user_checkpoint": [toy / "lenet.pt"]},
@@ -243,6 +244,7 @@ def run(toy, tmp_path_factory) -> dict[str, Path]:
         },
         {
             "summary": out / "summary.json",
+            "provenance": out / "provenance.json",
             "models_csv": out / "models.csv",
             "locality_csv": out / "locality.csv",
             "table": out / "summary.html",
@@ -259,7 +261,7 @@ def run(toy, tmp_path_factory) -> dict[str, Path]:
         "propagation": out / "propagation.nc",
         "locality": out / "locality.nc",
         "vulnerability": out / "vulnerability.nc",
-        "summary": out / "summary.json",
+        "summary": out / "provenance.json",  # summary.json itself holds numbers only (the DVC metrics)
         "shard": out / "shard.nc",
         "checkpoint": out / "lenet.pt",
     }
@@ -274,6 +276,18 @@ def test_every_stage_file_carries_its_format(run: dict[str, Path], kind: str) ->
         with xr.open_dataset(path) as ds:
             found = ds.attrs["format"]
     assert found == format_name(kind)
+
+
+def test_summary_json_holds_numbers_only(run: dict[str, Path]) -> None:
+    """summary.json is DVC's metrics file: `dvc metrics show` prints a column per leaf, so no strings."""
+
+    def leaves(value: object) -> list[object]:
+        return [leaf for item in value.values() for leaf in leaves(item)] if isinstance(value, dict) else [value]
+
+    summary = json.loads((run["summary"].parent / "summary.json").read_text())
+    assert set(summary) == {"models"} and set(summary["models"]) == {"lenet"}
+    assert all(isinstance(leaf, int | float) or leaf is None for leaf in leaves(summary)), summary
+    assert json.loads(run["summary"].read_text())["metrics"] == "summary.json"
 
 
 def test_shards_and_every_cube_are_stamped(run: dict[str, Path]) -> None:

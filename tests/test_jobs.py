@@ -1,4 +1,4 @@
-"""Job scripts (onepixel.jobs): they clean up on SIGTERM and report user errors in one line."""
+"""Job scripts (onepixel.jobs): they clean up on SIGTERM and report it and user errors in one line."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def test_a_job_killed_by_sigterm_leaves_no_partial_file(tmp_path):
     )
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.log"]  # no result.nc, no temporary file
-    assert (tmp_path / "job.log").read_text() == "started\n"
+    line = result.stderr.removesuffix("\n")
+    assert line.startswith("error: interrupted (SIGTERM) after ") and "\n" not in line, result.stderr
+    assert (tmp_path / "job.log").read_text() == f"started\n{line}\n"
 
 
 def test_a_user_error_in_a_job_is_one_line_without_traceback(tmp_path):
@@ -45,3 +47,19 @@ def test_a_user_error_in_a_job_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr == "error: checkpoint.pt: not a readable PyTorch checkpoint\n"
     assert (tmp_path / "job.log").read_text() == "started\nerror: checkpoint.pt: not a readable PyTorch checkpoint\n"
+
+
+def test_the_interruption_line_names_the_signal_the_job_and_the_time():
+    from onepixel.jobs import interrupted_line
+
+    line = interrupted_line(signal.SIGINT, "attack", 12.34)
+    assert line.startswith("error: interrupted (SIGINT) during attack after 12.3 s; ") and "\n" not in line
+    assert interrupted_line(signal.SIGTERM, None, 0).startswith("error: interrupted (SIGTERM) after 0.0 s; ")
+
+
+def test_an_os_error_about_a_file_is_a_user_error_line():
+    from onepixel.jobs import user_error_line
+
+    assert user_error_line(PermissionError(13, "Permission denied", "/x/y.nc")) == "error: /x/y.nc: permission denied"
+    assert user_error_line(OSError("no file named")) is None  # not about a file: a bug, with its traceback
+    assert user_error_line(ValueError("x")) is None

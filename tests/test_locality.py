@@ -10,7 +10,7 @@ import torch
 import xarray as xr
 
 import onepixel.models
-from helpers import P_CLEAN, P_FOOLED, BlockModel, save_attack_rows
+from helpers import P_CLEAN, P_FOOLED, BlockModel, fake_checkpoint, save_attack_rows
 from onepixel.analysis.locality import (
     bootstrap_ratio_ci,
     chebyshev_offsets,
@@ -145,7 +145,8 @@ def fake_stage_inputs(tmp_path, monkeypatch, success):
         coords={"sample_id": ("sample", np.arange(n) + 2)},
     )
     write_netcdf(test, tmp_path / "test.nc", kind="dataset")
-    save_attack_rows(attack, test, tmp_path / "a.nc")
+    monkeypatch.chdir(tmp_path)  # the tests name the checkpoint c.pt
+    save_attack_rows(attack, test, tmp_path / "a.nc", fake_checkpoint(tmp_path / "c.pt"))
     monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (BlockModel(), {}))
 
 

@@ -12,7 +12,7 @@ import xarray as xr
 from torch import nn
 
 import onepixel.models
-from helpers import png_size, save_attack_rows
+from helpers import fake_checkpoint, png_size, save_attack_rows
 from onepixel.errors import ConfigError
 from onepixel.figures import plot_vulnerability_examples
 from onepixel.figures.vulnerability import _example_rows
@@ -60,17 +60,17 @@ def run(tmp_path_factory):
     )
     write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
-    save_attack_rows(attack, test, tmp / "a.nc")
+    save_attack_rows(attack, test, tmp / "a.nc", fake_checkpoint(tmp / "c.pt"))
     patch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {"arch": "small"}))
     run_stage(
         "locality",
-        {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
+        {"checkpoint": tmp / "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
         {"out": tmp / "loc.nc"},
         {"locality": {"max_distance": 3}, "device": "cpu"},
     )
     run_stage(
         "vulnerability",
-        {"checkpoint": "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
+        {"checkpoint": tmp / "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},
         {"out": tmp / "vul.nc"},
         {"device": "cpu"},
     )
@@ -147,3 +147,26 @@ def test_bad_settings(run, tmp_path) -> None:
             },
             {"out": tmp_path},
         )
+
+
+def test_vulnerability_map_titles_name_the_study(run, tmp_path, monkeypatch) -> None:
+    import onepixel.figures.vulnerability as figures
+
+    titles = []
+    save = figures.save_figure
+    monkeypatch.setattr(
+        figures,
+        "save_figure",
+        lambda fig, base, formats: titles.append(fig._suptitle.get_text()) or save(fig, base, formats),
+    )
+    run_stage(
+        "locality_figures",
+        {
+            "test": run.tmp / "test.nc",
+            "locality": {"small": run.tmp / "loc.nc"},
+            "vulnerability": {"small": run.tmp / "vul.nc"},
+        },
+        {"out": tmp_path / "fig"},
+        {"dataset": {"name": "digits"}, "study": "pilot", "figures": {"examples": 1, "formats": ["png"]}},
+    )
+    assert len(titles) == 1 and titles[0].startswith("Vulnerability maps of small, study digits-pilot\n")

@@ -136,7 +136,7 @@ def test_bare_state_dict(tmp_path):
     x = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert meta == {"arch": "resnet20", "build_kwargs": {"in_channels": 1}, "extra": {}}
+    assert meta == {"arch": "resnet20", "build_kwargs": {"in_channels": 1}, "extra": {}, "input_shape": None}
     with pytest.raises(DataError, match="bare.pt: is a bare state_dict"):
         load_checkpoint(path)
     missing = r"bare.pt: state_dict does not fit a 'resnet32' model; missing keys: layer1\.3\."

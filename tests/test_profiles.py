@@ -144,7 +144,7 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
         "ONEPIXEL_SLURM_GPU_PARTITION": "gpuq",
     }
     results = "results/digits"
-    before = (repo / "resources/datasets/digits/test.nc").stat().st_mtime_ns
+    before = (repo / results / "data/test.nc").stat().st_mtime_ns
     submitted, outputs = {}, []
 
     def run(name: str, args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -160,7 +160,7 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
     # first is a CPU cluster job
     (repo / results / "propagation" / "lenet.nc").unlink()
     (repo / results / "summary.json").unlink()
-    run("dvc repro", ["dvc", "repro"])
+    run("dvc repro", ["dvc", "repro", "study@digits"])
     # independent GPU jobs (their inputs are up to date), forced, one run each: after a refused
     # submission the executor may end the run before it submits the other jobs of its batch
     forced = ["snakemake", "--keep-going", "--retries", "0", "--force"]
@@ -174,14 +174,14 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
         gpu_jobs.update(submitted["gpu rules"])
     submitted["gpu rules"] = gpu_jobs
     # prepare_data (a localrule) runs here, then the train job that needs it is submitted
-    run("local rule", [*forced, "resources/datasets/digits/test.nc", f"{results}/models/lenet.pt"])
+    run("local rule", [*forced, f"{results}/data/test.nc", f"{results}/models/lenet.pt"])
     return {
         "repo": repo,
         "runs": submitted,
         "dvc": outputs[0],
         "log": "\n".join(outputs),
         "sbatch": {job: args for calls in submitted.values() for job, args in calls.items()},
-        "prepared_locally": (repo / "resources/datasets/digits/test.nc").stat().st_mtime_ns > before,
+        "prepared_locally": (repo / results / "data/test.nc").stat().st_mtime_ns > before,
         "threads": study.config["threads"],
     }
 

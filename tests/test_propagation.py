@@ -18,6 +18,9 @@ from onepixel.errors import ConfigError, DataError
 from onepixel.files import open_netcdf, write_netcdf
 from onepixel.stages import run_stage
 
+#: what a capture records about the attack its cubes were made from
+LINEAGE = {"model_sha256": "ab" * 32, "test_digest": "cd" * 32, "attack_digest": "ef" * 32}
+
 
 def brute_force(clean: np.ndarray, adv: np.ndarray):
     n, c, h, w = clean.shape
@@ -98,6 +101,7 @@ def write_cubes(directory, rng, n=4, success=(True, False, True, True)):
             "stride": float(stride),
             "receptive_field": -1,
             "input_size": np.array([4, 4]),
+            **LINEAGE,
         }
         with CubeWriter(directory / f"{i:02d}_block{i}.nc", shape, coords, attrs) as writer:
             writer.write(0, clean, delta, dict(zip(MAP_VARIABLES, maps_from_delta(clean, delta), strict=True)))
@@ -108,7 +112,7 @@ def write_cubes(directory, rng, n=4, success=(True, False, True, True)):
                 coords={name: ("sample", value) for name, value in coords.items()},
             )
         )
-    write_layer_index(directory, [{"index": i, "file": f"{i:02d}_block{i}.nc"} for i in range(2)])
+    write_layer_index(directory, [{"index": i, "file": f"{i:02d}_block{i}.nc"} for i in range(2)], LINEAGE)
     return cubes
 
 
@@ -189,10 +193,24 @@ def test_stored_raw_maps_are_read_not_recomputed(tmp_path) -> None:
 
 def test_foreign_netcdf_is_not_a_cube(tmp_path) -> None:
     write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}), tmp_path / "00_x.nc", kind="dataset")
-    write_layer_index(tmp_path, [{"index": 0, "file": "00_x.nc"}])
+    write_layer_index(tmp_path, [{"index": 0, "file": "00_x.nc"}], LINEAGE)
     with pytest.raises(DataError, match=r"00_x.nc: is a onepixel-dataset/1 file, expected onepixel-cube/1$"):
         run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
-    write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}), tmp_path / "00_x.nc", kind="cube")
+    write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}, attrs=LINEAGE), tmp_path / "00_x.nc", kind="cube")
     with pytest.raises(DataError, match=r"00_x.nc: missing variable\(s\) clean, delta, pm_max"):
         run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
+    assert not (tmp_path / "p.nc").exists()
+
+
+def test_cubes_given_a_file_says_a_folder_is_expected(tmp_path, capsys) -> None:
+    from onepixel.cli import main
+
+    cube = tmp_path / "00_conv1.nc"
+    cube.write_bytes(b"not a folder")
+    assert main(["propagation", "--cubes", str(cube), "--out", str(tmp_path / "p.nc")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {cube}: is a file; --cubes expects a folder, the layer cubes that `onepixel capture` writes "
+        "(with layers.json)\n"
+    )
     assert not (tmp_path / "p.nc").exists()

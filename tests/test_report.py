@@ -82,7 +82,7 @@ def test_report_has_the_metrics_table_of_every_model(study, report):
         assert values[2] == f"{100 * row['attack_success_rate']:.1f} %"
         assert values[3] == f"{row['mean_queries']:.0f}"
         assert values[4] == f"{100 * row['locality_d1']:.1f} %"
-    assert summary["provenance"]["config_digest"] in table
+    assert json.loads((study.results / "provenance.json").read_text())["provenance"]["config_digest"] in table
 
 
 def test_report_shows_the_configuration_of_the_run(study, report):

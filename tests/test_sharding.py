@@ -177,10 +177,17 @@ def test_merge_refuses_incomplete_or_foreign_shards(toy, tmp_path):
     for shard in range(3):
         paths.append(tmp_path / f"s{shard}.nc")
         run_attack(toy, paths[-1], cfg, shard, 3, selection)
-    with pytest.raises(DataError, match="expected shards 0..1 of 2"):
+    with pytest.raises(DataError, match=r"expected shards 0..2 of 3, each once: shard\(s\) 2 of 3 missing"):
         run_merge(paths[:2], tmp_path / "m.nc")
-    with pytest.raises(DataError, match="expected shards"):
+    with pytest.raises(DataError, match=r"shard\(s\) 2 of 3 missing; shard\(s\) 0 given more than once"):
         run_merge([paths[0], paths[0], paths[1]], tmp_path / "m.nc")
+    # named as the workflow names them: the missing shard's file is named
+    named = [tmp_path / "w" / f"shard_{i}-of-3.nc" for i in (0, 2)]
+    named[0].parent.mkdir()
+    for source, target in zip((paths[0], paths[2]), named, strict=True):
+        shutil.copy(source, target)
+    with pytest.raises(DataError, match=rf"shard\(s\) 1 of 3 missing \({tmp_path / 'w' / 'shard_1-of-3.nc'}\)"):
+        run_merge(named, tmp_path / "m.nc")
     other = tmp_path / "other.json"
     run_select(toy, other, {**cfg, "num_images": 7})
     with pytest.raises(DataError, match="selects 7"):
@@ -320,8 +327,8 @@ def test_workflow_reruns_only_missing_shards(workdir, tmp_path):
     root = tmp_path / "resume"
     shutil.copytree(workdir, root, symlinks=True)
     files = [
-        "resources/datasets/digits/train.nc",
-        "resources/datasets/digits/test.nc",
+        "results/digits/data/train.nc",
+        "results/digits/data/test.nc",
         "results/digits/models/lenet.pt",
         "results/digits/metrics/lenet.json",
         "results/digits/attack/lenet/selection.json",

@@ -109,7 +109,7 @@ def test_default_profile_runs_locally_on_all_cores_with_one_gpu(workdir):
 @pytest.mark.slow
 def test_end_to_end_on_the_test_config(study):
     """The smoke-test study (tests/conftest.py: `dvc repro` on config/test.yaml's values)."""
-    assert "Running stage 'study'" in study.repro.stdout
+    assert "Running stage 'study@digits'" in study.repro.stdout
     results = study.results
 
     summary = json.loads((results / "summary.json").read_text())
@@ -146,7 +146,7 @@ def test_end_to_end_on_the_test_config(study):
 
     again = _run(["snakemake", "-n"], study.repo)
     assert "Nothing to be done" in again.stdout + again.stderr
-    status = _run(["dvc", "status", "--json"], study.repo)
+    status = _run(["dvc", "status", "--json", "study@digits"], study.repo)
     assert json.loads(status.stdout) == {}, status.stdout
 
 
@@ -230,14 +230,14 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
         "threads=1",
         "capture={batch_size: 2}",
     ]
-    target = "results/digits/cubes/lenet"
-    shard_dir = root / "results/digits/attack/lenet"
+    target = "results/digits-smoke/cubes/lenet"
+    shard_dir = root / "results/digits-smoke/attack/lenet"
 
     # 1: Ctrl-C once a shard job has finished and the next one is running (its script has opened its log)
     def next_shard_running(text: str) -> bool:
         jobs = _job_blocks(text)
         finished = sum(jobs.get(j, ("",))[0] == "attack" for j in _finished(text))
-        started = len(list((root / "logs/digits").glob("attack_lenet_shard_*.log")))
+        started = len(list((root / "results/digits-smoke/logs").glob("attack_lenet_shard_*.log")))
         return finished >= 1 and started > finished
 
     status, text = _snakemake(
@@ -248,14 +248,14 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
     done = {Path(jobs[j][1]).name for j in _finished(text) if jobs[j][0] == "attack"}
     assert len(done) >= 1
     present = {p.name for p in shard_dir.glob("shard_*.nc")}
-    assert done <= present and len(present) < 3 and not (root / "results/digits/attack/lenet.nc").exists()
+    assert done <= present and len(present) < 3 and not (root / "results/digits-smoke/attack/lenet.nc").exists()
     for name in present:  # whatever exists is complete
         assert load_attack(shard_dir / name).sizes["sample"] == 2
     assert _leftovers(root) == []
     mtimes = {name: (shard_dir / name).stat().st_mtime_ns for name in done}
 
     # 2: resume; SIGTERM to the whole group (what a batch scheduler sends) once capture is running
-    capture_log = root / "logs/digits/capture_lenet.log"
+    capture_log = root / "results/digits-smoke/logs/capture_lenet.log"
     status, text = _snakemake(
         root,
         [*config, "--rerun-incomplete", "--", target],
@@ -285,10 +285,13 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
     assert _leftovers(root) == []
 
     # the merged attack equals an unsharded attack of the same model (streams keyed by test-set index)
-    merged = load_attack(root / "results/digits/attack/lenet.nc")
+    merged = load_attack(root / "results/digits-smoke/attack/lenet.nc")
     whole = run_stage(
         "attack",
-        {"checkpoint": root / "results/digits/models/lenet.pt", "test": root / "resources/datasets/digits/test.nc"},
+        {
+            "checkpoint": root / "results/digits-smoke/models/lenet.pt",
+            "test": root / "results/digits-smoke/data/test.nc",
+        },
         {"out": tmp_path / "unsharded.nc"},
         {"attack": {"num_images": 6, "population": 20, "generations": 4}, "device": "cpu"},
     )
@@ -305,7 +308,7 @@ def test_an_interrupted_workflow_resumes_without_redoing_finished_shards(tmp_pat
             "capture={batch_size: 2}",
             "train={epochs: 1, checkpoints: {lenet: bad.pt}}",
             "--",
-            "results/digits/models/lenet.pt",
+            "results/digits-smoke/models/lenet.pt",
         ],
         tmp_path / "run4.log",
     )

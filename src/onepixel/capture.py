@@ -36,6 +36,7 @@ from onepixel.cubes import (
     write_layer_index,
 )
 from onepixel.errors import ConfigError
+from onepixel.progress import Progress, announce, duration
 from onepixel.provenance import provenance
 from onepixel.stages import Job
 
@@ -334,12 +335,18 @@ def capture_stage(job: Job) -> list[Path]:
     feature layers), ``capture.batch_size``, ``capture.compression`` (a key of
     :data:`onepixel.cubes.COMPRESSIONS`).
 
+    The checkpoint, test set and attack must belong together (see
+    :func:`onepixel.attack.results.load_attacked_model`); every cube and ``layers.json``
+    record what they were made from: ``model_sha256``, ``test_digest``, ``attack_digest``.
+
     Returns:
         The layer files, in depth order.
     """
     cfg = job.cfg["capture"]
     layers, batch_size, compression = cfg["layers"], cfg["batch_size"], cfg["compression"]
-    model, _meta, test, attack, dev = load_job_inputs(job)
+    loaded = load_job_inputs(job, "capture")  # refuses inputs that do not belong together, before any work
+    model, _meta, test, attack, dev = loaded
+    lineage = loaded.lineage
     extractor = FeatureExtractor(model, list(layers) if layers else feature_layer_names(model))
     clean_u8 = test["image"].values[attack["sample_id"].values]
     adversarial_u8 = attack["adversarial"].values
@@ -349,7 +356,7 @@ def capture_stage(job: Job) -> list[Path]:
 
     out = job.output()
     out.mkdir(parents=True, exist_ok=True)
-    common = provenance(dev)
+    common = {**provenance(dev), **lineage}
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         writers = [
@@ -366,6 +373,8 @@ def capture_stage(job: Job) -> list[Path]:
         ]
         # One background thread compresses and writes batch k while batch k + 1 is computed
         # (netCDF4 releases the GIL); at most one batch waits, so memory stays bounded.
+        model_name = Path(job.input("checkpoint")).stem
+        progress = stack.enter_context(Progress(f"capture {model_name}", len(clean_u8), "images"))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cube-writer") as pool:
             pending = None
             for start in range(0, len(clean_u8), batch_size):
@@ -378,9 +387,11 @@ def capture_stage(job: Job) -> list[Path]:
                 )
                 if pending is not None:
                     pending.result()
+                    progress.update(batch_size)  # the batch before this one is on disk
                 pending = pool.submit(_write_batch, writers, start, batch)
             if pending is not None:
                 pending.result()
+                progress.update(len(clean_u8) - progress.n)
     seconds = time.perf_counter() - started
     written = sum(writer.bytes_written for writer in writers)
     on_disk = sum(writer.path.stat().st_size for writer in writers)
@@ -398,5 +409,9 @@ def capture_stage(job: Job) -> list[Path]:
         {"index": i, "file": writer.path.name, **{k: (list(v) if k == "shape" else v) for k, v in entry.items()}}
         for i, (writer, entry) in enumerate(zip(writers, geometry, strict=True))
     ]
-    write_layer_index(out, entries)
+    write_layer_index(out, entries, lineage)
+    announce(
+        f"capture {model_name}: {len(writers)} layers of {len(clean_u8)} images, "
+        f"{on_disk / 2**20:.1f} MiB on disk, {duration(seconds)}"
+    )
     return [writer.path for writer in writers]

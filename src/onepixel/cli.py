@@ -20,7 +20,7 @@ import yaml
 
 from onepixel.config import load_config, load_schema, validate_config
 from onepixel.errors import ConfigError, OnePixelError
-from onepixel.jobs import configure_logging
+from onepixel.jobs import Interrupted, configure_logging, interrupts_as_one_line, user_error_line
 from onepixel.stages import STAGES, Port, Stage, run_stage
 
 
@@ -191,13 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging()
     try:
-        args.func(args)
-    except OnePixelError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # Ctrl-C and SIGTERM: one line, status 130 / 143; output files are written atomically, so
+        # nothing partial is left behind
+        with interrupts_as_one_line(args.command, sys.stderr):
+            args.func(args)
+    except (OnePixelError, OSError) as exc:
+        line = user_error_line(exc)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # output files are written atomically: nothing partial is left behind
-        print("error: interrupted; files not written yet were discarded, run the command again", file=sys.stderr)
-        return 130
+    except Interrupted as exc:
+        return int(exc.code or 1)
     return 0
 
 

@@ -232,13 +232,47 @@ def _check_semantics(config: dict[str, Any], check_files: bool) -> None:
 
 def load_config(path: str | os.PathLike[str], check_files: bool = True) -> dict[str, Any]:
     """Read a YAML config file and validate it (see :func:`validate_config`)."""
+    return validate_config(read_config_file(path), check_files=check_files)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping a YAML config file holds, not validated (``{}`` for an empty file).
+
+    Raises:
+        ConfigError: one line naming the file: not found, a folder, unreadable, not
+            UTF-8, not valid YAML (``FILE:LINE:COLUMN``, 1-based, see :func:`yaml_error_line`),
+            or not a mapping of keys at the top level.
+    """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file not found: {file}")
+    if not file.exists():
+        where = "" if file.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise ConfigError(f"config file not found: {file}{where}")
+    if file.is_dir():
+        raise ConfigError(f"config file {file}: is a folder, not a YAML file")
     try:
-        raw = yaml.safe_load(file.read_text())
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {file}: cannot be read ({(exc.strerror or str(exc)).lower()})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {file}: not a UTF-8 text file (byte {exc.start} is {exc.object[exc.start]:#x})"
+        ) from exc
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML ({' '.join(str(exc).split())})") from exc
+        raise ConfigError(yaml_error_line(file, exc)) from exc
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{file}: the top level must be a mapping of keys, got {type(raw).__name__}")
-    return validate_config(raw, check_files=check_files)
+    return raw or {}
+
+
+def yaml_error_line(file: str | os.PathLike[str], exc: yaml.YAMLError) -> str:
+    """``FILE:LINE:COLUMN: not valid YAML: <problem>`` (1-based, from the error's ``problem_mark``)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(file)
+    problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+    opened = getattr(exc, "context_mark", None)
+    if context and opened is not None and mark is not None and (opened.line, opened.column) != (mark.line, mark.column):
+        context += f" started at line {opened.line + 1}, column {opened.column + 1}"
+    detail = (f"{problem} ({context})" if context else problem) if problem else str(exc)
+    return f"{where}: not valid YAML: {' '.join(str(detail).split())}"

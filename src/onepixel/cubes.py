@@ -203,14 +203,23 @@ class CubeWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._close_nc()
+        try:
+            self._close_nc()
+        except BaseException as close_error:  # e.g. HDF5 flushing to a full disk: remove the temporary file
+            if exc is None:
+                if self._atomic.__exit__(type(close_error), close_error, close_error.__traceback__):
+                    return
+                raise
         self._atomic.__exit__(exc_type, exc, tb)
 
 
-def write_layer_index(out_dir: str | os.PathLike[str], entries: list[dict[str, Any]]) -> Path:
-    """Write ``out_dir/layers.json`` (the last file of a capture: it marks the cubes complete)."""
+def write_layer_index(
+    out_dir: str | os.PathLike[str], entries: list[dict[str, Any]], lineage: dict[str, str] | None = None
+) -> Path:
+    """Write ``out_dir/layers.json`` (the last file of a capture: it marks the cubes complete), with the
+    ``lineage`` keys (``model_sha256``, ``test_digest``, ``attack_digest``) beside ``layers``."""
     path = Path(out_dir) / INDEX_FILE
-    write_json({"layers": entries}, path, kind="layers")
+    write_json({**(lineage or {}), "layers": entries}, path, kind="layers")
     return path
 
 

@@ -29,21 +29,36 @@ FORMAT_VERSION: dict[str, int] = {
     "propagation": 1,
     "locality": 1,
     "vulnerability": 1,
-    "summary": 1,
+    "summary": 2,
 }
 
 #: The file of each kind, as the workflow names it (for documentation and messages).
 FILES: dict[str, str] = {
-    "dataset": "resources/datasets/{dataset}/{train,test}.nc",
-    "metrics": "results/{dataset}/metrics/{model}.json",
-    "selection": "results/{dataset}/attack/{model}/selection.json",
-    "attack": "results/{dataset}/attack/{model}.nc and its shards attack/{model}/shard_{i}-of-{n}.nc",
-    "cube": "results/{dataset}/cubes/{model}/{NN}_{layer}.nc",
-    "layers": "results/{dataset}/cubes/{model}/layers.json",
-    "propagation": "results/{dataset}/propagation/{model}.nc",
-    "locality": "results/{dataset}/locality/{model}.nc",
-    "vulnerability": "results/{dataset}/vulnerability/{model}.nc",
-    "summary": "results/{dataset}/summary.json",
+    "dataset": "results/{study}/data/{train,test}.nc",
+    "metrics": "results/{study}/metrics/{model}.json",
+    "selection": "results/{study}/attack/{model}/selection.json",
+    "attack": "results/{study}/attack/{model}.nc and its shards attack/{model}/shard_{i}-of-{n}.nc",
+    "cube": "results/{study}/cubes/{model}/{NN}_{layer}.nc",
+    "layers": "results/{study}/cubes/{model}/layers.json",
+    "propagation": "results/{study}/propagation/{model}.nc",
+    "locality": "results/{study}/locality/{model}.nc",
+    "vulnerability": "results/{study}/vulnerability/{model}.nc",
+    "summary": "results/{study}/provenance.json (of the numbers in summary.json)",
+}
+
+#: What each kind records about the files it was made from (netCDF: global attributes; JSON: top-level keys),
+#: see :mod:`onepixel.lineage`: ``model_sha256`` (the checkpoint's sha256), ``test_digest`` (the test set's
+#: content), ``selection_digest`` (the selected images) and ``attack_digest`` (the attack's rows). Every
+#: reader that combines files refuses ones whose values differ.
+LINEAGE: dict[str, tuple[str, ...]] = {
+    "metrics": ("model_sha256", "test_digest"),
+    "selection": ("model_sha256", "test_digest"),
+    "attack": ("model_sha256", "test_digest", "selection_digest"),
+    "cube": ("model_sha256", "test_digest", "attack_digest"),
+    "layers": ("model_sha256", "test_digest", "attack_digest"),
+    "propagation": ("model_sha256", "test_digest", "attack_digest"),
+    "locality": ("model_sha256", "test_digest", "attack_digest"),
+    "vulnerability": ("model_sha256", "test_digest", "attack_digest"),
 }
 
 _NAME = re.compile(r"onepixel-([a-z][a-z0-9_-]*)/([0-9]+)")

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from onepixel.config import validate_config
-from onepixel.errors import ConfigError
+from onepixel.errors import ConfigError, DataError
+from onepixel.files import unwritable_reason
 from onepixel.provenance import run_context
 
 #: how a port's paths are given: one file, one directory, a list of files, or one file per model
@@ -267,7 +268,8 @@ STAGES: dict[str, Stage] = {
                 _per_model("locality", "locality analysis"),
             ),
             outputs=(
-                Port("summary", "summary.json"),
+                Port("summary", "summary.json: the headline numbers (DVC metrics)"),
+                Port("provenance", "provenance of summary.json (.json): config, code version, device"),
                 Port("models_csv", "per-model table (.csv)"),
                 Port("locality_csv", "per-distance table (.csv)"),
                 Port("table", "metrics page (.html)"),
@@ -365,6 +367,24 @@ def _check_wildcards(stage: Stage, given: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _check_writable(stage: Stage, outputs: Mapping[str, Any]) -> None:
+    """Every output location can take files: checked before the stage runs, not found out at its last write."""
+    for port in stage.outputs:
+        value = outputs.get(port.name)
+        paths = [] if value is None else list(value.values()) if isinstance(value, dict) else value
+        for path in paths if isinstance(paths, list) else [paths]:
+            path = Path(path)
+            if port.kind == "dir":
+                reason = f"{path} is a file, not a folder" if path.is_file() else unwritable_reason(path)
+            else:
+                reason = f"{path} is a folder" if path.is_dir() else unwritable_reason(path.parent)
+            if reason:
+                raise DataError(
+                    f"{stage.command}: cannot write output {port.name!r} to {path} ({reason}); "
+                    "nothing was run: give a writable location"
+                )
+
+
 def run_stage(
     name: str,
     inputs: Mapping[str, Any],
@@ -388,6 +408,7 @@ def run_stage(
 
     Raises:
         ConfigError: an unknown stage, a missing or unknown port or wildcard, or a bad config value.
+        DataError: an output location that cannot be written (checked before the stage runs).
     """
     stage = get_stage(name)
     cfg = dict(config) if validated and config is not None else validate_config(config or {})
@@ -400,6 +421,7 @@ def run_stage(
         wildcards=_check_wildcards(stage, wildcards or {}),
         log=log or logging.getLogger(f"onepixel.{stage.name}"),
     )
+    _check_writable(stage, job.outputs)
     seed = config_value(cfg, stage.seed) if stage.seed else None
     with run_context(cfg, seed=seed, device=cfg["device"] if stage.device else None):
         return stage.function()(job)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from onepixel.files import atomic_path, open_netcdf, read_json, write_json
+from onepixel.formats import LINEAGE
+from onepixel.lineage import ATTACK_ROWS, attack_digest, check_same, require
 from onepixel.provenance import provenance
 from onepixel.stages import Job
 
@@ -36,11 +39,16 @@ def model_summary(
     mean queries, the locality success rate at each Chebyshev distance with its
     random-position baseline, and the peak / spread of the last captured layer's
     normalised PMmax averaged over successful attacks.
+
+    The four files must belong together: the metrics' ``model_sha256`` and ``test_digest``
+    those of the attack, and the propagation and locality files made from that attack
+    (:mod:`onepixel.lineage`); otherwise a one-line DataError names the two files.
     """
     metrics = read_json(metrics_path, kind="metrics")
-    attack = open_netcdf(attack_path, kind="attack", required=("success", "queries"))
+    attack = open_netcdf(attack_path, kind="attack", required=("queries", *(name for name, _ in ATTACK_ROWS)))
     locality = open_netcdf(locality_path, kind="locality", required=("success_rate", "baseline_success_rate"))
     prop = open_netcdf(propagation_path, kind="propagation", required=("peak", "spread"))
+    _check_lineage(metrics, attack, prop, locality, metrics_path, attack_path, propagation_path, locality_path)
 
     success = attack["success"].values.astype(bool)
     out: dict[str, Any] = {
@@ -58,6 +66,28 @@ def model_summary(
     out["last_layer_peak"] = _finite(np.nanmean(last)) if np.isfinite(last).any() else None
     out["last_layer_spread"] = _finite(np.nanmean(spread)) if np.isfinite(spread).any() else None
     return out
+
+
+def _check_lineage(
+    metrics: Mapping[str, Any],
+    attack: Any,
+    prop: Any,
+    locality: Any,
+    metrics_path: PathLike,
+    attack_path: PathLike,
+    propagation_path: PathLike,
+    locality_path: PathLike,
+) -> None:
+    """Refuse one model's metrics, propagation or locality file when it names another model, test set or attack."""
+    made_from = {
+        **require(attack.attrs, ("model_sha256", "test_digest"), attack_path, "attack"),
+        "attack_digest": attack_digest(attack),
+    }
+    check_same(
+        "summary", metrics_path, require(metrics, LINEAGE["metrics"], metrics_path, "train"), attack_path, made_from
+    )
+    for path, ds, kind in ((propagation_path, prop, "propagation"), (locality_path, locality, "locality")):
+        check_same("summary", path, require(ds.attrs, LINEAGE[kind], path, kind), attack_path, made_from)
 
 
 def locality_rows(model: str, locality_path: PathLike) -> list[dict[str, Any]]:
@@ -184,9 +214,13 @@ def write_summary(
     locality_csv: PathLike | None = None,
     html_path: PathLike | None = None,
     dataset: str = "",
+    provenance_path: PathLike | None = None,
 ) -> dict[str, Any]:
-    """Write ``{"models": {name: model_summary(...)}, "provenance": ...}`` as JSON and return it.
+    """Write ``{"models": {name: model_summary(...)}}`` as JSON (numbers only, the DVC metrics) and return
+    it with its ``provenance`` added.
 
+    The provenance (config, code version, device) goes to ``provenance_path``
+    (format ``onepixel-summary``), so that ``dvc metrics show`` is a table of numbers.
     Optionally also, for ``dvc plots`` and the report: ``models_csv`` (one row per
     model with the columns of :func:`model_summary`), ``locality_csv`` (one row per
     model and distance, :func:`locality_rows`) and ``html_path`` (:func:`summary_html`).
@@ -196,21 +230,27 @@ def write_summary(
         "models": {
             name: model_summary(metrics[name], attacks[name], propagations[name], localities[name]) for name in metrics
         },
-        "provenance": provenance(),
     }
     locality = [row for name in metrics for row in locality_rows(name, localities[name])]
     if models_csv is not None:
         _write_csv([{"model": name, **row} for name, row in summary["models"].items()], models_csv)
     if locality_csv is not None:
         _write_csv(locality, locality_csv)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    made = {"metrics": os.path.basename(os.fspath(out_path)), "models": list(metrics), "provenance": provenance()}
+    if provenance_path is not None:
+        made = write_json(made, provenance_path, kind="summary")
+    summary["provenance"] = made["provenance"]
     if html_path is not None:
         with atomic_path(html_path) as tmp:
             tmp.write_text(summary_html(summary, locality, dataset))
-    return write_json(summary, out_path, kind="summary")
+    return summary
 
 
 def summary_stage(job: Job) -> dict[str, Any]:
-    """The summary of every model: ``summary.json`` (DVC metrics), the plot tables and the metrics page."""
+    """The summary of every model: ``summary.json`` (DVC metrics) and its ``provenance.json``, the plot
+    tables and the metrics page."""
     return write_summary(
         job.inputs["metrics"],
         job.inputs["attack"],
@@ -221,4 +261,5 @@ def summary_stage(job: Job) -> dict[str, Any]:
         locality_csv=job.output("locality_csv"),
         html_path=job.output("table"),
         dataset=job.cfg["dataset"]["name"],
+        provenance_path=job.output("provenance"),
     )

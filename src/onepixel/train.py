@@ -13,13 +13,15 @@ from torch import nn
 
 from onepixel.data import channel_stats, load_dataset, to_float
 from onepixel.errors import ConfigError, DataError
-from onepixel.files import write_json
+from onepixel.files import file_sha256, write_json
+from onepixel.lineage import dataset_digest
 from onepixel.models import (
     build_model,
     count_parameters,
     load_checkpoint,
     save_checkpoint,
 )
+from onepixel.progress import Progress, announce, duration
 from onepixel.provenance import provenance
 from onepixel.stages import Job
 from onepixel.torch_utils import resolve_device, seed_everything
@@ -140,6 +142,7 @@ def train_model(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps)
     padding, flip = crop_padding(kwargs["image_size"]), train_ds.attrs.get("dataset") != "digits"
     start = time.perf_counter()
+    progress = Progress(f"train {name}", epochs * steps, "batches")
     for epoch in range(1, epochs + 1):
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
@@ -156,7 +159,9 @@ def train_model(
             total_loss += loss.item() * len(batch)
             correct += int((logits.argmax(1) == labels[batch]).sum())
             seen += len(batch)
+            progress.update()
         log(f"{name} epoch {epoch}/{epochs}: loss {total_loss / seen:.4f}, train accuracy {correct / seen:.4f}")
+    progress.close()
     metrics = _metrics(name, model, train_ds, test_ds, epochs, time.perf_counter() - start)
     return model.cpu().eval(), metrics
 
@@ -205,10 +210,15 @@ def train_stage(job: Job) -> dict[str, Any]:
     """Train model ``job.wildcards["model"]`` (or load the user's checkpoint and evaluate it); write its
     checkpoint and metrics JSON.
 
+    The checkpoint records the ``input_shape`` ``[C, H, W]`` of the training images; the metrics
+    record ``test_digest`` (:func:`onepixel.lineage.dataset_digest` of the test set) and
+    ``model_sha256`` (the checkpoint file's sha256), which the summary checks against the attack.
+
     Returns:
         The metrics as written (with ``provenance``).
     """
     model_name = job.wildcards["model"]
+    started = time.perf_counter()
     train_ds, test_ds = load_dataset(job.input("train")), load_dataset(job.input("test"))
     dev = resolve_device(job.cfg["device"])
     user_checkpoints = job.inputs["user_checkpoint"] or [job.cfg["train"]["checkpoints"].get(model_name)]
@@ -220,6 +230,15 @@ def train_stage(job: Job) -> dict[str, Any]:
         options = {key: job.cfg["train"][key] for key in TRAIN_KEYS}
         model, metrics = train_model(model_name, train_ds, test_ds, device=str(dev), **options)
         build_kwargs = build_kwargs_for(train_ds)
+    metrics["test_digest"] = dataset_digest(test_ds)  # the test set it was evaluated on (onepixel.lineage)
     metrics["provenance"] = provenance(dev)
-    save_checkpoint(job.output("checkpoint"), model, model_name, build_kwargs, extra=metrics)
-    return write_json(metrics, job.output("metrics"), kind="metrics")
+    input_shape = tuple(int(s) for s in train_ds["image"].shape[1:])
+    save_checkpoint(job.output("checkpoint"), model, model_name, build_kwargs, extra=metrics, input_shape=input_shape)
+    metrics["model_sha256"] = file_sha256(job.output("checkpoint"))  # after the save: the file's own sha256
+    written = write_json(metrics, job.output("metrics"), kind="metrics")
+    how = f"checkpoint {user_checkpoints[0]} evaluated" if user_checkpoints[0] else f"{metrics['epochs']} epochs"
+    announce(
+        f"train {model_name}: test accuracy {100 * metrics['test_accuracy']:.1f} %, "
+        f"train accuracy {100 * metrics['train_accuracy']:.1f} %, {how}, {duration(time.perf_counter() - started)}"
+    )
+    return written

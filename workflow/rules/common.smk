@@ -1,23 +1,25 @@
 from onepixel.data.cifar10_layout import cifar10_root_files
 from onepixel.stages import settings
+from onepixel.study import layout as study_layout
 
 DATASET = config["dataset"]["name"]
 MODELS = config["models"]
 SHARDS = config["attack"]["shards"]
-# config "study" keeps two studies of one dataset (e.g. untargeted and targeted) apart
-RESULTS = f"results/{DATASET}-{config['study']}" if config["study"] else f"results/{DATASET}"
-LOGS = f"logs/{DATASET}-{config['study']}" if config["study"] else f"logs/{DATASET}"
+# Everything the study makes lives under results/<dataset>[-<study>]/ (onepixel.study):
+# its prepared dataset, models, results, figures, report, logs and benchmarks.
+STUDY = study_layout(config)
+RESULTS = STUDY.root
+LOGS = STUDY.logs
 STAGE_SCRIPT = "../scripts/stage.py"  # one script runs every rule's stage (onepixel.stages)
 
 
 wildcard_constraints:
-    dataset="[a-z0-9_]+",
     model="|".join(MODELS),
     shard="[0-9]+",
 
 
 def dataset_file(split):
-    return f"resources/datasets/{DATASET}/{split}.nc"
+    return STUDY.dataset_file(split)
 
 
 def stage_settings(stage):
@@ -50,7 +52,7 @@ CIFAR10_ROOT_FILES = [str(path) for path in cifar10_root_files(CIFAR10_ROOT)] if
 def prepare_inputs(wildcards):
     """The files a dataset is made from: the pre-staged CIFAR-10 copy (dataset.root) or
     the verified download (the digits ship with scikit-learn)."""
-    if wildcards.dataset == "cifar10":
+    if DATASET == "cifar10":
         return CIFAR10_ROOT_FILES or "resources/raw/cifar10/cifar-10-batches-py"
     return []
 

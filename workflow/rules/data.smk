@@ -5,7 +5,7 @@ if not CIFAR10_ROOT:  # with dataset.root, CIFAR-10 is read from there: no downl
         output:
             out=directory("resources/raw/cifar10/cifar-10-batches-py"),
         log:
-            "logs/download_cifar10.log",
+            f"{LOGS}/download_cifar10.log",
         conda:
             "../envs/onepixel.yaml"
         script:
@@ -17,12 +17,12 @@ rule prepare_data:
     input:
         raw=prepare_inputs,
     output:
-        train="resources/datasets/{dataset}/train.nc",
-        test="resources/datasets/{dataset}/test.nc",
+        train=dataset_file("train"),
+        test=dataset_file("test"),
     params:
         settings=stage_settings("prepare_data"),
     log:
-        "logs/{dataset}/prepare_data.log",
+        f"{LOGS}/prepare_data.log",
     conda:
         "../envs/onepixel.yaml"
     script:

@@ -94,7 +94,8 @@ rule summary:
         propagation=each_model("{results}/propagation/{model}.nc"),
         locality=each_model("{results}/locality/{model}.nc"),
     output:
-        summary=f"{RESULTS}/summary.json",
+        summary=f"{RESULTS}/summary.json",  # numbers only: the DVC metrics
+        provenance=f"{RESULTS}/provenance.json",
         # for `dvc plots` (dvc.yaml) and the report
         models_csv=f"{RESULTS}/plots/models.csv",
         locality_csv=f"{RESULTS}/plots/locality.csv",

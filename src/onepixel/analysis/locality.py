@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ from onepixel.attack.results import load_job_inputs
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
+from onepixel.progress import Progress, announce, duration
 from onepixel.provenance import provenance
 from onepixel.scoring import Classifier, as_classifier
 from onepixel.stages import Job
@@ -169,6 +171,7 @@ def evaluate_shifts(
     batch_size: int,
     device: torch.device | str | None = None,
     output: str = "auto",
+    progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate every job: image ``sample`` with its attack pattern shifted by ``(dx, dy)``.
 
@@ -181,6 +184,8 @@ def evaluate_shifts(
         pixel_x, pixel_y: ``(N, k)`` attacked pixels; colors ``(N, k, C)`` uint8.
         jobs: ``(M, 3)`` int64 rows ``(sample, dx, dy)``; every shifted pixel must lie inside.
         batch_size: images per forward pass (one :meth:`Classifier.score_batch` each).
+        progress: when given, the evaluations done are shown under this name
+            (:class:`onepixel.progress.Progress`, e.g. ``"locality lenet"``).
 
     Returns:
         ``fooled`` ``(M,)`` bool (prediction != label when untargeted, == target when
@@ -198,6 +203,7 @@ def evaluate_shifts(
     labels_t, targets_t = (torch.as_tensor(a, device=device) for a in (labels, targets))
     px, py, cols = (torch.as_tensor(a, device=device) for a in (pixel_x, pixel_y, colors))
     jobs_t = torch.as_tensor(jobs, device=device)
+    bar = Progress(progress, n_jobs, "evaluations") if progress else None
     with torch.inference_mode():
         for start in range(0, n_jobs, batch_size):
             sample, dx, dy = jobs_t[start : start + batch_size].T
@@ -207,6 +213,10 @@ def evaluate_shifts(
             fooled[start:stop] = scores.fooled.numpy()
             true_prob[start:stop] = scores.true_prob.numpy()
             pred[start:stop] = scores.pred.numpy()
+            if bar is not None:
+                bar.update(len(sample))
+    if bar is not None:
+        bar.close()
     return fooled, true_prob, pred
 
 
@@ -276,6 +286,7 @@ def locality_analysis(
     device: torch.device | str | None = None,
     rings: str = "chebyshev",
     output: str = "auto",
+    progress: str | None = None,
 ) -> xr.Dataset:
     """Success of each attack's colour moved to ring distance ``1..max_distance``, plus a random baseline.
 
@@ -299,6 +310,7 @@ def locality_analysis(
         rings: ``chebyshev`` or ``euclidean`` (see the module docstring).
         output: what a bare ``model`` returns: ``logits``, ``probabilities`` or ``auto``
             (decided on the first batch); ignored for a Classifier.
+        progress: when given, the evaluations done are shown under this name (see :func:`evaluate_shifts`).
 
     Probabilities are ``softmax`` of the logits (of ``log p`` for a model returning
     probabilities, so both read the same). An evaluation whose output has a NaN or an
@@ -327,7 +339,9 @@ def locality_analysis(
     jobs, group = _locality_jobs(
         px, py, height, width, max_distance, random_positions, rings, np.random.default_rng(seed)
     )
-    fooled, true_prob, _pred = evaluate_shifts(clf, images, labels_np, targets_np, px, py, cols, jobs, batch_size)
+    fooled, true_prob, _pred = evaluate_shifts(
+        clf, images, labels_np, targets_np, px, py, cols, jobs, batch_size, progress=progress
+    )
 
     shape = (n, max_distance + 1)
     counts, n_fooled, prob_sum = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape)
@@ -469,11 +483,14 @@ def locality_stage(job: Job) -> xr.Dataset:
     """Locality analysis of one model's successful attacks, written to ``out_path``.
 
     Untargeted attacks must store a negative ``target_class``. With no successful
-    attack the file has 0 samples and NaN rates.
+    attack the file has 0 samples and NaN rates. The inputs must belong together
+    (:func:`onepixel.attack.results.load_attacked_model`); the file records
+    ``model_sha256``, ``test_digest`` and ``attack_digest``.
     """
     cfg = job.cfg["locality"]
     attack_path, out_path = job.input("attack"), job.output()
-    loaded = load_job_inputs(job)
+    started, name = time.perf_counter(), f"locality {job.input('checkpoint').stem}"
+    loaded = load_job_inputs(job, "locality")  # refuses inputs that do not belong together
     test, attack, dev = loaded.test, loaded.attack, loaded.device
     successful = attack.isel(sample=np.flatnonzero(attack["success"].values))
     if successful.sizes["sample"] == 0:
@@ -492,12 +509,21 @@ def locality_stage(job: Job) -> xr.Dataset:
         seed=cfg["seed"],
         device=dev,
         rings=cfg["rings"],
+        progress=name,
     )
     ds = ds.assign_coords(sample_id=("sample", sample_id))
     ds.attrs.update(provenance(dev))
     ds.attrs["model_output"] = loaded.model_output
+    ds.attrs.update(loaded.lineage)  # model_sha256, test_digest, attack_digest: what it was made from
     write_netcdf(ds, out_path, kind="locality")
     log.info("locality of %d successful attacks -> %s", ds.sizes["sample"], out_path)
+    found = (
+        f"still fooling at d = 1: {100 * float(ds['success_rate'].values[0]):.1f} %, "
+        f"at random positions: {100 * float(ds['baseline_success_rate']):.1f} %"
+        if ds.sizes["sample"]
+        else "nothing to analyse"
+    )
+    announce(f"{name}: {ds.sizes['sample']} successful attacks, {found}, {duration(time.perf_counter() - started)}")
     return ds
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from onepixel.cubes import MAP_VARIABLES, read_layer_index
+from onepixel.cubes import INDEX_FILE, MAP_VARIABLES, read_layer_index
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import atomic_path
 from onepixel.formats import FORMAT_KEY, check_format, format_name
+from onepixel.lineage import DOWNSTREAM_KEYS, check_same, recorded_lineage
 from onepixel.provenance import provenance
 from onepixel.stages import Job
 
@@ -177,7 +178,8 @@ def layer_propagation(
         averages, see :func:`compute_propagation`) with the cube's per-sample
         coordinates; per-sample summaries (``peak``, ``spread``, ...) and counts;
         and the layer's ``layer``, ``layer_index``, ``layer_height``, ``layer_width``,
-        ``stride``, ``receptive_field``.
+        ``stride``, ``receptive_field``, ``input_size`` and ``lineage`` (the cube's
+        ``model_sha256``, ``test_digest``, ``attack_digest`` it records).
     """
     with _open_cube(path) as cube:
         # the raw maps stored by the capture stage (onepixel.cubes.MAP_VARIABLES)
@@ -198,6 +200,7 @@ def layer_propagation(
             "stride": float(cube.attrs["stride"]),
             "receptive_field": int(cube.attrs["receptive_field"]),
             "input_size": cube.attrs["input_size"],
+            "lineage": {key: str(cube.attrs[key]) for key in DOWNSTREAM_KEYS if key in cube.attrs},
         }
     if normalisation == "layer":
         scale = np.full_like(scale, scale.max(initial=0.0))
@@ -288,14 +291,15 @@ def compute_propagation(
     if not cube_paths:
         raise DataError("propagation: no layer cubes given")
     layers = [layer_propagation(i, Path(path), normalisation, spread_threshold) for i, path in enumerate(cube_paths)]
-    for (maps, _, _), path in zip(layers[1:], cube_paths[1:], strict=True):
+    for (maps, _, info), path in zip(layers[1:], cube_paths[1:], strict=True):
         _check_same_samples(layers[0][0], maps, Path(path), Path(cube_paths[0]))
+        check_same("propagation", path, info["lineage"], cube_paths[0], layers[0][2]["lineage"])  # type: ignore[arg-type]
     ds = xr.merge(
         [maps for maps, _, _ in layers] + [_summary_dataset([s for _, s, _ in layers], [i for _, _, i in layers])],
         compat="override",
         combine_attrs="drop",
     )
-    ds.attrs = _global_attrs(normalisation, spread_threshold, len(layers), layers[0][2])
+    ds.attrs = {**_global_attrs(normalisation, spread_threshold, len(layers), layers[0][2]), **layers[0][2]["lineage"]}  # type: ignore[dict-item]
     return ds
 
 
@@ -320,18 +324,27 @@ def propagation_stage(job: Job) -> xr.Dataset:
 
     The file is the dataset of :func:`compute_propagation`, written one layer at a
     time (only one layer's maps are in memory) under a temporary name that is
-    renamed when complete. ``attrs`` are extra global attributes (e.g. the config
-    digest).
+    renamed when complete. It carries the lineage of the cubes (``model_sha256``,
+    ``test_digest``, ``attack_digest`` of their ``layers.json``); every cube must
+    record the same, checked before any work.
 
     Returns:
         The written file, opened lazily.
     """
     cfg = job.cfg["propagation"]
     cube_dir, out_path = job.input("cubes"), job.output()
+    if cube_dir.exists() and not cube_dir.is_dir():
+        raise DataError(
+            f"{cube_dir}: is a file; --cubes expects a folder, the layer cubes that `onepixel capture` "
+            f"writes (with {INDEX_FILE})"
+        )
     normalisation, spread_threshold = cfg["normalisation"], cfg["spread_threshold"]
-    attrs: dict[str, object] = {}
     _check_options(normalisation, spread_threshold)
     files = read_layer_index(cube_dir)
+    index = Path(cube_dir) / INDEX_FILE
+    attrs: dict[str, object] = dict(recorded_lineage(index, "layers"))
+    for path in files:  # every cube was made by the capture that wrote the index
+        check_same("propagation", path, recorded_lineage(path, "cube"), index, attrs)  # type: ignore[arg-type]
     summaries, infos = [], []
     started = time.perf_counter()
     with atomic_path(out_path) as tmp:

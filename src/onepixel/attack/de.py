@@ -114,6 +114,40 @@ class AttackResult:
         return AttackResult(**{f.name: torch.cat([getattr(r, f.name) for r in results]) for f in fields(AttackResult)})
 
 
+@dataclass(repr=False)
+class FinishedRows:
+    """DE's outcome for some rows of one :meth:`OnePixelAttack.run` (CPU tensors, ``m`` rows).
+
+    What :meth:`OnePixelAttack.run` reports to its ``on_finished`` callback as the
+    images retire, and takes back as ``finished`` to resume a run without running
+    DE again for those rows: their result rows are rebuilt (re-evaluated) exactly
+    as if DE had just found them.
+
+    Attributes:
+        rows: ``(m,)`` int64 rows of the run's inputs.
+        genes: ``(m, D)`` float32 the returned candidate (``D = pixels * (2 + C)``).
+        generations: ``(m,)`` int64 generations run.
+        de_success: ``(m,)`` bool DE's own success verdict.
+        rejected: ``(m,)`` int64 candidates with non-finite model output.
+    """
+
+    rows: torch.Tensor
+    genes: torch.Tensor
+    generations: torch.Tensor
+    de_success: torch.Tensor
+    rejected: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @staticmethod
+    def concat(parts: list[FinishedRows]) -> FinishedRows:
+        """The rows of every part, in order (no part: an error)."""
+        if not parts:
+            raise ValueError("concat needs at least one FinishedRows")
+        return FinishedRows(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(FinishedRows)})
+
+
 # ---------------------------------------------------------------------------
 # the state of one run: gene layout, images in flight, images waiting, outcome
 # ---------------------------------------------------------------------------
@@ -170,18 +204,30 @@ class _Genome:
 
 @dataclass
 class _Queue:
-    """The images of a run in row order; ``next`` is the first one not yet in a slot."""
+    """The images of a run in row order; ``next`` is the first one not yet in a slot.
+
+    ``pending`` (a resumed run): the rows still to attack, in order; ``None``: every row.
+    """
 
     images: torch.Tensor  #: (N, C, H, W) uint8, anywhere (copied to the device on admission)
     cls: torch.Tensor  #: (N,) class whose log-probability is the fitness: the target, else the label
     key: torch.Tensor  #: (N,) stream key of each image (rng.image_keys)
+    pending: torch.Tensor | None = None  #: (n,) int64 CPU rows to attack, or None for all N
     next: int = 0
+
+    @property
+    def size(self) -> int:
+        """The images to attack (all N, or the pending rows)."""
+        return self.images.shape[0] if self.pending is None else int(self.pending.numel())
 
     def take(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``(m',)`` and images of the next ``m' = min(m, pending)`` images, now taken out."""
-        m = max(0, min(m, self.images.shape[0] - self.next))
+        m = max(0, min(m, self.size - self.next))
         start, self.next = self.next, self.next + m
-        return torch.arange(start, start + m, device=self.cls.device), self.images[start : start + m]
+        if self.pending is None:
+            return torch.arange(start, start + m, device=self.cls.device), self.images[start : start + m]
+        rows = self.pending[start : start + m]
+        return rows.to(self.cls.device), self.images[rows]
 
 
 @dataclass
@@ -263,14 +309,16 @@ class _Slots:
 
     def retire(
         self, slots: torch.Tensor, genes: torch.Tensor, gens: torch.Tensor, ok: torch.Tensor, out: _Outcome
-    ) -> None:
-        """Record the finished images of ``slots`` (their chosen ``genes``, ``gens``, ``ok``) and free the slots."""
+    ) -> torch.Tensor:
+        """Record the finished images of ``slots`` (their chosen ``genes``, ``gens``, ``ok``) and free the slots;
+        their rows."""
         rows = self.img[slots]
         out.genes[rows] = genes
         out.gens[rows] = gens
         out.ok[rows] = ok
         out.rejected[rows] = self.rej[slots]
         self.img[slots] = -1
+        return rows
 
     def members(self, act: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Population and fitness of slots ``act`` (the slot tensors themselves when ``full``)."""
@@ -613,6 +661,9 @@ class OnePixelAttack:
         labels: torch.Tensor,
         targets: torch.Tensor | None = None,
         ids: torch.Tensor | None = None,
+        *,
+        finished: FinishedRows | None = None,
+        on_finished: Callable[[FinishedRows], object] | None = None,
     ) -> AttackResult:
         """Attack every image; see the class docstring.
 
@@ -624,6 +675,13 @@ class OnePixelAttack:
                 stream (default ``arange(N)``). Pass global ids (e.g. test-set
                 indices) so that attacking a subset or a shard of the images
                 reproduces exactly the rows of one run over all of them.
+            finished: DE's outcome for some rows from an earlier run of the same
+                attack on the same inputs (what ``on_finished`` reported): DE runs
+                only for the other rows, and the result is the one a single
+                uninterrupted run gives (the random streams are keyed by ``ids``).
+            on_finished: called with the :class:`FinishedRows` of the images that
+                finished DE, as they retire (several times per run, never for the
+                rows of ``finished``); an exception it raises ends the run.
         """
         images, labels, targets, ids = self._check_inputs(images, labels, targets, ids)
         n = images.shape[0]
@@ -637,16 +695,20 @@ class OnePixelAttack:
                 if n:
                     self._probe(images[:_PROBE].to(dev), lab, tgt)
                 queue = _Queue(images, tgt if tgt is not None else lab, rng.image_keys(self.seed, ids.to(dev)))
-                out = self._evolve(queue)
+                out = self._evolve(queue, finished, on_finished)
                 result = self._finalise(images, lab, tgt, out)
         seconds = time.perf_counter() - start
         total = int(result.queries.sum())
+        resumed = 0 if finished is None else len(finished)
+        run_now = total - (int(result.queries[finished.rows].sum()) if resumed and finished is not None else 0)
         self.last_stats = {
             "candidates": total,
             "seconds": seconds,
-            "candidates_per_s": total / seconds if seconds > 0 else float("nan"),
+            "candidates_per_s": run_now / seconds if seconds > 0 else float("nan"),
             "de_success": int(out.ok.sum()),
             "rejected": int(result.rejected_candidates.sum()),
+            "attacked": n - resumed,
+            "attacked_candidates": run_now,
         }
         return result
 
@@ -691,27 +753,62 @@ class OnePixelAttack:
         return output_as_logits(self.model(x), self.model_output or "logits")
 
     # ------------------------------------------------------------------
-    def _evolve(self, queue: _Queue) -> _Outcome:
+    def _evolve(
+        self,
+        queue: _Queue,
+        finished: FinishedRows | None = None,
+        on_finished: Callable[[FinishedRows], object] | None = None,
+    ) -> _Outcome:
         """Run DE for all images of ``queue`` with continuous batching: what it found per image.
 
         The images may live on another device than the attack (e.g. CPU): each is
-        copied to the device when it enters a slot.
+        copied to the device when it enters a slot. The rows of ``finished`` are
+        taken as they are (a resumed run) and the queue holds only the others.
         """
         n, c, h, w = queue.images.shape
         genome = _Genome.create(self.pixels, self.population, (c, h, w), self.device)
         out = _Outcome.empty(n, genome.genes, self.device)
-        if n == 0:
+        if finished is not None and len(finished):
+            queue.pending = self._resume(finished, n, genome, out)
+        todo = queue.size
+        if todo == 0:
             return out
-        S = max(1, min(self.batch_size // self.population, n))  # slots (images in flight)
+        S = max(1, min(self.batch_size // self.population, todo))  # slots (images in flight)
         slots = _Slots.empty(S, genome, self.batch_size, self.device)
         slots.admit(torch.arange(S, device=self.device), queue)
         while True:
             act = slots.active()
             if act.numel() == 0:
                 return out
-            self._generation(slots, act, queue, out, genome)
+            self._generation(slots, act, queue, out, genome, on_finished)
 
-    def _generation(self, slots: _Slots, act: torch.Tensor, queue: _Queue, out: _Outcome, genome: _Genome) -> None:
+    @staticmethod
+    def _resume(finished: FinishedRows, n: int, genome: _Genome, out: _Outcome) -> torch.Tensor:
+        """Write the ``finished`` rows into ``out``; the rows still to attack ``(n',)`` (CPU int64, in order)."""
+        rows = torch.as_tensor(finished.rows).long().cpu().reshape(-1)
+        m = rows.numel()
+        if m and (int(rows.min()) < 0 or int(rows.max()) >= n or rows.unique().numel() != m):
+            raise DataError(f"finished: rows must be distinct rows of the run's {n} inputs")
+        if tuple(finished.genes.shape) != (m, genome.genes):
+            raise DataError(f"finished: genes of shape {tuple(finished.genes.shape)}; expected ({m}, {genome.genes})")
+        dev = out.genes.device
+        out.genes[rows.to(dev)] = finished.genes.to(dev, torch.float32)
+        out.gens[rows.to(dev)] = finished.generations.to(dev, torch.long)
+        out.ok[rows.to(dev)] = finished.de_success.to(dev, torch.bool)
+        out.rejected[rows.to(dev)] = finished.rejected.to(dev, torch.long)
+        todo = torch.ones(n, dtype=torch.bool)
+        todo[rows] = False
+        return todo.nonzero().squeeze(1)
+
+    def _generation(
+        self,
+        slots: _Slots,
+        act: torch.Tensor,
+        queue: _Queue,
+        out: _Outcome,
+        genome: _Genome,
+        on_finished: Callable[[FinishedRows], object] | None = None,
+    ) -> None:
         """One DE step of the images in slots ``act``: candidates, evaluation, selection, early stop.
 
         Slots at generation 0 evaluate their initial population (which they take as
@@ -737,7 +834,11 @@ class OnePixelAttack:
             fi = fin.nonzero().squeeze(1)
             done = act[fi]
             genes = _chosen_genes(cand[fi], cf[fi], cs[fi], slots.pop[done], slots.fit[done], hit[fi])
-            slots.retire(done, genes, gen[fi], hit[fi], out)
+            rows = slots.retire(done, genes, gen[fi], hit[fi], out)
+            if on_finished is not None:
+                on_finished(
+                    FinishedRows(rows.cpu(), genes.cpu(), gen[fi].cpu(), hit[fi].cpu(), out.rejected[rows].cpu())
+                )
             slots.admit(done, queue)
         slots.gen[act[~fin]] += 1  # every slot that was active and not finished moves on one generation
 

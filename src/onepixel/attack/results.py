@@ -14,6 +14,14 @@ from torch import nn
 from onepixel.attack.de import AttackResult
 from onepixel.errors import DataError
 from onepixel.files import open_netcdf, write_netcdf
+from onepixel.formats import LINEAGE, format_name
+from onepixel.lineage import (
+    attack_lineage,
+    check_adversarial,
+    check_checkpoint,
+    check_model_input,
+    check_test_set,
+)
 from onepixel.scoring import Classifier
 from onepixel.stages import Job
 from onepixel.torch_utils import resolve_device
@@ -34,6 +42,10 @@ REQUIRED_VARIABLES = (
     "rejected_candidates",
     "sample_id",
 )
+
+#: what an attack file records about the files it was made from (:data:`onepixel.formats.LINEAGE`): the
+#: checkpoint's sha256, the test set's digest and the digest of the selected images (:mod:`onepixel.lineage`)
+REQUIRED_ATTRS: tuple[str, ...] = LINEAGE["attack"]
 
 _ATTRS: dict[str, dict[str, str]] = {
     "success": {
@@ -125,9 +137,16 @@ def load_attack(path: str | os.PathLike[str]) -> xr.Dataset:
 
     Raises:
         DataError: naming the file when it is missing, not readable netCDF (truncated,
-            corrupt) or not an attack result (e.g. the file of another stage).
+            corrupt), not an attack result (e.g. the file of another stage), or without the
+            attributes of :data:`REQUIRED_ATTRS` (what it was made from).
     """
     ds = open_netcdf(path, kind="attack", required=REQUIRED_VARIABLES)
+    missing = [key for key in REQUIRED_ATTRS if not isinstance(ds.attrs.get(key), str) or not ds.attrs[key]]
+    if missing:
+        raise DataError(
+            f"{path}: missing attribute(s) {', '.join(missing)} of a {format_name('attack')} file "
+            "(what it was made from, recorded by the attack stage); re-run the attack"
+        )
     attrs = dict(ds["success"].attrs)
     ds["success"] = ds["success"].astype(bool)
     ds["success"].attrs.update(attrs)
@@ -208,6 +227,12 @@ class AttackedModel(NamedTuple):
         """``"logits"`` or ``"probabilities"``: :func:`attack_model_output` of the attack."""
         return attack_model_output(self.attack)
 
+    @property
+    def lineage(self) -> dict[str, str]:
+        """``model_sha256``, ``test_digest`` and ``attack_digest`` (:func:`onepixel.lineage.attack_lineage`):
+        what the files made from this attack record."""
+        return attack_lineage(self.attack)
+
     def classifier(self, batch_size: int | None = None) -> Classifier:
         """A :class:`~onepixel.scoring.Classifier` of the model on its device, with ``output`` the
         attack's ``model_output`` (``batch_size``: images per forward pass, default the classifier's)."""
@@ -219,16 +244,24 @@ def load_attacked_model(
     test_path: str | os.PathLike[str],
     attack_path: str | os.PathLike[str],
     device: str = "auto",
+    stage: str = "load",
 ) -> AttackedModel:
-    """Load a checkpoint (``weights_only``), its test set and an attack file, and check they fit together.
+    """Load a checkpoint (``weights_only``), its test set and an attack file, and check they belong together.
+
+    Before any work, and each refusal one line naming both files (``stage`` starts it): the
+    test set's :func:`~onepixel.lineage.dataset_digest` must be the attack's ``test_digest``,
+    the checkpoint's sha256 its ``model_sha256``, the model must take the test set's images
+    (:func:`~onepixel.lineage.check_model_input`), and every adversarial image must be its
+    test image with the recorded pixels (:func:`~onepixel.lineage.check_adversarial`).
 
     Stages that evaluate the model use ``.classifier()`` of the result (a
     :class:`~onepixel.scoring.Classifier` with the attack's ``model_output``), so they
-    read its output as the attack did.
+    read its output as the attack did; the files they write carry ``.lineage``.
 
     Raises:
-        DataError: naming the file: unreadable, of another kind, or an attack whose
-            ``sample_id`` points beyond the test set, or whose ``model_output`` is unknown.
+        DataError: naming the file: unreadable, of another kind, inputs that do not belong
+            together, an attack whose ``sample_id`` points beyond the test set, or whose
+            ``model_output`` is unknown.
     """
     from onepixel.data import load_dataset
     from onepixel.models import load_checkpoint
@@ -236,17 +269,24 @@ def load_attacked_model(
     dev = resolve_device(device)
     attack = load_attack(attack_path)
     test = load_dataset(test_path)
+    check_test_set(stage, test_path, test, attack_path, attack.attrs["test_digest"])
+    model, meta = load_checkpoint(checkpoint_path, map_location=dev)
+    model.eval()
+    check_checkpoint(stage, checkpoint_path, attack_path, attack.attrs["model_sha256"])
+    check_model_input(stage, model, meta, checkpoint_path, test, test_path, dev)
     ids = np.asarray(attack["sample_id"].values, dtype=np.int64)
     if ids.size and (ids.max() >= test.sizes["sample"] or ids.min() < 0):
         raise DataError(
             f"{attack_path}: sample_id {int(ids.max())} is outside the {test.sizes['sample']} images of {test_path}"
         )
-    model, meta = load_checkpoint(checkpoint_path, map_location=dev)
-    model.eval()
+    check_adversarial(stage, attack, attack_path, test, test_path)
     attack_model_output(attack)  # an unknown kind fails here, before any work
     return AttackedModel(model, meta, test, attack, dev)
 
 
-def load_job_inputs(job: Job) -> AttackedModel:
-    """:func:`load_attacked_model` of a stage's ``checkpoint``, ``test`` and ``attack`` inputs, on ``device``."""
-    return load_attacked_model(job.input("checkpoint"), job.input("test"), job.input("attack"), job.cfg["device"])
+def load_job_inputs(job: Job, stage: str = "load") -> AttackedModel:
+    """:func:`load_attacked_model` of a stage's ``checkpoint``, ``test`` and ``attack`` inputs, on ``device``
+    (``stage``: the command named in refusals)."""
+    return load_attacked_model(
+        job.input("checkpoint"), job.input("test"), job.input("attack"), job.cfg["device"], stage=stage
+    )

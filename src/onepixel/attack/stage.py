@@ -10,9 +10,12 @@ merged result equals the unsharded one row for row.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,9 @@ import torch
 import xarray as xr
 from torch import nn
 
-from onepixel.attack.de import OnePixelAttack
+from onepixel.attack.de import FinishedRows, OnePixelAttack
 from onepixel.attack.results import (
+    REQUIRED_ATTRS,
     load_attack,
     merge_attacks,
     result_to_dataset,
@@ -31,7 +35,9 @@ from onepixel.attack.results import (
 )
 from onepixel.config import section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
-from onepixel.files import file_sha256, read_json, write_json
+from onepixel.files import atomic_path, file_sha256, one_line, read_json, write_json
+from onepixel.lineage import check_model_input, check_same, dataset_digest, selection_digest, short
+from onepixel.progress import Progress, announce, duration
 from onepixel.provenance import provenance
 from onepixel.scoring import Classifier, as_classifier
 from onepixel.stages import Job
@@ -158,7 +164,8 @@ def targets_for(labels, num_classes: int, targeted: bool) -> tuple[torch.Tensor,
 
 @dataclass
 class _StageInputs:
-    """What every attack stage starts from: the completed config, the device, the model and the test set."""
+    """What every attack stage starts from: the completed config, the device, the model and the test set
+    (and what identifies them: the checkpoint's sha256, the test set's digest)."""
 
     cfg: dict[str, Any]
     device: torch.device
@@ -166,17 +173,21 @@ class _StageInputs:
     images: torch.Tensor  # (N, C, H, W) uint8, CPU
     labels: torch.Tensor  # (N,) int64
     num_classes: int
+    model_sha256: str
+    test_digest: str
 
 
-def _stage_inputs(checkpoint_path, test_path, attack_cfg, device) -> _StageInputs:
-    """Validate ``attack_cfg``, resolve ``device``, load the checkpoint (onto it) and the test set."""
+def _stage_inputs(checkpoint_path, test_path, attack_cfg, device, stage: str = "attack") -> _StageInputs:
+    """Validate ``attack_cfg``, resolve ``device``, load the checkpoint (onto it) and the test set, and check
+    that the model takes the test set's images (:func:`onepixel.lineage.check_model_input`, named ``stage``)."""
     from onepixel.data import load_dataset
     from onepixel.models import load_checkpoint
 
     cfg = attack_settings(attack_cfg)
     dev = resolve_device(device)
-    model, _meta = load_checkpoint(checkpoint_path, map_location=dev)
+    model, meta = load_checkpoint(checkpoint_path, map_location=dev)
     test = load_dataset(test_path)
+    check_model_input(stage, model, meta, checkpoint_path, test, test_path, dev)
     images = torch.from_numpy(np.ascontiguousarray(test["image"].values))
     labels = torch.from_numpy(np.asarray(test["label"].values, dtype=np.int64))
     if "class_name" in test.coords:
@@ -184,7 +195,9 @@ def _stage_inputs(checkpoint_path, test_path, attack_cfg, device) -> _StageInput
     else:
         with eval_mode(model), torch.inference_mode():
             num_classes = int(model(images[:1].to(dev).float() / 255).shape[1])
-    return _StageInputs(cfg, dev, model, images, labels, num_classes)
+    return _StageInputs(
+        cfg, dev, model, images, labels, num_classes, file_sha256(checkpoint_path), dataset_digest(test)
+    )
 
 
 def _select(inputs: _StageInputs, log: Callable[[str], Any]) -> np.ndarray:
@@ -194,7 +207,10 @@ def _select(inputs: _StageInputs, log: Callable[[str], Any]) -> np.ndarray:
         inputs.model, inputs.images, inputs.labels, cfg["num_images"], cfg["seed"], device=inputs.device
     )
     if len(chosen) < cfg["num_images"]:
-        log(f"attack: only {len(chosen)} correctly classified test images (asked for {cfg['num_images']})")
+        announce(
+            f"attack: only {len(chosen)} of the test images are correctly classified, fewer than "
+            f"attack.num_images = {cfg['num_images']}: attacking those {len(chosen)}"
+        )
     return chosen
 
 
@@ -203,8 +219,9 @@ def select_stage(job: Job) -> np.ndarray:
 
     The selection is :func:`select_correct_images` with ``num_images`` and ``seed``
     (the same images an unsharded :func:`attack_stage` attacks, in the same
-    order). The file also records the seed, ``num_images``, the class count and
-    the checkpoint's SHA-256, which :func:`read_selection` checks.
+    order). The file also records the seed, ``num_images``, the class count,
+    the checkpoint's SHA-256 (``model_sha256``) and the test set's digest
+    (``test_digest``), which :func:`read_selection` checks.
 
     Returns:
         The selected test-set indices ``(n,)`` int64.
@@ -212,7 +229,7 @@ def select_stage(job: Job) -> np.ndarray:
     checkpoint_path, test_path, out_path = job.input("checkpoint"), job.input("test"), job.output()
     attack_cfg, device, log = job.cfg["attack"], job.cfg["device"], job.log.info
     with deterministic_torch():
-        inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device)
+        inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device, stage="select-images")
         chosen = _select(inputs, log)
     cfg = inputs.cfg
     write_json(
@@ -221,7 +238,8 @@ def select_stage(job: Job) -> np.ndarray:
             "num_images": int(cfg["num_images"]),
             "seed": int(cfg["seed"]),
             "num_classes": inputs.num_classes,
-            "model_sha256": file_sha256(checkpoint_path),
+            "model_sha256": inputs.model_sha256,
+            "test_digest": inputs.test_digest,
         },
         out_path,
         kind="selection",
@@ -230,23 +248,42 @@ def select_stage(job: Job) -> np.ndarray:
     return chosen
 
 
-def read_selection(
-    path: str | os.PathLike[str],
-    attack_cfg: dict[str, Any] | None = None,
-    checkpoint_path: str | os.PathLike[str] | None = None,
-) -> np.ndarray:
-    """Test-set indices ``(n,)`` int64 of a selection file written by :func:`select_stage`.
-
-    With ``attack_cfg`` the file's ``seed`` and ``num_images`` must equal the
-    config's; with ``checkpoint_path`` it must have been made with that checkpoint.
-    A mismatch is a :class:`~onepixel.errors.DataError` (re-run the selection).
-    """
+def _selection_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object of a selection file, with its ``sample_ids``, ``model_sha256`` and ``test_digest`` checked."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: selection file not found")
     sel = read_json(file, kind="selection")
     if not isinstance(sel.get("sample_ids"), list):
         raise DataError(f"{file}: sample_ids must be a list of test-set indices")
+    for key in ("model_sha256", "test_digest"):
+        if not isinstance(sel.get(key), str) or not sel[key]:
+            raise DataError(f"{file}: records no {key} (what the selection was made from); re-run the selection")
+    return sel
+
+
+def read_selection(
+    path: str | os.PathLike[str],
+    attack_cfg: dict[str, Any] | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    test_digest: str | None = None,
+    test_path: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """Test-set indices ``(n,)`` int64 of a selection file written by :func:`select_stage`.
+
+    With ``attack_cfg`` the file's ``seed`` and ``num_images`` must equal the
+    config's; with ``checkpoint_path`` it must have been made with that checkpoint;
+    with ``test_digest`` (:func:`onepixel.lineage.dataset_digest` of the test set at
+    ``test_path``) on that test set. The file must record ``model_sha256`` and
+    ``test_digest``. A mismatch is a :class:`~onepixel.errors.DataError` (re-run the selection).
+    """
+    file = Path(path)
+    sel = _selection_record(file)
+    if test_digest is not None and sel["test_digest"] != test_digest:
+        raise DataError(
+            f"attack: {test_path or 'the test set'} is not the test set {file} was made on "
+            f"(test digest {short(test_digest)} != {short(sel['test_digest'])}); pass the test set of the selection"
+        )
     if attack_cfg is not None:
         cfg = attack_settings(attack_cfg)
         for key in ("seed", "num_images"):
@@ -255,8 +292,11 @@ def read_selection(
                     f"{file}: made with attack.{key} = {sel.get(key)!r}, the config has {cfg[key]!r}; "
                     "re-run the selection"
                 )
-    if checkpoint_path is not None and sel.get("model_sha256") != file_sha256(checkpoint_path):
-        raise DataError(f"{file}: made with another model than {checkpoint_path}; re-run the selection")
+    if checkpoint_path is not None and (sha := file_sha256(checkpoint_path)) != sel["model_sha256"]:
+        raise DataError(
+            f"{file}: made with another model than {checkpoint_path} "
+            f"(model sha256 {short(sha)} != {short(sel['model_sha256'])}); re-run the selection"
+        )
     ids = np.asarray(sel["sample_ids"], dtype=np.int64).reshape(-1)
     if len(np.unique(ids)) != len(ids) or (ids < 0).any():
         raise DataError(f"{file}: sample_ids must be distinct test-set indices >= 0")
@@ -282,7 +322,9 @@ def attack_stage(job: Job) -> xr.Dataset:
     (no TF32, deterministic cuDNN/cuBLAS choices on a GPU); on the CPU two runs with
     the same config and seed write bit-identical results (but the timing attributes).
     The file also records ``model_output`` (logits or probabilities, see
-    :class:`OnePixelAttack`) and the total of ``rejected_candidates``.
+    :class:`OnePixelAttack`), the total of ``rejected_candidates`` and what it was
+    made from: ``model_sha256`` (the checkpoint's sha256), ``test_digest`` and
+    ``selection_digest`` (of the whole selection, before sharding; :mod:`onepixel.lineage`).
     """
     checkpoint_path, test_path, out_path = job.input("checkpoint"), job.input("test"), job.output()
     attack_cfg, device, log = job.cfg["attack"], job.cfg["device"], job.log.info
@@ -293,7 +335,7 @@ def attack_stage(job: Job) -> xr.Dataset:
         cfg, dev, images = inputs.cfg, inputs.device, inputs.images
         attack = make_attack(inputs.model, cfg, dev)
         if selection_path is not None:
-            chosen = read_selection(selection_path, cfg, checkpoint_path)
+            chosen = read_selection(selection_path, cfg, checkpoint_path, inputs.test_digest, test_path)
             if len(chosen) and int(chosen.max()) >= images.shape[0]:
                 raise DataError(
                     f"{selection_path}: sample_id {int(chosen.max())} is outside the test set "
@@ -301,18 +343,38 @@ def attack_stage(job: Job) -> xr.Dataset:
                 )
         else:
             chosen = _select(inputs, log)
+        selected = selection_digest(chosen)  # the whole selection, the same in every shard
         chosen = chosen[shard_indices(len(chosen), shard, shards)]
         row_labels, row_targets, row_index = targets_for(inputs.labels[chosen], inputs.num_classes, cfg["targeted"])
         sample_ids = torch.from_numpy(chosen)[row_index]
         ids = sample_ids * inputs.num_classes + row_targets if cfg["targeted"] else sample_ids
         start = time.perf_counter()
-        result = attack.run(images[sample_ids], row_labels, row_targets if cfg["targeted"] else None, ids=ids)
+        partial = _PartialFile(out_path, _partial_key(checkpoint_path, test_path, cfg, dev), ids.numpy())
+        finished = partial.load()
+        name = f"attack {Path(checkpoint_path).stem}" + (f" shard {shard}/{shards}" if shards > 1 else "")
+        unit = "image-target pairs" if cfg["targeted"] else "images"
+        with partial.kept_on_error(), Progress(name, len(ids), unit, initial=len(finished or ())) as progress:
+
+            def on_finished(rows: FinishedRows) -> None:
+                progress.update(len(rows))
+                partial.add(rows)
+
+            result = attack.run(
+                images[sample_ids],
+                row_labels,
+                row_targets if cfg["targeted"] else None,
+                ids=ids,
+                finished=finished,
+                on_finished=on_finished,
+            )
         wall = time.perf_counter() - start
-    rate = attack.last_stats.get("candidates", 0) / wall if wall > 0 else float("nan")
+    rate = attack.last_stats.get("attacked_candidates", 0) / wall if wall > 0 else float("nan")
     attrs = {
         **provenance(dev),
         "model_checkpoint": os.path.basename(os.fspath(checkpoint_path)),
-        "model_sha256": file_sha256(checkpoint_path),
+        "model_sha256": inputs.model_sha256,
+        "test_digest": inputs.test_digest,
+        "selection_digest": selected,
         "model_output": str(attack.model_output),
         "seed": int(cfg["seed"]),
         "wall_time_s": float(wall),
@@ -323,10 +385,180 @@ def attack_stage(job: Job) -> xr.Dataset:
         **({"shard": int(shard)} if shards > 1 else {}),
     }
     ds = result_to_dataset(result, sample_ids.numpy(), stored_config(cfg), attrs)
-    save_attack(ds, out_path)
+    with partial.kept_on_error():
+        save_attack(ds, out_path)
+    partial.remove()
     where = f" (shard {shard} of {shards})" if shards > 1 else ""
     log(summary_line(ds, rate) + where)
+    resumed = f", {len(finished)} of them resumed from {partial.path.name}" if finished else ""
+    announce(f"{name}: {_fooled_text(ds)}, {duration(wall)}{resumed}")
     return ds
+
+
+def _fooled_text(ds: xr.Dataset) -> str:
+    """``63/100 fooled, 15,228 queries per image`` (targeted: per image-target pair, and the images fooled)."""
+    success = np.asarray(ds["success"].values).astype(bool)
+    n = success.size
+    queries = float(np.mean(ds["queries"].values)) if n else 0.0
+    target = np.asarray(ds["target_class"].values)
+    if n and (target >= 0).any():
+        ids = np.asarray(ds["sample_id"].values)
+        uniq = np.unique(ids)
+        images = sum(bool(success[ids == i].any()) for i in uniq)
+        return (
+            f"{int(success.sum())}/{n} image-target pairs fooled ({images}/{uniq.size} images towards >= 1 target), "
+            f"{queries:,.0f} queries per pair"
+        )
+    return f"{int(success.sum())}/{n} fooled, {queries:,.0f} queries per image"
+
+
+# ---------------------------------------------------------------------------
+# the partial file: a long attack keeps its finished images
+# ---------------------------------------------------------------------------
+#: seconds between two writes of an attack's partial file (the shard's images finished so far)
+PARTIAL_EVERY_S = 120.0
+#: the format of the partial file, a transient file read only by :func:`attack_stage`
+PARTIAL_FORMAT = "onepixel-attack-partial/1"
+#: what a partial file must have been made with to be resumed (its attributes)
+_PARTIAL_KEY = ("model_sha256", "test_sha256", "attack_config", "device", "onepixel_version", "torch_version")
+
+
+def partial_path(out_path: str | os.PathLike[str]) -> Path:
+    """The partial file of an attack output ``x.nc``: ``x.partial.nc`` beside it.
+
+    Snakemake does not manage it (it is no rule's output), so its cleanup of an
+    interrupted job's outputs leaves it for the rerun.
+    """
+    out = Path(out_path)
+    return out.with_name(f"{out.stem if out.suffix == '.nc' else out.name}.partial.nc")
+
+
+def _partial_key(checkpoint_path: Path, test_path: Path, cfg: dict[str, Any], dev: torch.device) -> dict[str, str]:
+    """What the rows of an attack depend on besides the selection: model, test set, attack config, device, versions."""
+    info = provenance(dev)
+    return {
+        "model_sha256": file_sha256(checkpoint_path),
+        "test_sha256": file_sha256(test_path),
+        "attack_config": json.dumps(stored_config(cfg), sort_keys=True),
+        "device": str(info["device"]),
+        "onepixel_version": str(info["onepixel_version"]),
+        "torch_version": str(info["torch_version"]),
+    }
+
+
+class _PartialFile:
+    """The images of an attack that finished DE, kept in ``<out>.partial.nc`` while the attack runs.
+
+    :meth:`add` collects the images as they finish and rewrites the file (atomically:
+    temporary name, then rename) when the last write is :data:`PARTIAL_EVERY_S`
+    seconds old; :meth:`kept_on_error` writes it once more when the attack fails
+    or is stopped (SIGTERM, Ctrl-C), so a kill loses at most the last
+    ``PARTIAL_EVERY_S`` seconds. :meth:`load` takes the file of an earlier run
+    back only if it was made with the same model, test set, attack config,
+    device and versions, for the same rows (selection and shard); else it is
+    ignored with a one-line notice (and replaced by this run's).
+
+    The file holds DE's outcome per finished row (:class:`FinishedRows`: genes,
+    generations, DE's verdict, rejected candidates), keyed by the row's stream id;
+    the final rows are rebuilt from it exactly as an uninterrupted run builds them.
+    """
+
+    def __init__(self, out_path: str | os.PathLike[str], key: dict[str, str], ids: np.ndarray) -> None:
+        self.path = partial_path(out_path)
+        self.key, self.ids = key, np.asarray(ids, dtype=np.int64)
+        self.parts: list[FinishedRows] = []
+        self.count = self.written = 0  # rows collected, rows in the file
+        self.last = time.monotonic()
+        self.failed = False
+
+    def load(self) -> FinishedRows | None:
+        """The finished rows of an earlier run of this attack, or ``None`` (no file, or not this attack's)."""
+        if not self.path.is_file():
+            return None
+        why = None
+        try:
+            with xr.open_dataset(self.path, engine="netcdf4") as opened:
+                ds = opened.load()
+        except Exception as exc:  # netCDF4 raises OSError/ValueError/RuntimeError for damaged files
+            why = f"not readable ({one_line(f'{exc.__class__.__name__}: {exc}', 120)})"
+        else:
+            if ds.attrs.get("format") != PARTIAL_FORMAT:
+                why = f"not a {PARTIAL_FORMAT} file"
+            else:
+                other = [key for key in _PARTIAL_KEY if str(ds.attrs.get(key)) != self.key[key]]
+                if other:
+                    why = "made with another " + ", ".join(other)
+                elif not np.array_equal(ds["shard_ids"].values, self.ids):
+                    why = "made for other images (another selection or shard)"
+        if why is not None:
+            announce(f"attack: ignoring {self.path}: {why}; attacking every image of the shard")
+            return None
+        row_id = np.asarray(ds["row_id"].values, dtype=np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        rows = order[np.searchsorted(self.ids[order], row_id)]
+        finished = FinishedRows(
+            rows=torch.from_numpy(rows.astype(np.int64)),
+            genes=torch.from_numpy(np.ascontiguousarray(ds["genes"].values, dtype=np.float32)),
+            generations=torch.from_numpy(ds["generations"].values.astype(np.int64)),
+            de_success=torch.from_numpy(ds["de_success"].values.astype(bool)),
+            rejected=torch.from_numpy(ds["rejected"].values.astype(np.int64)),
+        )
+        self.parts, self.count = [finished], len(finished)
+        self.written = self.count
+        announce(
+            f"attack: resuming from {self.path}: {len(finished)} of {len(self.ids)} done, "
+            f"attacking the other {len(self.ids) - len(finished)}"
+        )
+        return finished
+
+    def add(self, rows: FinishedRows) -> None:
+        """Rows that just finished DE; the file is rewritten when its last write is old enough."""
+        self.parts.append(rows)
+        self.count += len(rows)
+        if time.monotonic() - self.last >= PARTIAL_EVERY_S:
+            self.write()
+
+    def write(self) -> None:
+        """Write every row collected so far (when there are new ones). A failure (a full disk) is logged
+        once and the attack goes on: the rows not kept are attacked again by a rerun."""
+        self.last = time.monotonic()
+        if self.count == self.written:
+            return
+        rows = FinishedRows.concat(self.parts)
+        self.parts = [rows]
+        ds = xr.Dataset(
+            {
+                "row_id": ("row", self.ids[rows.rows.numpy()]),
+                "genes": (("row", "gene"), rows.genes.numpy().astype(np.float32)),
+                "generations": ("row", rows.generations.numpy().astype(np.int64)),
+                "de_success": ("row", rows.de_success.numpy().astype(np.uint8)),
+                "rejected": ("row", rows.rejected.numpy().astype(np.int64)),
+                "shard_ids": ("shard_row", self.ids),
+            },
+            attrs={"format": PARTIAL_FORMAT, **self.key},
+        )
+        try:
+            with atomic_path(self.path) as tmp:
+                ds.to_netcdf(tmp, engine="netcdf4")
+        except Exception as exc:  # OSError (disk full), or netCDF4's RuntimeError
+            if not self.failed:
+                announce(f"attack: could not write {self.path.name} ({one_line(str(exc))}); going on without it")
+            self.failed = True
+            return
+        self.written = self.count
+
+    @contextlib.contextmanager
+    def kept_on_error(self) -> Iterator[None]:
+        """On any exception in the block (SIGTERM's SystemExit and Ctrl-C included) write the file once more."""
+        try:
+            yield
+        except BaseException:
+            self.write()
+            raise
+
+    def remove(self) -> None:
+        """The output is written: the partial file is no longer needed."""
+        self.path.unlink(missing_ok=True)
 
 
 def merge_stage(job: Job) -> xr.Dataset:
@@ -337,7 +569,9 @@ def merge_stage(job: Job) -> xr.Dataset:
     so the merged file equals the one an unsharded run writes, except for the
     timing attributes: ``wall_time_s`` is the sum over the shards and
     ``candidates_per_s`` the total candidates over that sum. With
-    ``selection_path`` the shards must cover exactly the selected images.
+    ``selection_path`` the shards must cover exactly the selected images. The shards
+    must record the same ``model_sha256``, ``test_digest`` and ``selection_digest``
+    (and those of the selection file, when given); the merged file keeps them.
     """
     shard_paths, out_path, selection_path = job.inputs["shards"], job.output(), job.inputs["selection"]
     log = job.log.info
@@ -351,8 +585,12 @@ def merge_stage(job: Job) -> xr.Dataset:
         got = ", ".join(
             f"{p.name} (shard {i} of {ds.attrs['shards']})" for p, i, ds in zip(paths, index, shards, strict=True)
         )
-        raise DataError(f"merge-attack: expected shards 0..{len(paths) - 1} of {len(paths)}, each once; got {got}")
+        raise DataError(f"merge-attack: {_shard_problem(paths, index, counts)}; got {got}")
+    paths = [paths[i] for i in np.argsort(index)]
     shards = [shards[i] for i in np.argsort(index)]
+    made_from = [{key: str(ds.attrs[key]) for key in REQUIRED_ATTRS} for ds in shards]
+    for path, lineage in zip(paths[1:], made_from[1:], strict=True):
+        check_same("merge-attack", path, lineage, paths[0], made_from[0])
     order = read_selection(selection_path) if selection_path is not None else None
     merged = merge_attacks(shards, order=order)
     ids = np.unique(merged["sample_id"].values)
@@ -360,6 +598,16 @@ def merge_stage(job: Job) -> xr.Dataset:
         raise DataError(
             f"merge-attack: the shards hold {len(ids)} images but {selection_path} selects {len(order)}; "
             "were they made with another selection?"
+        )
+    if selection_path is not None and order is not None:
+        sel = _selection_record(selection_path)
+        recorded = {"model_sha256": sel["model_sha256"], "test_digest": sel["test_digest"]}
+        check_same(
+            "merge-attack",
+            paths[0],
+            made_from[0],
+            selection_path,
+            {**recorded, "selection_digest": selection_digest(order)},
         )
     wall = float(sum(float(ds.attrs["wall_time_s"]) for ds in shards))
     candidates = int(merged["queries"].values.sum())
@@ -377,7 +625,29 @@ def merge_stage(job: Job) -> xr.Dataset:
         var.encoding = {}
     save_attack(merged, out_path)
     log(summary_line(merged, rate) + f" (merged {len(paths)} shards)")
+    announce(f"merge-attack {Path(out_path).stem}: {_fooled_text(merged)}, {len(paths)} shard(s) merged")
     return merged
+
+
+def _shard_problem(paths: list[Path], index: list[int], counts: set[int]) -> str:
+    """What is wrong with a set of shard files: the missing shards (named), the repeated ones, mixed splits."""
+    if len(counts) != 1:
+        return f"the files come from attacks split into {' and '.join(map(str, sorted(counts)))} shards"
+    n = counts.pop()
+    problems = []
+    missing = sorted(set(range(n)) - set(index))
+    if missing:
+        pattern = re.fullmatch(r"shard_\d+-of-\d+\.nc", paths[0].name)
+        names = [str(paths[0].parent / f"shard_{i}-of-{n}.nc") for i in missing] if pattern else []
+        problems.append(
+            f"shard(s) {', '.join(map(str, missing))} of {n} missing" + (f" ({', '.join(names)})" if names else "")
+        )
+    repeated = sorted({i for i in index if index.count(i) > 1})
+    if repeated:
+        problems.append(f"shard(s) {', '.join(map(str, repeated))} given more than once")
+    if not problems:
+        problems.append(f"shard numbers {sorted(index)}")
+    return f"expected shards 0..{n - 1} of {n}, each once: " + "; ".join(problems)
 
 
 def summary_line(ds: xr.Dataset, candidates_per_s: float) -> str:

@@ -36,6 +36,13 @@ def _layer_title(prop: xr.Dataset, i: int) -> str:
     return f"{i}: {prop['layer'].values[i]}\n{int(prop['layer_height'][i])}×{int(prop['layer_width'][i])}"
 
 
+def _pixels_text(xs: np.ndarray, ys: np.ndarray) -> str:
+    """``pixel x=3, y=4``, or for k pixels ``pixels (3, 4), (5, 1) as (x, y)``."""
+    if len(xs) == 1:
+        return f"pixel x={int(xs[0])}, y={int(ys[0])}"
+    return "pixels " + ", ".join(f"({int(x)}, {int(y)})" for x, y in zip(xs, ys, strict=True)) + " as (x, y)"
+
+
 def plot_pm_grid(
     prop: xr.Dataset,
     attack: xr.Dataset,
@@ -52,6 +59,8 @@ def plot_pm_grid(
     i.e. differences larger than the largest original activation, are clipped and
     shown by the colour bar's arrow), the attacked pixel's column and row in each
     layer's grid shown by triangles on the map's edges (so the map stays uncovered).
+    A k-pixel attack (``attack.pixels`` > 1) names, circles and points at every
+    perturbed pixel; a targeted attack shows its target class and its probability.
 
     Args:
         prop: propagation dataset of :func:`onepixel.analysis.propagation.compute_propagation`.
@@ -69,30 +78,40 @@ def plot_pm_grid(
     n_layers = prop.sizes["layer"]
     fig, axes = panel_grid(n_layers + 2, ncols=6)
     true_c, adv_c = int(row["true_class"]), int(row["adv_class"])
-    px, py = int(row["pixel_x"].values[0]), int(row["pixel_y"].values[0])
+    target = int(row["target_class"]) if "target_class" in row else -1
+    xs, ys = np.atleast_1d(row["pixel_x"].values).astype(int), np.atleast_1d(row["pixel_y"].values).astype(int)
     p_clean, p_adv = row["prob_clean"].values, row["prob_adv"].values
     show_image(axes[0], clean_image, f"clean image\ntrue class: {class_names[true_c]} (p={p_clean[true_c]:.2f})")
+    aim = f"target: {class_names[target]} (p={p_adv[target]:.2f}), " if target >= 0 else ""
     show_image(
         axes[1],
         row["adversarial"].values,
-        f"adversarial image\npredicted: {class_names[adv_c]} (p={p_adv[adv_c]:.2f})\ntrue class: p={p_adv[true_c]:.2f}",
+        f"adversarial image\npredicted: {class_names[adv_c]} (p={p_adv[adv_c]:.2f})\n{aim}true class: p={p_adv[true_c]:.2f}",
     )
-    mark_pixel(axes[1], row["pixel_x"].values, row["pixel_y"].values)
+    mark_pixel(axes[1], xs, ys)
+    height, width = clean_image.shape[-2:]
     image = None
     for i in range(n_layers):
         image = show_map(axes[i + 2], prop[f"pm_max_norm_{i}"].values[sample], 1.0, _layer_title(prop, i))
-        mark_edges(axes[i + 2], prop["pixel_x_layer"].values[i, sample], prop["pixel_y_layer"].values[i, sample])
+        # every pixel mapped into the layer's grid as the capture stage maps the first (floor(x * W_l / W))
+        mark_edges(
+            axes[i + 2],
+            xs * int(prop["layer_width"].values[i]) // width,
+            ys * int(prop["layer_height"].values[i]) // height,
+        )
     assert image is not None  # at least one layer was drawn
     fig.colorbar(image, ax=axes[2:], extend="max", shrink=0.9, label="normalised PMmax (clipped at 1)")
+    which = "the attacked pixel's column and row" if len(xs) == 1 else "each attacked pixel's column and row"
     add_caption(
         fig,
-        _caption(prop) + ". Triangles on the maps' edges: the attacked pixel's column and row, "
-        "mapped into each layer's grid as floor(x · W_l / W).",
+        _caption(prop)
+        + f". Triangles on the maps' edges: {which}, mapped into each layer's grid as floor(x · W_l / W).",
     )
     outcome = "successful" if bool(row["success"]) else "failed"
-    kind = "one-pixel" if attack.sizes.get("pixel", 1) == 1 else f"{attack.sizes['pixel']}-pixel"
+    kind = "one-pixel" if len(xs) == 1 else f"{len(xs)}-pixel"
+    aimed = f"targeted {kind} attack (target: {class_names[target]})" if target >= 0 else f"{kind} attack"
     fig.suptitle(
-        f"Propagation maps of a {outcome} {kind} attack on test image {sample_id} (pixel x={px}, y={py}, circled)",
+        f"Propagation maps of a {outcome} {aimed} on test image {sample_id} ({_pixels_text(xs, ys)}, circled)",
         fontsize=10,
     )
     return save_figure(fig, out_base, formats)

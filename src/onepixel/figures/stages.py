@@ -15,8 +15,9 @@ from onepixel.figures.common import placeholder
 from onepixel.figures.locality import plot_locality
 from onepixel.figures.propagation import plot_average_pm, plot_pm_depth, plot_pm_grid
 from onepixel.figures.receptive_fields import plot_erf, plot_receptive_fields
-from onepixel.figures.vulnerability import plot_vulnerability_examples
+from onepixel.figures.vulnerability import plot_vulnerability_examples, vulnerability_title
 from onepixel.files import open_netcdf
+from onepixel.lineage import attack_lineage, check_same, check_test_set, recorded_lineage
 from onepixel.stages import Job
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ def figures_stage(job: Job) -> list[Path]:
     Per model: ``{model}/pm_grid_{k}`` for the first ``examples`` successful attacks
     (a placeholder saying so when there are fewer) and ``{model}/average_pm``;
     across models: ``locality`` and ``pm_depth``. Each in every format.
+
+    Before any figure, each model's propagation and locality files must have been
+    made from its attack file (same ``model_sha256``, ``test_digest`` and
+    ``attack_digest``), and the attack on the given test set.
     """
     cfg = job.cfg["figures"]
     dataset_name, test_path, out_dir = job.cfg["dataset"]["name"], job.input("test"), job.output()
@@ -40,11 +45,17 @@ def figures_stage(job: Job) -> list[Path]:
     examples, formats = cfg["examples"], tuple(cfg["formats"])
     out = Path(out_dir)
     test = load_dataset(test_path)
+    attacks = {model: load_attack(attack_paths[model]) for model in models}
+    for model in models:  # the files of each model belong together, before any work
+        made_from = attack_lineage(attacks[model])
+        check_test_set("figures", test_path, test, attack_paths[model], made_from["test_digest"])
+        for paths, kind in ((propagation_paths, "propagation"), (locality_paths, "locality")):
+            check_same("figures", paths[model], recorded_lineage(paths[model], kind), attack_paths[model], made_from)
     class_names = [str(c) for c in test["class_name"].values]
     written: list[Path] = []
     summaries: dict[str, xr.Dataset] = {}
     for model in models:
-        attack = load_attack(attack_paths[model])
+        attack = attacks[model]
         prop = open_netcdf(
             propagation_paths[model],
             kind="propagation",
@@ -79,6 +90,9 @@ def locality_figures_stage(job: Job) -> list[Path]:
 
     Writes ``locality_table.csv`` / ``.html``, ``receptive_fields``, ``erf`` and
     ``{model}/vulnerability_maps`` (each figure in every format) under ``out_dir``.
+
+    Before any work, each model's vulnerability file must have been made from the
+    same model, test set and attack as its locality file, and that on the given test set.
     """
     cfg = job.cfg["figures"]
     dataset_name, test_path, out_dir = job.cfg["dataset"]["name"], job.input("test"), job.output()
@@ -87,6 +101,11 @@ def locality_figures_stage(job: Job) -> list[Path]:
     examples, formats = cfg["examples"], tuple(cfg["formats"])
     out = Path(out_dir)
     test = load_dataset(test_path)
+    for model in models:  # the files of each model belong together, before any work
+        made_from = recorded_lineage(locality_paths[model], "locality")
+        check_test_set("locality-figures", test_path, test, locality_paths[model], made_from["test_digest"])
+        vulnerability = recorded_lineage(vulnerability_paths[model], "vulnerability")
+        check_same("locality-figures", vulnerability_paths[model], vulnerability, locality_paths[model], made_from)
     class_names = [str(c) for c in test["class_name"].values]
     localities = {
         m: open_netcdf(locality_paths[m], kind="locality", required=("success_rate", "success_rate_ci")) for m in models
@@ -117,7 +136,7 @@ def locality_figures_stage(job: Job) -> list[Path]:
             class_names,
             examples,
             formats,
-            title=f"Vulnerability maps of {model} ({dataset_name})",
+            title=vulnerability_title(model, job.cfg),
         )
     log.info("wrote %d locality / receptive-field files under %s", len(written), out)
     return written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,15 @@ def save_checkpoint(
     name: str,
     build_kwargs: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> None:
     """Atomically save ``model`` as an onepixel checkpoint.
 
     The file holds ``{"format", "arch", "build_kwargs", "state_dict", "extra"}`` with
     plain types and CPU tensors only, so ``torch.load(weights_only=True)`` accepts it.
     ``build_kwargs`` are the keyword arguments of ``build_model`` besides the name.
+    ``input_shape`` (``(C, H, W)`` of the images the model was trained on, recorded by the
+    train stage) is stored as ``"input_shape"``; stages compare it with their test set.
     """
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -61,6 +65,11 @@ def save_checkpoint(
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         "extra": plain(extra or {}),
     }
+    if input_shape is not None:
+        shape = [int(s) for s in input_shape]
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"input_shape must be (channels, height, width); got {input_shape!r}")
+        checkpoint["input_shape"] = shape
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
@@ -201,13 +210,16 @@ def load_checkpoint(
             (an onepixel checkpoint carries its own).
 
     Returns:
-        ``(model, meta)``: the model in eval mode and ``{"arch", "build_kwargs", "extra"}``
-        (``extra`` holds the training metrics of checkpoints written by the train stage).
+        ``(model, meta)``: the model in eval mode and ``{"arch", "build_kwargs", "extra", "input_shape"}``
+        (``extra`` holds the training metrics of checkpoints written by the train stage;
+        ``input_shape`` is the recorded ``[C, H, W]`` of its images, or None when not recorded).
     """
     from onepixel.models import build_model
 
     file = Path(path)
-    arch, kwargs, state_dict, extra = _split_checkpoint(file, _torch_load(file, map_location), name, build_kwargs)
+    obj = _torch_load(file, map_location)
+    arch, kwargs, state_dict, extra = _split_checkpoint(file, obj, name, build_kwargs)
+    input_shape = _input_shape(file, obj)
     try:
         model = build_model(arch, **kwargs)
     except (ConfigError, TypeError) as exc:
@@ -216,4 +228,14 @@ def load_checkpoint(
     model.load_state_dict(state_dict)
     if isinstance(map_location, str | torch.device):
         model.to(map_location)
-    return model.eval(), {"arch": arch, "build_kwargs": kwargs, "extra": extra}
+    return model.eval(), {"arch": arch, "build_kwargs": kwargs, "extra": extra, "input_shape": input_shape}
+
+
+def _input_shape(file: Path, obj: Any) -> list[int] | None:
+    """The ``[C, H, W]`` an onepixel checkpoint records (None for a bare state_dict or when not recorded)."""
+    shape = obj.get("input_shape") if isinstance(obj, dict) and "format" in obj else None
+    if shape is None:
+        return None
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise DataError(f"{file}: input_shape must be [channels, height, width]; got {shape!r}")
+    return [int(s) for s in shape]

@@ -42,5 +42,5 @@ def run_snakemake_job(snakemake: Any) -> Any:
     given = snakemake.wildcards.keys()
     wildcards = {w.name: snakemake.wildcards[w.name] for w in stage.wildcards if w.name in given}
     threads = snakemake.threads if stage.device else None
-    with log_to(snakemake.log[0], threads):
+    with log_to(snakemake.log[0], threads, what=stage.command):
         return run_stage(stage.name, inputs, outputs, config=snakemake.config, wildcards=wildcards, validated=True)

@@ -13,10 +13,14 @@ every job (config params, code, input checksums) as if it had just run, so a
 later change of config or code still reruns what it affects. Touching is right
 only when the files are the results of this checkout's code and config; DVC
 knows whether they are, so :func:`mark_up_to_date` first asks ``dvc status``
-and refuses when the study stage differs from ``dvc.lock``.
+and refuses when the study's stage differs from ``dvc.lock``.
 
-Command line: ``python -m onepixel.workflow.sharing`` (``make pull``) pulls from the
-default remote and marks the results up to date; ``--no-pull`` only marks them
+Every study is one DVC stage, ``study@<study id>`` (dvc.yaml), and is pulled and
+marked on its own: by default every study that ``dvc.lock`` records, or the one
+named with ``--study``.
+
+Command line: ``python -m onepixel.workflow.sharing [--study ID]`` (``make pull [STUDY=ID]``)
+pulls from the default remote and marks the results up to date; ``--no-pull`` only marks them
 (after ``dvc checkout``, ``git checkout`` of another result version, or a
 ``dvc pull`` of your own).
 """
@@ -31,6 +35,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from onepixel.errors import OnePixelError
 
@@ -88,9 +94,10 @@ def describe_status(status: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def dvc_status(repo: PathLike = ".") -> dict[str, Any]:
-    """``dvc status --json`` of ``repo``: ``{}`` when every stage and its outputs match ``dvc.lock``."""
-    result = _run(_dvc("status", "--json"), repo)
+def dvc_status(repo: PathLike = ".", *targets: str) -> dict[str, Any]:
+    """``dvc status --json [targets]`` of ``repo``: ``{}`` when the stages (default: every stage)
+    and their outputs match ``dvc.lock``."""
+    result = _run(_dvc("status", "--json", *targets), repo)
     if result.returncode != 0:
         raise SharingError(f"dvc status failed in {repo}: {_last_line(result.stderr or result.stdout)}")
     try:
@@ -99,30 +106,85 @@ def dvc_status(repo: PathLike = ".") -> dict[str, Any]:
         raise SharingError(f"dvc status printed no JSON: {_last_line(result.stdout)}") from exc
 
 
-def mark_up_to_date(repo: PathLike = ".") -> None:
+#: the DVC stage of every study is ``study@<study id>`` (dvc.yaml: ``foreach`` over ``vars.studies``)
+STAGE = "study"
+
+
+def studies(repo: PathLike = ".") -> dict[str, str]:
+    """``{study id: config file}`` of every study that dvc.yaml declares (its ``vars.studies``)."""
+    file = Path(repo) / "dvc.yaml"
+    try:
+        declared = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SharingError(f"{file}: cannot read the studies ({_last_line(str(exc))})") from exc
+    for entry in declared.get("vars", []) if isinstance(declared, dict) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("studies"), dict):
+            return {str(name): str(item["config"]) for name, item in entry["studies"].items()}
+    raise SharingError(f"{file}: declares no studies (vars: - studies: {{<study id>: {{config: <file>}}}})")
+
+
+def locked_studies(repo: PathLike = ".") -> list[str]:
+    """The study ids whose stage dvc.lock records (the studies that were run and can be pulled)."""
+    file = Path(repo) / "dvc.lock"
+    if not file.is_file():
+        return []
+    stages = (yaml.safe_load(file.read_text()) or {}).get("stages", {})
+    return [name for name in studies(repo) if f"{STAGE}@{name}" in stages]
+
+
+def _chosen(repo: PathLike, study: str | None) -> list[str]:
+    locked = locked_studies(repo)
+    if study is None:
+        if not locked:
+            raise SharingError(f"{Path(repo) / 'dvc.lock'}: records no study; run `dvc repro study@<study id>` first")
+        return locked
+    if study not in studies(repo):
+        raise SharingError(f"study {study!r} is not in dvc.yaml; studies: {', '.join(studies(repo))}")
+    if study not in locked:
+        raise SharingError(f"study {study!r} has no entry in dvc.lock: it was never run (dvc repro {STAGE}@{study})")
+    return [study]
+
+
+def mark_up_to_date(repo: PathLike = ".", study: str | None = None) -> list[str]:
     """Make Snakemake accept the results in ``repo`` (just pulled or checked out) as up to date.
+
+    Args:
+        study: the id of one study; by default every study that dvc.lock records.
+
+    Returns:
+        The study ids marked.
 
     Raises:
         SharingError: when ``dvc status`` reports a difference from ``dvc.lock``
             (changed code or config, a missing or modified output), naming it,
             or when Snakemake fails (e.g. an output of the workflow is missing).
     """
-    status = dvc_status(repo)
-    if status:
-        raise SharingError(
-            f"the workspace does not match dvc.lock ({describe_status(status)}); results are only marked up to "
-            "date when they are those of this checkout's code and config: run `dvc pull` / `dvc checkout`, "
-            "or `dvc repro` to recompute"
+    chosen = _chosen(repo, study)
+    configs = studies(repo)
+    for name in chosen:
+        status = dvc_status(repo, f"{STAGE}@{name}")
+        if status:
+            raise SharingError(
+                f"the workspace does not match dvc.lock ({describe_status(status)}); results are only marked up "
+                "to date when they are those of this checkout's code and config: run `dvc pull` / `dvc checkout`, "
+                f"or `dvc repro {STAGE}@{name}` to recompute"
+            )
+    for name in chosen:
+        result = _run(
+            _snakemake("--configfile", configs[name], "--touch", "--forceall", "--cores", "1", "--quiet", "all"), repo
         )
-    result = _run(_snakemake("--touch", "--forceall", "--cores", "1", "--quiet", "all"), repo)
-    if result.returncode != 0:
-        raise SharingError(f"snakemake --touch failed in {repo}: {_last_line(result.stderr or result.stdout)}")
+        if result.returncode != 0:
+            raise SharingError(
+                f"snakemake --touch of study {name} failed in {repo}: {_last_line(result.stderr or result.stdout)}"
+            )
+    return chosen
 
 
-def pull(repo: PathLike = ".", remote: str | None = None, jobs: int | None = None) -> str:
-    """``dvc pull`` every output of the study (from ``remote``, or the default remote),
-    then :func:`mark_up_to_date`. Returns DVC's summary line (e.g. "41 files fetched")."""
-    args = ["pull"]
+def pull(repo: PathLike = ".", remote: str | None = None, jobs: int | None = None, study: str | None = None) -> str:
+    """``dvc pull`` the outputs of one study (by default of every study dvc.lock records; from
+    ``remote``, or the default remote), then :func:`mark_up_to_date`. Returns DVC's summary line
+    (e.g. "41 files fetched")."""
+    args = ["pull", *(f"{STAGE}@{name}" for name in _chosen(repo, study))]
     if remote:
         args += ["--remote", remote]
     if jobs:
@@ -130,7 +192,7 @@ def pull(repo: PathLike = ".", remote: str | None = None, jobs: int | None = Non
     result = _run(_dvc(*args), repo)
     if result.returncode != 0:
         raise SharingError(f"dvc pull failed in {repo}: {_last_line(result.stderr or result.stdout)}")
-    mark_up_to_date(repo)
+    mark_up_to_date(repo, study)
     return _last_line(result.stdout)
 
 
@@ -143,16 +205,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
     parser.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
     parser.add_argument("--jobs", type=int, help="parallel transfers of dvc pull")
+    parser.add_argument("--study", help="the id of one study (default: every study that dvc.lock records)")
     parser.add_argument(
         "--no-pull", action="store_true", help="do not pull; only mark the workspace's results up to date"
     )
     args = parser.parse_args(argv)
     try:
         if args.no_pull:
-            mark_up_to_date(args.repo)
-            print("results marked up to date for Snakemake")
+            marked = mark_up_to_date(args.repo, args.study)
+            print(f"results of {', '.join(marked)} marked up to date for Snakemake")
         else:
-            print(f"{pull(args.repo, args.remote, args.jobs)}; results marked up to date for Snakemake")
+            line = pull(args.repo, args.remote, args.jobs, args.study)
+            print(f"{line}; results of {', '.join(_chosen(args.repo, args.study))} marked up to date for Snakemake")
     except SharingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
