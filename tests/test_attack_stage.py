@@ -35,7 +35,7 @@ def test_a_bad_attack_file_is_named(tmp_path, toy, kind):
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
     if kind == "other-stage":
-        assert message == f"{path}: is a onepixel-dataset/1 file, expected onepixel-attack/1"
+        assert message == f"{path}: is a onepixel-dataset/1 file, expected onepixel-attack/2"
     else:
         assert "not a readable netCDF file" in message
 

@@ -421,4 +421,4 @@ def test_a_bad_dataset_file_is_named(tmp_path, toy, kind):
     message = str(info.value)
     assert message.startswith(f"{path}: ") and "\n" not in message
     if kind == "other-stage":
-        assert message == f"{path}: is a onepixel-attack/1 file, expected onepixel-dataset/1"
+        assert message == f"{path}: is a onepixel-attack/2 file, expected onepixel-dataset/1"

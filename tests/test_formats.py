@@ -48,9 +48,10 @@ def test_registry() -> None:
         "summary",
     }
     assert set(FILES) == set(KINDS)
-    # summary/2: its provenance moved to provenance.json, summary.json holds numbers only
-    assert {kind: version for kind, version in FORMAT_VERSION.items() if version != 1} == {"summary": 2}
-    assert format_name("locality") == "onepixel-locality/1"
+    # version 2: every result records what it was made from (onepixel.lineage); summary.json holds
+    # numbers only, its provenance is provenance.json
+    assert {kind: version for kind, version in FORMAT_VERSION.items() if version != 2} == {"dataset": 1}
+    assert format_name("locality") == "onepixel-locality/2"
     with pytest.raises(ValueError, match="unknown file kind 'checkpoint'"):
         format_name("checkpoint")
 
@@ -67,24 +68,24 @@ def test_docs_list_every_format() -> None:
 
 
 def test_check_format_messages() -> None:
-    check_format("onepixel-cube/1", "cube", "c.nc")
-    assert _refusal(check_format, "onepixel-attack/1", "locality", "results/x/locality/lenet.nc") == (
-        "results/x/locality/lenet.nc: is a onepixel-attack/1 file, expected onepixel-locality/1"
+    check_format("onepixel-cube/2", "cube", "c.nc")
+    assert _refusal(check_format, "onepixel-attack/2", "locality", "results/x/locality/lenet.nc") == (
+        "results/x/locality/lenet.nc: is a onepixel-attack/2 file, expected onepixel-locality/2"
     )
     assert _refusal(check_format, None, "locality", "l.nc") == (
         "l.nc: has no onepixel format attribute (not written by onepixel, or by a development version before "
-        "formats were recorded); expected onepixel-locality/1"
+        "formats were recorded); expected onepixel-locality/2"
     )
-    assert _refusal(check_format, "onepixel-locality/2", "locality", "l.nc") == (
-        "l.nc: is onepixel-locality/2, this onepixel reads onepixel-locality/1; written by a newer onepixel: "
+    assert _refusal(check_format, "onepixel-locality/3", "locality", "l.nc") == (
+        "l.nc: is onepixel-locality/3, this onepixel reads onepixel-locality/2; written by a newer onepixel: "
         "upgrade onepixel, or re-run the stage that wrote it"
     )
     assert _refusal(check_format, "onepixel-locality/0", "locality", "l.nc") == (
-        "l.nc: is onepixel-locality/0, this onepixel reads onepixel-locality/1; re-run the stage that wrote it"
+        "l.nc: is onepixel-locality/0, this onepixel reads onepixel-locality/2; re-run the stage that wrote it"
     )
     assert _refusal(check_format, "onepixel-attack-selection-1", "selection", "s.json", '"format" key') == (
         "s.json: has \"format\" key 'onepixel-attack-selection-1', which is not a onepixel format; "
-        "expected onepixel-selection/1"
+        "expected onepixel-selection/2"
     )
     assert "which is not a onepixel format" in _refusal(check_format, 3, "summary", "s.json")
 
@@ -122,30 +123,30 @@ def test_rewriting_a_file_as_another_kind_restamps_it(tmp_path: Path) -> None:
     with xr.open_dataset(tmp_path / "a.nc") as stamped:
         write_netcdf(stamped, tmp_path / "b.nc", kind="locality")
     with xr.open_dataset(tmp_path / "b.nc") as raw:
-        assert raw.attrs["format"] == "onepixel-locality/1"
+        assert raw.attrs["format"] == "onepixel-locality/2"
 
 
 def test_unversioned_future_and_foreign_files_are_refused(tmp_path: Path) -> None:
     xr.Dataset({"v": ("s", [1])}).to_netcdf(tmp_path / "plain.nc")
     assert _refusal(open_netcdf, tmp_path / "plain.nc", kind="locality") == (
         f"{tmp_path / 'plain.nc'}: has no onepixel format attribute (not written by onepixel, or by a development "
-        "version before formats were recorded); expected onepixel-locality/1"
+        "version before formats were recorded); expected onepixel-locality/2"
     )
-    xr.Dataset({"v": ("s", [1])}, attrs={"format": "onepixel-locality/2"}).to_netcdf(tmp_path / "future.nc")
+    xr.Dataset({"v": ("s", [1])}, attrs={"format": "onepixel-locality/3"}).to_netcdf(tmp_path / "future.nc")
     assert _refusal(open_netcdf, tmp_path / "future.nc", kind="locality").startswith(
-        f"{tmp_path / 'future.nc'}: is onepixel-locality/2, this onepixel reads onepixel-locality/1; "
+        f"{tmp_path / 'future.nc'}: is onepixel-locality/3, this onepixel reads onepixel-locality/2; "
     )
     (tmp_path / "plain.json").write_text('{"layers": []}')
     assert _refusal(read_json, tmp_path / "plain.json", kind="layers") == (
         f'{tmp_path / "plain.json"}: has no onepixel "format" key (not written by onepixel, or by a development '
-        "version before formats were recorded); expected onepixel-layers/1"
+        "version before formats were recorded); expected onepixel-layers/2"
     )
     (tmp_path / "future.json").write_text('{"format": "onepixel-summary/3"}')
     assert "is onepixel-summary/3, this onepixel reads onepixel-summary/2" in _refusal(
         read_json, tmp_path / "future.json", kind="summary"
     )
     (tmp_path / "list.json").write_text("[1, 2]")
-    assert "holds a JSON list, not an object; expected onepixel-metrics/1" in _refusal(
+    assert "holds a JSON list, not an object; expected onepixel-metrics/2" in _refusal(
         read_json, tmp_path / "list.json", kind="metrics"
     )
     (tmp_path / "cut.json").write_text('{"format": "onepi')
@@ -154,7 +155,7 @@ def test_unversioned_future_and_foreign_files_are_refused(tmp_path: Path) -> Non
     assert _refusal(read_json, missing, kind="metrics") == f"{missing}: file not found"
     write_netcdf(xr.Dataset({"v": ("s", [1])}), tmp_path / "thin.nc", kind="attack")
     assert _refusal(open_netcdf, tmp_path / "thin.nc", kind="attack", required=("success",)) == (
-        f"{tmp_path / 'thin.nc'}: missing variable(s) success of a onepixel-attack/1 file; the file holds v"
+        f"{tmp_path / 'thin.nc'}: missing variable(s) success of a onepixel-attack/2 file; the file holds v"
     )
 
 
@@ -176,8 +177,8 @@ def test_library_readers_check_the_kind(tmp_path: Path) -> None:
         assert raw.attrs["format"] == "onepixel-dataset/1"
     xr.testing.assert_identical(load_dataset(tmp_path / "test.nc"), data)
     test = tmp_path / "test.nc"
-    assert _refusal(load_attack, test) == f"{test}: is a onepixel-dataset/1 file, expected onepixel-attack/1"
-    assert _refusal(compute_propagation, [test]) == f"{test}: is a onepixel-dataset/1 file, expected onepixel-cube/1"
+    assert _refusal(load_attack, test) == f"{test}: is a onepixel-dataset/1 file, expected onepixel-attack/2"
+    assert _refusal(compute_propagation, [test]) == f"{test}: is a onepixel-dataset/1 file, expected onepixel-cube/2"
     write_netcdf(data, tmp_path / "data_as_attack.nc", kind="attack")
     assert "expected onepixel-dataset/1" in _refusal(load_dataset, tmp_path / "data_as_attack.nc")
 
@@ -185,14 +186,14 @@ def test_library_readers_check_the_kind(tmp_path: Path) -> None:
     assert 'has no onepixel "format" key' in _refusal(read_layer_index, tmp_path)
     write_json({"sample_ids": [1, 2]}, tmp_path / "selection.json", kind="metrics")
     assert _refusal(read_selection, tmp_path / "selection.json") == (
-        f"{tmp_path / 'selection.json'}: is a onepixel-metrics/1 file, expected onepixel-selection/1"
+        f"{tmp_path / 'selection.json'}: is a onepixel-metrics/2 file, expected onepixel-selection/2"
     )
     (tmp_path / "old.json").write_text(json.dumps({"format": "onepixel-attack-selection-1", "sample_ids": [1]}))
     old = _refusal(read_selection, tmp_path / "old.json")
-    assert "which is not a onepixel format; expected onepixel-selection/1" in old
+    assert "which is not a onepixel format; expected onepixel-selection/2" in old
     write_json({"test_accuracy": 0.5}, tmp_path / "metrics.json", kind="summary")
     assert _refusal(model_summary, tmp_path / "metrics.json", test, test, test) == (
-        f"{tmp_path / 'metrics.json'}: is a onepixel-summary/2 file, expected onepixel-metrics/1"
+        f"{tmp_path / 'metrics.json'}: is a onepixel-summary/2 file, expected onepixel-metrics/2"
     )
 
 
@@ -292,12 +293,12 @@ def test_summary_json_holds_numbers_only(run: dict[str, Path]) -> None:
 
 def test_shards_and_every_cube_are_stamped(run: dict[str, Path]) -> None:
     with xr.open_dataset(run["shard"]) as shard:
-        assert shard.attrs["format"] == "onepixel-attack/1"
+        assert shard.attrs["format"] == "onepixel-attack/2"
     cubes = sorted(run["cube"].parent.glob("*.nc"))
     assert len(cubes) > 1
     for cube in cubes:
         with xr.open_dataset(cube) as ds:
-            assert ds.attrs["format"] == "onepixel-cube/1", cube
+            assert ds.attrs["format"] == "onepixel-cube/2", cube
 
 
 def test_stage_reads_refuse_a_file_of_another_kind(run: dict[str, Path], tmp_path: Path) -> None:
@@ -307,5 +308,5 @@ def test_stage_reads_refuse_a_file_of_another_kind(run: dict[str, Path], tmp_pat
     locality = run["locality"]
     inputs = {"checkpoint": run["checkpoint"], "test": run["dataset"], "attack": locality}
     message = _refusal(run_stage, "locality", inputs, {"out": tmp_path / "loc.nc"}, cfg)
-    assert message == f"{locality}: is a onepixel-locality/1 file, expected onepixel-attack/1"
+    assert message == f"{locality}: is a onepixel-locality/2 file, expected onepixel-attack/2"
     assert not (tmp_path / "loc.nc").exists()

@@ -194,7 +194,7 @@ def test_stored_raw_maps_are_read_not_recomputed(tmp_path) -> None:
 def test_foreign_netcdf_is_not_a_cube(tmp_path) -> None:
     write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}), tmp_path / "00_x.nc", kind="dataset")
     write_layer_index(tmp_path, [{"index": 0, "file": "00_x.nc"}], LINEAGE)
-    with pytest.raises(DataError, match=r"00_x.nc: is a onepixel-dataset/1 file, expected onepixel-cube/1$"):
+    with pytest.raises(DataError, match=r"00_x.nc: is a onepixel-dataset/1 file, expected onepixel-cube/2$"):
         run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
     write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}, attrs=LINEAGE), tmp_path / "00_x.nc", kind="cube")
     with pytest.raises(DataError, match=r"00_x.nc: missing variable\(s\) clean, delta, pm_max"):

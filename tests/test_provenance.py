@@ -56,7 +56,7 @@ def test_writers_add_missing_provenance_inside_a_run(tmp_path):
 
     assert json.loads((tmp_path / "a.json").read_text())["provenance"]["config_digest"] == config_digest(config)
     assert json.loads((tmp_path / "own.json").read_text())["provenance"] == {"own": "yes"}
-    assert json.loads((tmp_path / "outside.json").read_text()) == {"a": 1, "format": "onepixel-metrics/1"}
+    assert json.loads((tmp_path / "outside.json").read_text()) == {"a": 1, "format": "onepixel-metrics/2"}
     with xr.open_dataset(tmp_path / "a.nc") as stored:
         assert stored.attrs["config_digest"] == config_digest(config)
         assert stored.attrs["seed"] == 5 and stored.attrs["note"] == "kept"  # what the stage wrote wins

@@ -41,7 +41,7 @@ def test_locality_rows_one_per_distance_with_interval_and_baseline(tmp_path):
             "baseline_success_rate": 0.05,
         },
     ]
-    with pytest.raises(DataError, match=r"n.nc: missing variable\(s\) success_rate_ci of a onepixel-locality/1 file"):
+    with pytest.raises(DataError, match=r"n.nc: missing variable\(s\) success_rate_ci of a onepixel-locality/2 file"):
         locality_rows("lenet", _locality(tmp_path / "n.nc", [0.5], ci=False))
 
 

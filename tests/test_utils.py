@@ -38,7 +38,7 @@ def test_atomic_path_leaves_nothing_behind_when_interrupted(tmp_path):
 
 def test_write_json_and_netcdf_round_trip(tmp_path):
     write_json({"a": np.float32(0.5), "b": np.arange(3)}, tmp_path / "x.json", kind="metrics")
-    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 0.5, "b": [0, 1, 2], "format": "onepixel-metrics/1"}
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 0.5, "b": [0, 1, 2], "format": "onepixel-metrics/2"}
     ds = xr.Dataset({"v": ("s", np.arange(4.0))})
     write_netcdf(ds, tmp_path / "x.nc", kind="attack")
     assert open_netcdf(tmp_path / "x.nc", kind="attack", required=("v",))["v"].values.tolist() == [0.0, 1.0, 2.0, 3.0]

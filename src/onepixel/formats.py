@@ -21,14 +21,14 @@ FORMAT_KEY = "format"
 #: The version of each kind of file that this onepixel writes and reads.
 FORMAT_VERSION: dict[str, int] = {
     "dataset": 1,
-    "metrics": 1,
-    "selection": 1,
-    "attack": 1,
-    "cube": 1,
-    "layers": 1,
-    "propagation": 1,
-    "locality": 1,
-    "vulnerability": 1,
+    "metrics": 2,
+    "selection": 2,
+    "attack": 2,
+    "cube": 2,
+    "layers": 2,
+    "propagation": 2,
+    "locality": 2,
+    "vulnerability": 2,
     "summary": 2,
 }
 
