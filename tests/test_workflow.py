@@ -94,8 +94,16 @@ def test_dvc_repro_dry_runs_snakemake(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     result = _run(["dvc", "repro", "--dry"], repo)
     assert result.returncode == 0, result.stdout + result.stderr
-    # plain `snakemake`: the workflow profile profiles/default adds --cores all --resources gpu=1
-    assert "> snakemake\n" in result.stdout, result.stdout
+    # one stage per study, each `snakemake --configfile <its config>`, no other option: the
+    # workflow profile profiles/default adds --cores all --resources gpu=1
+    commands = re.findall(r"^Running stage '(study@[\w.-]+)':\n> (.*)$", result.stdout, re.MULTILINE)
+    assert commands == [
+        ("study@digits", "snakemake --configfile config/config.yaml"),
+        ("study@digits-smoke", "snakemake --configfile config/test.yaml"),
+        ("study@cifar10-subset", "snakemake --configfile config/cifar10-subset.yaml"),
+        ("study@cifar10-paper", "snakemake --configfile config/paper.yaml"),
+        ("study@cifar10-paper-targeted", "snakemake --configfile config/paper-targeted.yaml"),
+    ], result.stdout
 
 
 @pytest.mark.slow  # starts snakemake (or a benchmark) in a subprocess
