@@ -130,15 +130,14 @@ def sbatch_calls(study: Study, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("slurm")
     repo = root / "repo"
     shutil.copytree(study.repo, repo, symlinks=True)
-    with open(repo / "profiles" / "slurm" / "config.yaml", "a") as profile:
-        # every submission fails at once here: no need for the plugin's 40 s before its first status check
-        profile.write("slurm-init-seconds-before-status-checks: 1\n")
     bin_dir = _fake_slurm(root / "bin")
     log = root / "calls.log"
     env = {
         "PATH": f"{bin_dir}:{BIN}:/usr/bin:/bin",
         "FAKE_SLURM_LOG": str(log),
         "SNAKEMAKE_PROFILE": "profiles/slurm",
+        # every submission fails at once here: no need for the plugin's 40 s before its first status check
+        "ONEPIXEL_SLURM_STATUS_CHECK_S": "1",
         "ONEPIXEL_SLURM_ACCOUNT": "proj42",
         "ONEPIXEL_SLURM_PARTITION": "cpuq",
         "ONEPIXEL_SLURM_GPU_PARTITION": "gpuq",

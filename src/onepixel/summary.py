@@ -144,7 +144,7 @@ def summary_html(summary: Mapping[str, Any], locality: list[dict[str, Any]], dat
     head = [
         "model",
         *(label for _, label, _ in _HTML_COLUMNS[:4]),
-        *(f"same colour at d = {d}" for d in distances),
+        *(f"same colour at d&nbsp;=&nbsp;{d}" for d in distances),  # no line break inside "d = 1"
         *(label for _, label, _ in _HTML_COLUMNS[4:]),
     ]
     body = []

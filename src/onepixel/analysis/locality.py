@@ -582,7 +582,7 @@ def write_locality_table(
         writer.writeheader()
         writer.writerows({k: ("" if row[k] is None else row[k]) for k in columns} for row in rows)
     if html_path is not None:
-        heads = ["model", "successful attacks"] + [f"d = {d}" for d in TABLE_DISTANCES] + ["random positions"]
+        heads = ["model", "successful attacks"] + [f"d&nbsp;=&nbsp;{d}" for d in TABLE_DISTANCES] + ["random positions"]
         body = "".join(
             "<tr>"
             + "".join(
@@ -600,10 +600,14 @@ def write_locality_table(
         rings = {str(row["rings"]) for row in rows}
         page = (
             "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Locality table</title>"
-            "<style>td,th{padding:4px 10px;text-align:right}td:first-child{text-align:left}</style></head><body>\n"
+            "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f0f0f0}"
+            "td:first-child{text-align:left}</style></head><body>\n"
+            "<h1>Locality of one-pixel attacks</h1>\n"
             f"<p>Fraction of positions at {'/'.join(sorted(rings))} distance d from a successful attack's pixel where the "
             "same colour still fools the model, and at uniformly random positions of the same image; "
-            "[95 % bootstrap interval over images].</p>\n"
+            "[95 % bootstrap interval over images]. A dash: not measured (a distance beyond the study's "
+            "<code>locality.max_distance</code>, or no successful attack).</p>\n"
             "<table>\n<tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>\n" + body + "</table>\n</body></html>\n"
         )
         with atomic_path(html_path) as tmp:

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from onepixel.errors import DataError
 from onepixel.figures.common import (
     add_caption,
+    add_title,
     mark_edges,
     mark_pixel,
     panel_grid,
@@ -110,9 +111,8 @@ def plot_pm_grid(
     outcome = "successful" if bool(row["success"]) else "failed"
     kind = "one-pixel" if len(xs) == 1 else f"{len(xs)}-pixel"
     aimed = f"targeted {kind} attack (target: {class_names[target]})" if target >= 0 else f"{kind} attack"
-    fig.suptitle(
-        f"Propagation maps of a {outcome} {aimed} on test image {sample_id} ({_pixels_text(xs, ys)}, circled)",
-        fontsize=10,
+    add_title(
+        fig, f"Propagation maps of a {outcome} {aimed} on test image {sample_id} ({_pixels_text(xs, ys)}, circled)"
     )
     return save_figure(fig, out_base, formats)
 
@@ -141,10 +141,7 @@ def plot_average_pm(
     assert image is not None  # at least one layer was drawn
     fig.colorbar(image, ax=axes, shrink=0.9, label="mean normalised PMmax")
     add_caption(fig, _caption(prop) + "; element-wise mean over the attacks (their pixels differ, so none is marked).")
-    fig.suptitle(
-        f"{title}\nAverage propagation map (normalised PMmax) over {n_success} successful one-pixel attacks",
-        fontsize=10,
-    )
+    add_title(fig, f"{title}\nAverage propagation map (normalised PMmax) over {n_success} successful one-pixel attacks")
     return save_figure(fig, out_base, formats)
 
 
