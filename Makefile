@@ -4,7 +4,8 @@
 #   make test-fast - the tests not marked slow (for development, under 2 minutes)
 #   make lint  - ruff (lint and format check), mypy and snakemake --lint
 #   make push / make pull - share models and results through DVC's default remote
-#                (STUDY=<study id>: one study only, e.g. STUDY=digits-smoke)
+#                (STUDY=<study id>: one study only, e.g. STUDY=digits-smoke;
+#                 REMOTE=<name>: another DVC remote, e.g. an S3 or SSH one: docs/remotes.md)
 #   make report - the HTML report of a study: results/<study id>/report.html
 #                (CONFIG=config/test.yaml for another study than the default)
 PYTHON ?= python3
@@ -13,6 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= config/config.yaml
 STUDY ?=
+REMOTE ?=
 
 .PHONY: setup run test test-fast lint clean push pull report
 
@@ -34,12 +36,12 @@ test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -m "not slow"
 
 push: setup
-	$(BIN)/dvc push $(if $(STUDY),study@$(STUDY))
+	$(BIN)/python -m onepixel.workflow.sharing push $(if $(STUDY),--study $(STUDY)) $(if $(REMOTE),--remote $(REMOTE))
 
 # dvc pull, then touch the pulled results in DAG order so Snakemake takes them as
 # up to date (DVC gives pulled files new modification times in any order)
 pull: setup
-	$(BIN)/python -m onepixel.workflow.sharing $(if $(STUDY),--study $(STUDY))
+	$(BIN)/python -m onepixel.workflow.sharing $(if $(STUDY),--study $(STUDY)) $(if $(REMOTE),--remote $(REMOTE))
 
 report: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --configfile $(CONFIG) \

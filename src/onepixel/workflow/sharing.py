@@ -19,22 +19,31 @@ Every study is one DVC stage, ``study@<study id>`` (dvc.yaml), and is pulled and
 marked on its own: by default every study that ``dvc.lock`` records, or the one
 named with ``--study``.
 
-Command line: ``python -m onepixel.workflow.sharing [--study ID]`` (``make pull [STUDY=ID]``)
-pulls from the default remote and marks the results up to date; ``--no-pull`` only marks them
-(after ``dvc checkout``, ``git checkout`` of another result version, or a
-``dvc pull`` of your own).
+Command line: ``python -m onepixel.workflow.sharing [pull] [--study ID] [--remote NAME]``
+(``make pull [STUDY=ID] [REMOTE=NAME]``) pulls from the default remote (or ``NAME``) and marks
+the results up to date; ``--no-pull`` only marks them (after ``dvc checkout``, ``git checkout``
+of another result version, or a ``dvc pull`` of your own).
+``python -m onepixel.workflow.sharing push [--study ID] [--remote NAME]`` (``make push``) is
+``dvc push [study@ID]``. Both report a failed transfer in one line that names the remote, its
+URL and the reason (:func:`transfer_failure`), not DVC's multi-line output; docs/remotes.md
+sets up S3 and SSH remotes.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -180,38 +189,255 @@ def mark_up_to_date(repo: PathLike = ".", study: str | None = None) -> list[str]
     return chosen
 
 
-def pull(repo: PathLike = ".", remote: str | None = None, jobs: int | None = None, study: str | None = None) -> str:
-    """``dvc pull`` the outputs of one study (by default of every study dvc.lock records; from
-    ``remote``, or the default remote), then :func:`mark_up_to_date`. Returns DVC's summary line
-    (e.g. "41 files fetched")."""
-    args = ["pull", *(f"{STAGE}@{name}" for name in _chosen(repo, study))]
-    if remote:
-        args += ["--remote", remote]
+# -- remotes and transfers ------------------------------------------------------------------
+
+
+def _shown(url: str) -> str:
+    """``url`` without a password (``ssh://user:secret@host/path`` -> ``ssh://user@host/path``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}@{netloc}" if parts.username else netloc).geturl()
+
+
+def _remote(repo: PathLike, remote: str | None) -> tuple[str, str, dict[str, str]]:
+    """Name, URL and settings (``endpointurl``, ``keyfile`` ...) of ``remote`` or the default remote."""
+    result = _run(_dvc("config", "--list"), repo)
+    if result.returncode != 0:
+        raise SharingError(f"dvc config --list failed in {repo}: {_last_line(result.stderr or result.stdout)}")
+    config = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    names = [key[len("remote.") : -len(".url")] for key in config if key.startswith("remote.") and key.endswith(".url")]
+    name = remote or config.get("core.remote")
+    if not name:
+        raise SharingError(
+            f"no DVC remote: name one with --remote (make ... REMOTE=<name>) or set a default with "
+            f"`dvc remote default <name>`; remotes: {', '.join(names) or 'none (dvc remote add <name> <url>)'}"
+        )
+    url = config.get(f"remote.{name}.url")
+    if url is None:
+        raise SharingError(f"no DVC remote named {name!r}; remotes: {', '.join(names) or 'none'}")
+    prefix = f"remote.{name}."
+    return name, url, {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}
+
+
+def remote_of(repo: PathLike = ".", remote: str | None = None) -> tuple[str, str]:
+    """The name and URL (without a password) of the DVC remote ``remote``, by default of the
+    default remote (``core.remote``, set by ``dvc remote default``), as ``dvc config --list``
+    resolves them from every config level (``.dvc/config``, ``.dvc/config.local``, global, system)."""
+    name, url, _settings = _remote(repo, remote)
+    return name, _shown(url)
+
+
+#: connect errors that are certain besides a refused connection: no network, no route to the host
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def endpoint_unreachable(endpoint: str, timeout: float = 10.0) -> str | None:
+    """Why nothing can answer at the HTTP(S) ``endpoint`` (e.g. an S3 remote's ``endpointurl``):
+    ``could not connect to endpoint <url> (connection refused)`` or ``(cannot resolve host ...)``;
+    None when a TCP connection opens, or when the answer is not certain (a time-out, or a proxy
+    from ``HTTP(S)_PROXY`` in between), so that DVC decides. DVC itself retries each object for
+    seconds before it gives up: minutes for a study in a fresh clone."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if urllib.request.getproxies().get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname):
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None  # not a port number: DVC names the problem
+    where = f"could not connect to endpoint {_endpoint(endpoint)}"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except socket.gaierror as exc:
+        return f"{where} (cannot resolve host {parts.hostname!r}: {str(exc.strerror or exc).lower()})"
+    except ConnectionRefusedError:
+        return f"{where} (connection refused)"
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return f"{where} ({str(exc.strerror or exc).lower()})" if exc.errno in _UNREACHABLE else None
+
+
+def _endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else url
+
+
+def _refused(match: re.Match[str], url: str) -> str:
+    number = int(match["errno"])
+    try:
+        why = os.strerror(number).lower() if number > 0 else f"errno {number}"
+    except ValueError:
+        why = f"errno {number}"
+    return f"could not connect to {match['host']}:{match['port']} ({why})"
+
+
+#: error codes of S3 (and S3-compatible servers) that mean wrong or insufficient credentials
+_DENIED = {"403", "Forbidden", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
+
+
+def _s3_error(match: re.Match[str], url: str) -> str | None:
+    code = match["code"]
+    if code in _DENIED:
+        return (
+            f"access denied ({code} on {match['operation']}): check the remote's access_key_id and "
+            "secret_access_key and the bucket's permissions"
+        )
+    return None
+
+
+#: DVC's warning (push and pull) about files that are neither in the local cache nor on the remote
+_MISSING = re.compile(r"Missing cache files:\n(?P<files>(?:[\w-]+: [0-9a-f]+(?:\.dir)?(?:\n|$))+)")
+
+
+def _missing(match: re.Match[str], url: str) -> str:
+    count = len(match["files"].strip().splitlines())
+    return (
+        f"{count} file{'s' if count != 1 else ''} neither in the local cache nor on the remote "
+        "(not pushed yet? `make push` from the clone that made them)"
+    )
+
+
+#: (pattern in DVC's stderr, reason from the match and the remote's URL; None: try the next)
+_REASONS: list[tuple[re.Pattern[str], Callable[[re.Match[str], str], str | None]]] = [
+    # S3 (botocore): a closed port, an unknown host, a server that does not answer
+    (
+        re.compile(r'Could not connect to the endpoint URL: "(?P<url>[^"]+)"'),
+        lambda m, url: (
+            f"could not connect to endpoint {_endpoint(m['url'])} (check the remote's endpointurl and that the server runs)"
+        ),
+    ),
+    (
+        re.compile(r'Connect timeout on endpoint URL: "(?P<url>[^"]+)"'),
+        lambda m, url: f"timed out connecting to endpoint {_endpoint(m['url'])}",
+    ),
+    (
+        re.compile(r"NoSuchBucket|The specified bucket does not exist"),
+        lambda m, url: f"no such bucket {urlsplit(url).netloc!r}",
+    ),
+    (re.compile(r"An error occurred \((?P<code>[^)]+)\) when calling the (?P<operation>\w+) operation"), _s3_error),
+    # SSH (asyncssh): a closed port, an unknown host, a key the server does not accept
+    (re.compile(r"\[Errno (?P<errno>-?\d+)\] Connect call failed \('(?P<host>[^']*)', (?P<port>\d+)"), _refused),
+    (
+        re.compile(
+            r"\[Errno -\d+\] (?P<why>Name or service not known|Temporary failure in name resolution|[^\n]*nodename[^\n]*)"
+        ),
+        lambda m, url: f"cannot resolve host {urlsplit(url).hostname or url!r} ({m['why'].lower()})",
+    ),
+    (
+        re.compile(r"Permission denied for user (?P<user>\S+) on host (?P<host>\S+?):"),
+        lambda m, url: (
+            f"authentication failed: permission denied for user {m['user']} on {m['host']} (is the public key "
+            "of the remote's keyfile in the server's authorized_keys?)"
+        ),
+    ),
+    (_MISSING, _missing),
+]
+
+_PREFIXES = ("unexpected error - ", "failed to push data to the cloud - ", "failed to pull data from the cloud - ")
+
+
+def transfer_failure(stderr: str, url: str = "") -> str:
+    """The reason a ``dvc push`` / ``dvc pull`` failed, in a few words, from DVC's stderr (and the
+    remote's URL, for the bucket or host name): could not connect (to the endpoint, or host:port
+    and why), cannot resolve the host, authentication failed, access denied, no such bucket, files
+    missing on the remote; else DVC's last ``ERROR`` line, trimmed."""
+    for pattern, reason in _REASONS:
+        match = pattern.search(stderr)
+        if match and (found := reason(match, url)):
+            return found
+    errors = [
+        line.strip()[len("ERROR:") :].strip() for line in stderr.splitlines() if line.strip().startswith("ERROR:")
+    ]
+    line = errors[-1] if errors else _last_line(stderr)
+    for prefix in _PREFIXES:
+        line = line.removeprefix(prefix)
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _transfer(
+    command: str, repo: PathLike, remote: str | None, jobs: int | None, targets: list[str]
+) -> tuple[str, str, str]:
+    """Run ``dvc <command> targets --remote <name>``; the summary line, remote name and URL, or
+    SharingError in one line naming the remote."""
+    name, url, settings = _remote(repo, remote)
+    url = _shown(url)
+    where = "to" if command == "push" else "from"
+    # fail at once where nothing listens, not after DVC's retries of every object
+    endpoint = settings.get("endpointurl") if url.startswith("s3://") else None
+    if endpoint and (unreachable := endpoint_unreachable(endpoint)):
+        raise SharingError(f"{command} {where} remote {name!r} ({url}) failed: {unreachable}")
+    args = [command, *targets, "--remote", name]
     if jobs:
         args += ["--jobs", str(jobs)]
     result = _run(_dvc(*args), repo)
     if result.returncode != 0:
-        raise SharingError(f"dvc pull failed in {repo}: {_last_line(result.stderr or result.stdout)}")
+        raise SharingError(
+            f"{command} {where} remote {name!r} ({url}) failed: {transfer_failure(result.stderr or result.stdout, url)}"
+        )
+    if missing := _MISSING.search(result.stderr):
+        # DVC exits 0 when it cannot push files that are not in the local cache
+        print(f"warning: {command} {where} remote {name!r} ({url}): {_missing(missing, url)}", file=sys.stderr)
+    return _last_line(result.stdout).rstrip("."), name, url
+
+
+def push(repo: PathLike = ".", remote: str | None = None, jobs: int | None = None, study: str | None = None) -> str:
+    """``dvc push`` of one study's outputs (by default ``dvc push`` of everything, as before) to
+    ``remote`` or the default remote. Returns DVC's summary line with the remote, e.g.
+    ``41 files pushed (remote 'minio', s3://bucket/path)``.
+
+    Raises:
+        SharingError: one line naming the remote, its URL and what failed (:func:`transfer_failure`).
+    """
+    targets = [f"{STAGE}@{name}" for name in _chosen(repo, study)] if study else []
+    line, name, url = _transfer("push", repo, remote, jobs, targets)
+    return f"{line} (remote {name!r}, {url})"
+
+
+def pull(repo: PathLike = ".", remote: str | None = None, jobs: int | None = None, study: str | None = None) -> str:
+    """``dvc pull`` the outputs of one study (by default of every study dvc.lock records; from
+    ``remote``, or the default remote), then :func:`mark_up_to_date`. Returns DVC's summary line
+    with the remote (e.g. ``41 files fetched (remote 'store', /path/onepixel-dvc-store)``).
+
+    Raises:
+        SharingError: one line naming the remote, its URL and what failed (:func:`transfer_failure`),
+            or what :func:`mark_up_to_date` refuses.
+    """
+    line, name, url = _transfer("pull", repo, remote, jobs, [f"{STAGE}@{name}" for name in _chosen(repo, study)])
     mark_up_to_date(repo, study)
-    return _last_line(result.stdout)
+    return f"{line} (remote {name!r}, {url})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: ``[pull] [--study ID] [--remote NAME] [--no-pull]`` or ``push [--study ID]
+    [--remote NAME]``; errors are one line, ``error: ...``, and exit status 2."""
     parser = argparse.ArgumentParser(
         prog="python -m onepixel.workflow.sharing",
-        description="dvc pull the study's models and results, then mark them up to date for Snakemake "
-        "(touch in DAG order, after checking them against dvc.lock).",
+        description="pull (the default): dvc pull the study's models and results, then mark them up to date for "
+        "Snakemake (touch in DAG order, after checking them against dvc.lock). push: dvc push them. "
+        "A failed transfer is one line naming the remote and what failed.",
     )
+    parser.add_argument("command", nargs="?", choices=("pull", "push"), default="pull", help="default: pull")
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root (default: .)")
-    parser.add_argument("--remote", help="DVC remote to pull from (default: the default remote)")
-    parser.add_argument("--jobs", type=int, help="parallel transfers of dvc pull")
-    parser.add_argument("--study", help="the id of one study (default: every study that dvc.lock records)")
+    parser.add_argument("--remote", help="DVC remote to pull from or push to (default: the default remote)")
+    parser.add_argument("--jobs", type=int, help="parallel transfers of dvc pull / dvc push")
+    parser.add_argument(
+        "--study", help="the id of one study (default: pull every study that dvc.lock records; push everything)"
+    )
     parser.add_argument(
         "--no-pull", action="store_true", help="do not pull; only mark the workspace's results up to date"
     )
     args = parser.parse_args(argv)
+    if args.no_pull and args.command == "push":
+        parser.error("--no-pull is an option of pull, not push")
     try:
-        if args.no_pull:
+        if args.command == "push":
+            print(push(args.repo, args.remote, args.jobs, args.study))
+        elif args.no_pull:
             marked = mark_up_to_date(args.repo, args.study)
             print(f"results of {', '.join(marked)} marked up to date for Snakemake")
         else:
