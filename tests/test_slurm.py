@@ -21,11 +21,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import xarray as xr
+import yaml
 
 from components import artefacts, missing, need_programs
-from conftest import BIN, Study, check_tool, run_tool, tool_env
+from conftest import BIN, Study, check_tool, git_commit_all, run_tool, tool_env
 from helpers import _assert_bit_identical
+from onepixel.models import load_checkpoint
 from onepixel.workflow.slurm import (
     Cluster,
     Partition,
@@ -39,7 +42,8 @@ from slurm_cluster import PACKAGES, PROGRAMS, LocalSlurm
 
 GPU_RULES = {"train", "select_images", "attack", "capture", "locality", "vulnerability"}
 CPU_RULES = {"propagation"}
-RUN_ATTRS = ("wall_time_s", "candidates_per_s", "shards", "shard", "config_digest", "study_config")
+#: attributes that record how a run was configured and split (another model list, attack.shards), not its result
+SPLIT_ATTRS = ("shards", "shard", "config_digest", "study_config")
 
 
 # -- the profile's fit to a cluster, on the texts SLURM prints ---------------------------
@@ -136,11 +140,19 @@ def _rule(job: dict[str, str]) -> str:
     return re.match(r"rule_(\w+?)_wildcards", job["Comment"]).group(1)
 
 
+#: the models of the study run through SLURM: LeNet only, as each cluster job costs about half a minute here
+#: (a snakemake in the job, srun, the stage), whatever it computes
+MODELS = ["lenet"]
+
+
 @pytest.fixture(scope="module")
 def slurm_study(study: Study, cluster: LocalSlurm, tmp_path_factory) -> dict:
-    """A clean clone of the study, then `dvc repro study@digits` with SNAKEMAKE_PROFILE=profiles/slurm."""
+    """A clean clone of the study (LeNet only), then `dvc repro study@digits` with SNAKEMAKE_PROFILE=profiles/slurm."""
     repo = tmp_path_factory.mktemp("slurm-study") / "repo"
     check_tool(["git", "clone", "-q", str(study.repo), str(repo)], study.root)
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    (repo / "config/config.yaml").write_text(yaml.safe_dump({**config, "models": MODELS}, sort_keys=False))
+    git_commit_all(repo, "the study's LeNet, through SLURM")
     before = {job["JobId"] for job in _jobs(cluster)}
     start = time.monotonic()
     repro = run_tool(["dvc", "repro", "study@digits"], repo, 1200, **_env(cluster))
@@ -152,12 +164,9 @@ def slurm_study(study: Study, cluster: LocalSlurm, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_cluster_job_through_slurm(slurm_study, study):
+def test_dvc_repro_runs_every_cluster_job_through_slurm(slurm_study):
     rules = sorted(_rule(job) for job in slurm_study["jobs"])
-    models = study.config["models"]
-    assert rules == sorted(
-        [*(rule for rule in GPU_RULES for _ in models), *(rule for rule in CPU_RULES for _ in models)]
-    ), rules
+    assert rules == sorted(rule for rule in GPU_RULES | CPU_RULES for _ in MODELS), rules
     assert all(job["JobState"] == "COMPLETED" for job in slurm_study["jobs"]), slurm_study["jobs"]
     assert slurm_study["seconds"] < 900
 
@@ -185,22 +194,35 @@ def test_no_job_asks_for_more_cpus_than_the_node_has(slurm_study, cluster, study
 
 
 @pytest.mark.slow
-def test_attacks_through_slurm_equal_the_local_run(slurm_study, study):
-    for model in study.config["models"]:
+def test_models_and_attacks_through_slurm_equal_the_local_run(slurm_study, study):
+    for model in MODELS:
+        local, _ = load_checkpoint(study.results / "models" / f"{model}.pt")
+        remote, _ = load_checkpoint(slurm_study["repo"] / "results/digits/models" / f"{model}.pt")
+        for (name, a), (_, b) in zip(local.state_dict().items(), remote.state_dict().items(), strict=True):
+            assert torch.equal(a, b), (model, name)
         name = f"attack/{model}.nc"
         with (
-            xr.open_dataset(study.results / name) as local,
-            xr.open_dataset(slurm_study["repo"] / "results/digits" / name) as cluster,
+            xr.open_dataset(study.results / name) as here,
+            xr.open_dataset(slurm_study["repo"] / "results/digits" / name) as there,
         ):
-            _assert_bit_identical(local.load(), cluster.load(), name)
+            # the checkpoints' own bytes differ: they record the git commit they were trained at
+            ignored = (*SPLIT_ATTRS, "model_sha256")
+            _assert_bit_identical(_without(here.load(), *ignored), _without(there.load(), *ignored), name)
     check = check_tool(["dvc", "status", "study@digits"], slurm_study["repo"])
     assert "up to date" in check.stdout, check.stdout
 
 
-# -- scancel in the middle of an attack -----------------------------------------------------
+def _without(ds: xr.Dataset, *attrs: str) -> xr.Dataset:
+    """``ds`` without the attributes ``attrs``."""
+    out = ds.copy()
+    out.attrs = {key: value for key, value in ds.attrs.items() if key not in attrs}
+    return out
 
-# a longer attack than the smoke study's, so that a shard is still running when it is cancelled
-ATTACK = ["attack.shards=2", "attack.population=400", "attack.generations=100"]
+
+# a longer attack than the smoke study's, so that a shard is still running when it is cancelled: targeted
+# (every other class of each image), which LeNet mostly resists, so most attacks run every generation
+ATTACK = "attack={'shards': 2, 'targeted': true, 'generations': 300}"
+LOCAL_ATTACK = "attack={'shards': 1, 'targeted': true, 'generations': 300}"
 
 
 def _shards(repo: Path, model: str) -> list[Path]:
@@ -211,46 +233,57 @@ def _shards(repo: Path, model: str) -> list[Path]:
 def test_a_cancelled_attack_job_keeps_its_finished_shard_and_the_rerun_equals_a_local_run(
     slurm_study, cluster, tmp_path
 ):
-    model = "resnet20"
+    model = MODELS[0]
     target = f"results/digits/attack/{model}.nc"
     # the local reference: the same attack, uninterrupted, one shard, on this machine
     local = tmp_path / "local"
     shutil.copytree(slurm_study["repo"], local, symlinks=True)
-    check_tool(["snakemake", "--cores", str(cluster.cpus), target, "--config", *ATTACK[1:], "attack.shards=1"], local)
+    check_tool(["snakemake", "--cores", str(cluster.cpus), target, "--config", LOCAL_ATTACK], local)
     repo = slurm_study["repo"]
-    command = ["snakemake", target, "--retries", "0", "--config", *ATTACK]
+    command = ["snakemake", target, "--retries", "0", "--config", ATTACK]
     env = tool_env(**_env(cluster, ONEPIXEL_PROGRESS_S="1"))
     run = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def log_of(shard: int) -> str:
+        path = repo / "results/digits/logs" / f"attack_{model}_shard_{shard}-of-2.log"
+        return path.read_text() if path.exists() else ""
+
     try:
-        shard_log = repo / "results/digits/logs" / f"attack_{model}_shard_1-of-2.log"
         deadline = time.monotonic() + 600
-        # shard 0 finished; shard 1 running and past its first progress line: in the middle of its attack
-        while not (_shards(repo, model) and "images" in (shard_log.read_text() if shard_log.exists() else "")):
-            assert run.poll() is None, run.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "shard 1 never started its attack"
+        # one shard finished (SLURM may start either first), the other running and past its first
+        # progress line: in the middle of its attack
+        while True:
+            assert run.poll() is None, run.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no shard was ever running while the other had finished"
+            done = _shards(repo, model)
+            if len(done) == 1:
+                other = 1 - int(done[0].name.split("_")[1].split("-")[0])
+                running = [
+                    job
+                    for job in _jobs(cluster)
+                    if job["JobState"] == "RUNNING" and job["Comment"] == f"rule_attack_wildcards_{model}_{other}"
+                ]
+                if running and "onepixel.progress" in log_of(other):  # the attack loop began
+                    break
             time.sleep(0.5)
-        running = [
-            job
-            for job in _jobs(cluster)
-            if job["JobState"] == "RUNNING" and job["Comment"].startswith("rule_attack_") and "_1" in job["Comment"]
-        ]
-        assert len(running) == 1, running
         cancelled = cluster.command("scancel", running[0]["JobId"])
         assert cancelled.returncode == 0, cancelled.stderr
         output, _ = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
             run.kill()
+    (artefacts("slurm") / "scancel.log").write_text(output)
     assert run.returncode != 0, output[-3000:]
     assert "CANCELLED" in output, output[-3000:]
     (finished,) = _shards(repo, model)
-    assert finished.name == "shard_0-of-2.nc"
     kept = finished.stat().st_mtime_ns
     rerun = check_tool(command, repo, **_env(cluster))
+    (artefacts("slurm") / "rerun.log").write_text(rerun.stdout + rerun.stderr)
     assert finished.stat().st_mtime_ns == kept  # not attacked again
-    assert "shard=1" in rerun.stdout + rerun.stderr and "shard=0" not in rerun.stdout + rerun.stderr
+    jobs = re.findall(r"rule attack:.*?wildcards: (model=\w+, shard=\d)", rerun.stdout + rerun.stderr, re.DOTALL)
+    assert jobs == [f"model={model}, shard={other}"], jobs  # only the cancelled shard ran again
     with xr.open_dataset(local / target) as one, xr.open_dataset(repo / target) as merged:
-        _assert_bit_identical(one.load(), merged.load(), target)
+        _assert_bit_identical(_without(one.load(), *SPLIT_ATTRS), _without(merged.load(), *SPLIT_ATTRS), target)
 
 
 @pytest.mark.slow
@@ -268,3 +301,16 @@ def test_a_partition_the_cluster_lacks_is_one_line_before_any_submission(slurm_s
         "set ONEPIXEL_SLURM_GPU_PARTITION"
     )
     assert len(_jobs(cluster)) == before
+
+
+@pytest.mark.slow
+def test_a_cluster_stops_exactly_the_processes_it_started(cluster, tmp_path):
+    other = LocalSlurm(tmp_path / "other").start()
+    pids = {name: process.pid for name, process in other.processes.items()}
+    assert set(pids) == {"munged", "slurmctld", "slurmd"}
+    assert other.command("sinfo", "-h", "-o", "%P").stdout.split() == ["cpu*", "gpu"]
+    other.stop()
+    assert not [name for name, pid in pids.items() if Path(f"/proc/{pid}").exists()]
+    # the module's cluster, whose daemons are the same programs, still runs
+    assert all(process.poll() is None for process in cluster.processes.values())
+    assert set(cluster.command("sinfo", "-h", "-o", "%T").stdout.split()) == {"idle"}

@@ -48,7 +48,9 @@ def add_caption(fig: Figure, text: str) -> None:
 def add_title(fig: Figure, text: str, fontsize: float = 10) -> None:
     """The figure's title, each line wrapped to the figure's width (a long title is not clipped)."""
     width = max(24, int(fig.get_figwidth() * 130 / fontsize))  # characters per line at about 13 per inch at 10 pt
-    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")), fontsize=fontsize)
+    fig.suptitle(
+        "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in text.split("\n")), fontsize=fontsize
+    )
 
 
 def panel_grid(n_panels: int, ncols: int, extra_height: float = 0.9) -> tuple[Figure, list[Axes]]:
