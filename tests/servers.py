@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,15 +14,9 @@ from typing import Any
 import pytest
 
 from components import missing, need_module, need_programs
+from slurm_cluster import free_port
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on (just now): for a server, or as a closed port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def program(name: str) -> str:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (just now): for a server, or as a closed port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -127,8 +128,8 @@ class LocalSlurm:
         settings = {
             "ClusterName": "onepixel-test",
             "SlurmctldHost": "localhost(127.0.0.1)",
-            "SlurmctldPort": _free_port(),
-            "SlurmdPort": _free_port(),
+            "SlurmctldPort": free_port(),
+            "SlurmdPort": free_port(),
             "SlurmUser": "root",
             "AuthType": "auth/munge",
             "AuthInfo": f"socket={munge / 'munge.socket'}",
@@ -172,16 +173,15 @@ class LocalSlurm:
     # -- processes ------------------------------------------------------------------------
 
     def _start(self, name: str, args: list[str], detach: bool) -> None:
-        log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - kept open by the daemon
-        self.processes[name] = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env},
-            start_new_session=detach,
-        )
-        log.close()
+        with open(self.root / "log" / f"{name}.out", "ab") as log:  # the daemon keeps its own copy
+            self.processes[name] = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=detach,
+            )
 
     def start(self, timeout: float = 60, detach: bool = False) -> LocalSlurm:
         """Write the configuration, start the daemons and wait until the node is idle.
