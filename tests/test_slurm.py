@@ -36,6 +36,7 @@ from onepixel.workflow.slurm import (
     parse_partitions,
     parse_time_limit,
     probe,
+    status_check_seconds,
     status_command_for,
 )
 from slurm_cluster import PACKAGES, PROGRAMS, LocalSlurm
@@ -99,6 +100,24 @@ def test_an_unknown_partition_is_one_line(capsys):
         "error: profiles/slurm: partition 'CHANGE_ME_gpu_partition' is not on this cluster "
         "(it has: cpu, gpu); set ONEPIXEL_SLURM_GPU_PARTITION"
     ]
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "2.5"])
+def test_a_bad_status_check_interval_is_one_line(value, monkeypatch, capsys):
+    monkeypatch.setenv("ONEPIXEL_SLURM_STATUS_CHECK_S", value)
+    with pytest.raises(SystemExit) as stop:
+        status_check_seconds()
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: ONEPIXEL_SLURM_STATUS_CHECK_S={value!r}: must be a whole number of seconds >= 1 (default 40)"
+    ]
+
+
+def test_the_status_check_interval_defaults_to_the_plugins(monkeypatch):
+    monkeypatch.delenv("ONEPIXEL_SLURM_STATUS_CHECK_S", raising=False)
+    assert status_check_seconds() == 40
+    monkeypatch.setenv("ONEPIXEL_SLURM_STATUS_CHECK_S", "3")
+    assert status_check_seconds() == 3
 
 
 # -- the real cluster -------------------------------------------------------------------

@@ -17,6 +17,7 @@ SLURM controller answers (a dry run on a laptop, a test), nothing is changed.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -119,6 +120,26 @@ class Cluster:
         known = self.partitions.get(partition)
         limit = known.time_limit_min if known else None
         return wanted if limit is None else min(wanted, limit)
+
+
+#: the environment variable with the seconds before the executor's first job status check
+STATUS_CHECK_ENV = "ONEPIXEL_SLURM_STATUS_CHECK_S"
+
+
+def status_check_seconds(default: int = 40) -> int:
+    """``$ONEPIXEL_SLURM_STATUS_CHECK_S`` (a whole number of seconds >= 1), or ``default`` where unset;
+    anything else stops with one line (exit status 2)."""
+    text = os.environ.get(STATUS_CHECK_ENV, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        print(
+            f"error: {STATUS_CHECK_ENV}={text!r}: must be a whole number of seconds >= 1 (default {default})",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2)
+    return int(text)
 
 
 def probe(
