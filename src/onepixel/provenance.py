@@ -10,12 +10,12 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from onepixel.torch_utils import resolve_device
+if TYPE_CHECKING:
+    import torch
 
 
 def json_default(value: Any) -> Any:
@@ -48,6 +48,8 @@ _RUN: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("on
 
 
 def _device_name(device: torch.device | str) -> str:
+    import torch  # here, not at the top: the workflow's main process imports this module without torch
+
     dev = torch.device(device)
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
 
@@ -61,6 +63,8 @@ def provenance(device: torch.device | str | None = None) -> dict[str, str]:
     :func:`run_context` names a device). Inside :func:`run_context` also
     ``config_digest``, ``study_config`` (the whole config as JSON) and ``seed``.
     """
+    import torch
+
     import onepixel
 
     run = _RUN.get() or {}
@@ -106,6 +110,8 @@ def run_context(config: Any, seed: int | None = None, device: str | None = None)
     if seed is not None:
         info["seed"] = str(int(seed))
     if device is not None:
+        from onepixel.torch_utils import resolve_device
+
         info["device"] = _device_name(resolve_device(device))
     token = _RUN.set(info)
     try:

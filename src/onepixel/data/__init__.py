@@ -1,33 +1,40 @@
-"""Image data sets: digits (bundled with scikit-learn) and CIFAR-10, stored as netCDF."""
+"""Image data sets: digits (bundled with scikit-learn) and CIFAR-10, stored as netCDF.
+
+The names below are loaded on first use, so that the workflow's main process (which
+only validates the config) does not import torch, xarray or scikit-learn.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import xarray as xr
+if TYPE_CHECKING:
+    from onepixel.data.cifar10 import (
+        CIFAR10_MD5,
+        CIFAR10_URL,
+        download_cifar10,
+        read_cifar10_batches,
+        read_cifar10_root,
+    )
+    from onepixel.data.cifar10_layout import cifar10_root_files, locate_cifar10
+    from onepixel.data.dataset import channel_stats, load_dataset, make_dataset, save_dataset, to_float
+    from onepixel.data.digits import load_digits_split
+    from onepixel.data.splits import dataset_splits, prepare_dataset
 
-from onepixel.data.cifar10 import (
-    CIFAR10_MD5,
-    CIFAR10_URL,
-    download_cifar10,
-    read_cifar10_batches,
-    read_cifar10_root,
-)
-from onepixel.data.cifar10_layout import cifar10_root_files, locate_cifar10
-from onepixel.data.dataset import (
-    channel_stats,
-    load_dataset,
-    make_dataset,
-    save_dataset,
-    to_float,
-)
-from onepixel.data.digits import load_digits_split
-from onepixel.errors import ConfigError
-
+#: the data sets the workflow can prepare (dataset.name)
 DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10")
+
+#: public name -> the submodule that defines it
+_HOMES: dict[str, str] = {
+    **dict.fromkeys(
+        ("CIFAR10_MD5", "CIFAR10_URL", "download_cifar10", "read_cifar10_batches", "read_cifar10_root"), "cifar10"
+    ),
+    **dict.fromkeys(("cifar10_root_files", "locate_cifar10"), "cifar10_layout"),
+    **dict.fromkeys(("channel_stats", "load_dataset", "make_dataset", "save_dataset", "to_float"), "dataset"),
+    "load_digits_split": "digits",
+    **dict.fromkeys(("dataset_splits", "prepare_dataset"), "splits"),
+}
 
 __all__ = [
     "CIFAR10_MD5",
@@ -49,54 +56,7 @@ __all__ = [
 ]
 
 
-def dataset_splits(
-    name: str,
-    raw_root: str | os.PathLike[str] | None = None,
-    test_fraction: float = 0.25,
-    seed: int = 0,
-    root: str | os.PathLike[str] | None = None,
-    log: Callable[[str], Any] | None = print,
-) -> tuple[xr.Dataset, xr.Dataset]:
-    """The train and test splits of data set ``name``.
-
-    "digits" is split with ``test_fraction`` and ``seed``. "cifar10" keeps its own
-    split; it is read from ``root`` when given (a pre-staged copy: the
-    ``cifar-10-batches-py`` folder, a folder holding it, or the official tar.gz; see
-    :func:`read_cifar10_root`, which reports to ``log`` whether it is the official
-    set), else downloaded into ``raw_root`` (required then).
-    """
-    if root and name == "digits":
-        raise ConfigError("dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not 'digits'")
-    if name == "digits":
-        return load_digits_split(test_fraction=test_fraction, seed=seed)
-    if name == "cifar10" and root:
-        return read_cifar10_root(root, log=log)
-    if name == "cifar10":
-        if raw_root is None:
-            raise ConfigError(
-                "dataset.root: empty, and no download folder given; set dataset.root or download CIFAR-10"
-            )
-        return read_cifar10_batches(download_cifar10(raw_root))
-    raise ConfigError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
-
-
-def prepare_dataset(
-    name: str,
-    out_dir: str | os.PathLike[str],
-    raw_root: str | os.PathLike[str] | None = None,
-    test_fraction: float = 0.25,
-    seed: int = 0,
-    root: str | os.PathLike[str] | None = None,
-    log: Callable[[str], Any] | None = print,
-) -> tuple[Path, Path]:
-    """Write ``out_dir/train.nc`` and ``out_dir/test.nc`` of :func:`dataset_splits` (downloads go to ``out_dir/raw``).
-
-    Returns:
-        The paths of the train and test files.
-    """
-    out = Path(out_dir)
-    splits = dataset_splits(name, out / "raw" if raw_root is None else raw_root, test_fraction, seed, root, log)
-    paths = (out / "train.nc", out / "test.nc")
-    for ds, path in zip(splits, paths, strict=True):
-        save_dataset(ds, path)
-    return paths
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from onepixel.data.cifar10_layout import (
     CIFAR10_ARCHIVE,
@@ -29,6 +28,22 @@ from onepixel.files import one_line
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+
+def check_integrity(path: str | os.PathLike[str], md5: str) -> bool:
+    """Whether ``path`` exists and has md5 ``md5`` (torchvision's check, imported on first use)."""
+    from torchvision.datasets.utils import check_integrity as torchvision_check_integrity
+
+    return bool(torchvision_check_integrity(str(path), md5))
+
+
+def download_and_extract_archive(url: str, download_root: Path, filename: str, md5: str) -> None:
+    """torchvision's downloader (which checks the archive's md5), imported on first use: it pulls in torch."""
+    from torchvision.datasets.utils import download_and_extract_archive as download
+
+    download(url, download_root=str(download_root), filename=filename, md5=md5)
+
+
 # Per-file md5 sums, as listed by torchvision.datasets.CIFAR10.
 CIFAR10_FILES = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
