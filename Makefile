@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine (see README.md):
 #   make run   - set up .venv and run the whole study on the embedded digits
-#   make test  - set up .venv and run the test suite
+#   make test  - set up .venv and run the test suite, on every core (TEST_WORKERS=0: in one process)
 #   make test-fast - the tests not marked slow (for development, under 2 minutes)
 #   make lint  - ruff (lint and format check), mypy and snakemake --lint
 #   make push / make pull - share models and results through DVC's default remote
@@ -15,6 +15,9 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config/config.yaml
 STUDY ?=
 REMOTE ?=
+# pytest-xdist workers; each test module runs whole on one worker (its fixtures are built once),
+# the longest first (tests/conftest.py)
+TEST_WORKERS ?= auto
 
 .PHONY: setup run test test-fast lint clean push pull report
 
@@ -30,7 +33,7 @@ run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" snakemake --cores all --resources gpu=1
 
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" python -m pytest -m "not slow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,13 +13,34 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 
 from onepixel.data import make_dataset, save_dataset
+from onepixel.files import atomic_path
 from onepixel.models import build_model, save_checkpoint
 from onepixel.study import layout
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+#: the modules with the longest fixtures (minutes each), first: with pytest-xdist (make test) each module
+#: runs whole on one worker, and the workers end together when the long ones start early
+LONGEST_FIRST = (
+    "test_slurm.py",
+    "test_studies.py",
+    "test_dvc.py",
+    "test_remotes.py",
+    "test_workflow.py",
+    "test_cli.py",
+    "test_benchmarks.py",
+    "test_profiles.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the others keep their order
 
 
 @pytest.fixture(autouse=True)
@@ -132,13 +154,38 @@ class Study:
 
 
 @pytest.fixture(scope="session")
-def study(tmp_path_factory) -> Study:
+def study(tmp_path_factory, worker_id: str) -> Study:
     """The smoke-test study run once per session, as a user runs it: a clean copy of the
     working tree made a git repository, config/config.yaml set to the test values
     (config/test.yaml), then `dvc repro study@digits` (whose stage runs `snakemake` with the workflow
     profile profiles/default), and its dvc.lock, metrics and plot tables committed.
-    About 1.5 minutes on 2 CPU cores. Tests must not change it: copy or clone it."""
-    root = tmp_path_factory.mktemp("study")
+    About 1.5 minutes on 2 CPU cores. Tests must not change it: copy or clone it.
+
+    Under pytest-xdist (make test) the first worker that needs it runs it, in the folder the
+    workers share, and the others wait for it and read what it recorded."""
+    if worker_id == "master":
+        return _run_study(tmp_path_factory.mktemp("study"))
+    shared = tmp_path_factory.getbasetemp().parent  # the session's folder, above each worker's own
+    record = shared / "study.json"
+    with FileLock(shared / "study.lock"):
+        if not record.exists():
+            done = _run_study(shared / "study")
+            repro = {key: getattr(done.repro, key) for key in ("args", "returncode", "stdout", "stderr")}
+            fields = {"root": str(done.root), "repo": str(done.repo), "config": done.config, "commit": done.commit}
+            with atomic_path(record) as partial:
+                partial.write_text(json.dumps({**fields, "repro": repro}))
+        fields = json.loads(record.read_text())
+    return Study(
+        root=Path(fields["root"]),
+        repo=Path(fields["repo"]),
+        config=fields["config"],
+        commit=fields["commit"],
+        repro=subprocess.CompletedProcess(**fields["repro"]),
+    )
+
+
+def _run_study(root: Path) -> Study:
+    root.mkdir(parents=True, exist_ok=True)
     repo = copy_working_tree(root / "origin")
     config = smoke_config()
     (repo / "config" / "config.yaml").write_text(

@@ -74,7 +74,8 @@ def test_default_remote_is_a_directory_beside_the_repository(tmp_path):
 @pytest.fixture(scope="module")
 def pushed(study) -> Study:
     """The study pushed to its default remote: ../onepixel-dvc-store, a temporary folder here."""
-    push = check_tool(["dvc", "push"], study.repo)
+    # the session's study is shared by the test workers: another may run dvc there now
+    push = check_tool(["dvc", "--wait-for-lock", "push"], study.repo)
     assert re.search(r"\d+ files? pushed", push.stdout), push.stdout
     return study
 
@@ -86,7 +87,7 @@ def test_push_puts_every_cached_output_in_the_default_remote(pushed):
     stored = sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file())
     cached = sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file() and "runs" not in p.parts)
     assert stored and stored == cached
-    sync = check_tool(["dvc", "status", "--cloud"], pushed.repo)
+    sync = check_tool(["dvc", "--wait-for-lock", "status", "--cloud"], pushed.repo)
     assert "in sync" in sync.stdout, sync.stdout
 
 

@@ -61,3 +61,9 @@ def test_torch_pins_are_exact():
     constraints = _constraints()
     assert constraints["torch"] == "2.14.1"
     assert constraints["torchvision"] == "0.29.1"
+
+
+def test_the_longest_test_modules_named_first_exist():
+    from conftest import LONGEST_FIRST
+
+    assert [name for name in LONGEST_FIRST if not (REPO / "tests" / name).is_file()] == []

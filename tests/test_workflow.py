@@ -154,7 +154,7 @@ def test_end_to_end_on_the_test_config(study):
 
     again = _run(["snakemake", "-n"], study.repo)
     assert "Nothing to be done" in again.stdout + again.stderr
-    status = _run(["dvc", "status", "--json", "study@digits"], study.repo)
+    status = _run(["dvc", "--wait-for-lock", "status", "--json", "study@digits"], study.repo)  # shared by workers
     assert json.loads(status.stdout) == {}, status.stdout
 
 
