@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import numpy as np
@@ -53,6 +54,26 @@ def test_the_attack_stage_is_bit_identical_across_runs(toy, tmp_path):
     assert a.sizes["sample"] == 8 * 2 and 0 < int(a["success"].sum()) < 16  # a real search: some fooled, some not
     _assert_bit_identical(a, b, "attack")
     assert a.attrs["model_output"] == "logits"
+
+
+def test_predicted_labels_attack_every_image_as_the_model_classifies_it(toy, tmp_path):
+    from onepixel.data import load_dataset
+    from onepixel.models import load_checkpoint
+
+    cfg = {"num_images": 24, "population": 8, "generations": 2, "seed": 3}
+    paths = {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"}
+    given = run_stage("attack", paths, {"out": tmp_path / "given.nc"}, {"attack": cfg, "device": "cpu"})
+    own = run_stage(
+        "attack", paths, {"out": tmp_path / "own.nc"}, {"attack": {**cfg, "labels": "predicted"}, "device": "cpu"}
+    )
+    model, _ = load_checkpoint(toy / "lenet.pt")
+    images = torch.from_numpy(load_dataset(toy / "test.nc")["image"].values)
+    with torch.no_grad():
+        predicted = model(images.float() / 255).argmax(1).numpy()
+    assert given.sizes["sample"] == 19  # toy's every fifth label is wrong: those images are not attacked
+    assert own.sizes["sample"] == 24 and sorted(own["sample_id"].values.tolist()) == list(range(24))
+    np.testing.assert_array_equal(own["true_class"].values, predicted[own["sample_id"].values])
+    assert json.loads(load_attack(tmp_path / "own.nc").attrs["attack_config"])["labels"] == "predicted"
 
 
 # ===========================================================================

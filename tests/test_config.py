@@ -15,7 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_empty_config_gets_every_default():
     config = validate_config({})
-    assert config["dataset"] == {"name": "digits", "root": "", "test_fraction": 0.25, "seed": 0}
+    assert config["dataset"] == {
+        "name": "digits",
+        "root": "",
+        "test_fraction": 0.25,
+        "seed": 0,
+        **{"classes": "", "labels_file": "", "image_size": 0, "resize_size": 0, "max_images": 0, "bad_images": "error"},
+    }
+    assert config["model_sources"] == {}
     assert config["models"] == ["lenet", "resnet20"]
     assert config["attack"]["population"] == 400
     assert config["attack"]["generations"] == 100
@@ -71,6 +78,79 @@ def test_bad_values_give_one_line_naming_key_and_allowed(config, expected):
     message = str(info.value)
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"models": [3]}, "models[0]: 3 is not allowed; allowed: the registry's architectures"),
+        ({"models": ["a b"]}, "models[0]: 'a b' is not allowed; a name of model_sources"),
+        (
+            {"models": ["m"], "model_sources": {"m": {"factory": "pkg.nets:build"}}},
+            "model_sources.m.factory runs your code (pkg.nets:build): set model_sources.m.run_code: true to allow it",
+        ),
+        (
+            {"models": ["m"], "model_sources": {"m": {"torchvision": "resnet18", "program": "m.pt2"}}},
+            "model_sources.m: needs exactly one of torchvision, program, factory; got torchvision, program",
+        ),
+        ({"models": ["m"], "model_sources": {"m": {"kwargs": {}}}}, "model_sources.m: needs exactly one of"),
+        ({"models": ["lenet"], "model_sources": {"x": {"torchvision": "vgg11"}}}, "model_sources.x: not in models"),
+        (
+            {"models": ["lenet"], "model_sources": {"lenet": {"torchvision": "vgg11"}}},
+            "model_sources.lenet: 'lenet' is a registry architecture",
+        ),
+        (
+            {"models": ["r"], "model_sources": {"r": {"torchvision": "resnet18", "weights": "A", "state_dict": "b"}}},
+            "model_sources.r: give weights or state_dict, not both",
+        ),
+        (
+            {"models": ["p"], "model_sources": {"p": {"program": "missing.pt2"}}},
+            "model_sources.p.program: not found: missing.pt2",
+        ),
+        (
+            {
+                "models": ["r"],
+                "model_sources": {"r": {"torchvision": "resnet18"}},
+                "train": {"checkpoints": {"r": "x"}},
+            },
+            "train.checkpoints.r: r comes from model_sources",
+        ),
+        (
+            {"models": ["resnet18", "torchvision:resnet18"]},
+            "models[1]: 'torchvision:resnet18' names 'resnet18', which models or model_sources already use",
+        ),
+        ({"dataset": {"name": "imagefolder"}}, "dataset.root: required for dataset.name imagefolder"),
+        (
+            {"dataset": {"name": "imagenet-val", "root": "."}},
+            "dataset.labels_file: required for dataset.name imagenet-val",
+        ),
+        ({"dataset": {"name": "imagefolder", "root": "no-such-folder"}}, "dataset.root: not found: no-such-folder"),
+        (
+            {"dataset": {"image_size": 224}},
+            "dataset.image_size: used by dataset.name imagefolder and imagenet-val only",
+        ),
+        (
+            {"dataset": {"name": "imagefolder", "root": "."}, "models": ["lenet"]},
+            "models: lenet would be trained, but dataset.name imagefolder has no training split",
+        ),
+    ],
+)
+def test_model_sources_and_folder_datasets_are_checked_in_one_line(config, expected):
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    message = str(info.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_torchvision_shorthand_is_a_model_source():
+    config = validate_config({"models": ["lenet", "torchvision:resnet18"], "dataset": {"name": "digits"}})
+    assert config["models"] == ["lenet", "resnet18"]
+    assert config["model_sources"] == {
+        "resnet18": {"torchvision": "resnet18", "kwargs": {}, "run_code": False, "input_size": 0, "layers": []}
+    }
+    # what validation returns validates again to itself (the workflow validates the filled config once more)
+    assert validate_config(config) == config
 
 
 def test_checkpoint_for_unlisted_model_or_missing_file(tmp_path):
@@ -212,7 +292,7 @@ def test_every_key_is_validated(key, value, expected):
 
 
 @pytest.mark.parametrize(
-    "section", sorted(k for k, v in load_schema()["properties"].items() if v.get("type") == "object")
+    "section", sorted(k for k, v in load_schema()["properties"].items() if "properties" in v)
 )
 def test_unknown_key_in_every_section(section):
     allowed = ", ".join(sorted(load_schema()["properties"][section]["properties"]))
@@ -270,7 +350,7 @@ def test_schema_enums_match_the_registries():
     from onepixel.models import MODEL_NAMES
 
     props = load_schema()["properties"]
-    assert props["models"]["items"]["enum"] == list(MODEL_NAMES)
+    assert props["models"]["items"]["anyOf"][0]["enum"] == list(MODEL_NAMES)
     assert props["dataset"]["properties"]["name"]["enum"] == list(DATASET_NAMES)
 
 

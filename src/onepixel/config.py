@@ -85,6 +85,9 @@ def format_error(error: ValidationError, root: str = "") -> str:
             name = unknown[0] if unknown else "?"
             given = f" = {value[name]!r}" if unknown else ""
             return f"unknown key {where}{name}{given}; allowed keys: {_allowed_keys(error.schema)}"
+    if error.validator == "anyOf":
+        choices = [option.get("description", "") for option in rule if isinstance(option, Mapping)]
+        return f"{key}: {value!r} is not allowed; allowed: {'; or '.join(filter(None, choices))}"
     if error.validator == "enum":
         return f"{key}: {value!r} is not allowed; allowed values: {', '.join(map(str, rule))}"
     if error.validator == "type":
@@ -207,27 +210,127 @@ def _coerce_scalars(value: Any, schema: Mapping[str, Any]) -> Any:
     return value
 
 
+#: data sets read from a folder of image files (dataset.root): test images only, no training split
+FOLDER_DATASETS = ("imagefolder", "imagenet-val")
+#: the keys of a model_sources entry that say where the model comes from (exactly one)
+SOURCE_KINDS = ("torchvision", "program", "factory")
+
+
+def registry_names() -> list[str]:
+    """The model registry's architectures, as the schema lists them (onepixel.models.MODEL_NAMES, without torch)."""
+    return list(load_schema()["properties"]["models"]["items"]["anyOf"][0]["enum"])
+
+
 def _check_semantics(config: dict[str, Any], check_files: bool) -> None:
-    dataset = config["dataset"]
-    if dataset["root"]:
-        if dataset["name"] != "cifar10":
+    _check_dataset(config["dataset"], check_files)
+    _expand_torchvision_shorthands(config)
+    _check_models(config, check_files)
+    checkpoints: dict[str, str] = config["train"]["checkpoints"]
+    for model, path in checkpoints.items():
+        if model not in config["models"]:
+            raise ConfigError(f"train.checkpoints.{model}: not in models; allowed: {', '.join(config['models'])}")
+        if model in config["model_sources"]:
             raise ConfigError(
-                f"dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not {dataset['name']!r}"
+                f"train.checkpoints.{model}: {model} comes from model_sources; give its weights there "
+                f"(model_sources.{model}.state_dict or .weights)"
             )
-        if check_files and not Path(dataset["root"]).exists():
-            where = "" if Path(dataset["root"]).is_absolute() else f" (relative to the working directory {Path.cwd()})"
-            raise ConfigError(f"dataset.root: not found: {dataset['root']}{where}")
+        if check_files and not Path(path).is_file():
+            raise ConfigError(f"train.checkpoints.{model}: file not found: {path}")
+    if config["dataset"]["name"] in FOLDER_DATASETS:
+        untrained = [m for m in config["models"] if m not in config["model_sources"] and m not in checkpoints]
+        if untrained:
+            raise ConfigError(
+                f"models: {untrained[0]} would be trained, but dataset.name {config['dataset']['name']} has no "
+                f"training split; give train.checkpoints.{untrained[0]} or a model_sources entry with its weights"
+            )
+
+
+def _check_exists(key: str, path: str, check_files: bool, folder: bool = False) -> None:
+    if not check_files or (Path(path).is_dir() if folder else Path(path).exists()):
+        return
+    where = "" if Path(path).is_absolute() else f" (relative to the working directory {Path.cwd()})"
+    raise ConfigError(f"{key}: not found: {path}{where}")
+
+
+def _check_dataset(dataset: dict[str, Any], check_files: bool) -> None:
+    name = dataset["name"]
+    if name in FOLDER_DATASETS:
+        if not dataset["root"]:
+            raise ConfigError(f"dataset.root: required for dataset.name {name} (the folder of its images)")
+        _check_exists("dataset.root", dataset["root"], check_files, folder=True)
+        if name == "imagenet-val" and not dataset["labels_file"]:
+            raise ConfigError("dataset.labels_file: required for dataset.name imagenet-val (each image's class)")
+        for key in ("classes", "labels_file"):
+            if dataset[key]:
+                _check_exists(f"dataset.{key}", dataset[key], check_files)
+        return
+    for key in ("classes", "labels_file", "image_size", "resize_size", "max_images"):
+        if dataset[key]:
+            raise ConfigError(f"dataset.{key}: used by dataset.name {' and '.join(FOLDER_DATASETS)} only, not {name!r}")
+    if dataset["root"]:
+        if name != "cifar10":
+            raise ConfigError(
+                f"dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not {name!r} "
+                f"(and the folder of images for {' and '.join(FOLDER_DATASETS)})"
+            )
+        _check_exists("dataset.root", dataset["root"], check_files)
         if check_files:
             try:
                 cifar10_root_files(dataset["root"])
             except DataError as exc:
                 raise ConfigError(f"dataset.root: {exc}") from exc
-    checkpoints: dict[str, str] = config["train"]["checkpoints"]
-    for model, path in checkpoints.items():
-        if model not in config["models"]:
-            raise ConfigError(f"train.checkpoints.{model}: not in models; allowed: {', '.join(config['models'])}")
-        if check_files and not Path(path).is_file():
-            raise ConfigError(f"train.checkpoints.{model}: file not found: {path}")
+
+
+def _expand_torchvision_shorthands(config: dict[str, Any]) -> None:
+    """``models: [torchvision:resnet18]`` -> ``models: [resnet18]`` and ``model_sources.resnet18: {torchvision: resnet18}``."""
+    sources: dict[str, Any] = config["model_sources"]
+    for index, entry in enumerate(config["models"]):
+        if not entry.startswith("torchvision:"):
+            continue
+        name = entry.split(":", 1)[1]
+        if name in config["models"] or (name in sources and sources[name].get("torchvision") != name):
+            raise ConfigError(f"models[{index}]: {entry!r} names {name!r}, which models or model_sources already use")
+        config["models"][index] = name
+        sources.setdefault(name, {"torchvision": name})
+        for key, value in (("kwargs", {}), ("run_code", False), ("input_size", 0), ("layers", [])):
+            sources[name].setdefault(key, value)
+
+
+def _check_models(config: dict[str, Any], check_files: bool) -> None:
+    registry, sources = registry_names(), config["model_sources"]
+    for index, model in enumerate(config["models"]):
+        if model not in registry and model not in sources:
+            raise ConfigError(
+                f"models[{index}]: {model!r} is not allowed; allowed values: {', '.join(registry)}, "
+                "a name given in model_sources, or torchvision:<name>"
+            )
+    for name, source in sources.items():
+        key = f"model_sources.{name}"
+        if name in registry:
+            raise ConfigError(f"{key}: {name!r} is a registry architecture; give the model another name")
+        if name not in config["models"]:
+            raise ConfigError(f"{key}: not in models; add {name} to models or remove the entry")
+        kinds = [kind for kind in SOURCE_KINDS if kind in source]
+        if len(kinds) != 1:
+            raise ConfigError(
+                f"{key}: needs exactly one of {', '.join(SOURCE_KINDS)}; got {', '.join(kinds) or 'none'}"
+            )
+        if "weights" in source and "state_dict" in source:
+            raise ConfigError(f"{key}: give weights or state_dict, not both")
+        if "weights" in source and kinds[0] != "torchvision":
+            raise ConfigError(f"{key}.weights: torchvision weights names are for torchvision models; use state_dict")
+        if kinds[0] == "factory" and not source["run_code"]:
+            raise ConfigError(
+                f"{key}.factory runs your code ({source['factory']}): set {key}.run_code: true to allow it"
+            )
+        if kinds[0] == "program":
+            _check_exists(f"{key}.program", source["program"], check_files)
+        if "state_dict" in source:
+            _check_exists(f"{key}.state_dict", source["state_dict"], check_files)
+        if "mean" in source and "std" in source and len(source["mean"]) != len(source["std"]):
+            raise ConfigError(
+                f"{key}: mean and std need one value per channel each; got {source['mean']} and {source['std']}"
+            )
 
 
 def load_config(path: str | os.PathLike[str], check_files: bool = True) -> dict[str, Any]:

@@ -190,6 +190,8 @@ def _stage_inputs(checkpoint_path, test_path, attack_cfg, device, stage: str = "
     check_model_input(stage, model, meta, checkpoint_path, test, test_path, dev)
     images = torch.from_numpy(np.ascontiguousarray(test["image"].values))
     labels = torch.from_numpy(np.asarray(test["label"].values, dtype=np.int64))
+    if cfg["labels"] == "predicted":  # unlabelled images, random-weight models: the model's own classes
+        labels = predict(model, images, device=dev).long()
     if "class_name" in test.coords:
         num_classes = int(test["class_name"].size)
     else:
