@@ -291,9 +291,7 @@ def test_every_key_is_validated(key, value, expected):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "section", sorted(k for k, v in load_schema()["properties"].items() if "properties" in v)
-)
+@pytest.mark.parametrize("section", sorted(k for k, v in load_schema()["properties"].items() if "properties" in v))
 def test_unknown_key_in_every_section(section):
     allowed = ", ".join(sorted(load_schema()["properties"][section]["properties"]))
     with pytest.raises(ConfigError) as info:

@@ -1,4 +1,4 @@
-"""Image data sets: digits (bundled with scikit-learn) and CIFAR-10, stored as netCDF.
+"""Image data sets: digits (bundled with scikit-learn), CIFAR-10 and folders of photographs, stored as netCDF.
 
 The names below are loaded on first use, so that the workflow's main process (which
 only validates the config) does not import torch, xarray or scikit-learn.
@@ -20,10 +20,19 @@ if TYPE_CHECKING:
     from onepixel.data.cifar10_layout import cifar10_root_files, locate_cifar10
     from onepixel.data.dataset import channel_stats, load_dataset, make_dataset, save_dataset, to_float
     from onepixel.data.digits import load_digits_split
+    from onepixel.data.images import (
+        default_resize_size,
+        imagenet_categories,
+        load_image,
+        read_image_folder,
+        read_imagenet_labels,
+        read_imagenet_val,
+        read_meta_mat,
+    )
     from onepixel.data.splits import dataset_splits, prepare_dataset
 
 #: the data sets the workflow can prepare (dataset.name)
-DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10")
+DATASET_NAMES: tuple[str, ...] = ("digits", "cifar10", "imagefolder", "imagenet-val")
 
 #: public name -> the submodule that defines it
 _HOMES: dict[str, str] = {
@@ -33,6 +42,18 @@ _HOMES: dict[str, str] = {
     **dict.fromkeys(("cifar10_root_files", "locate_cifar10"), "cifar10_layout"),
     **dict.fromkeys(("channel_stats", "load_dataset", "make_dataset", "save_dataset", "to_float"), "dataset"),
     "load_digits_split": "digits",
+    **dict.fromkeys(
+        (
+            "default_resize_size",
+            "imagenet_categories",
+            "load_image",
+            "read_image_folder",
+            "read_imagenet_labels",
+            "read_imagenet_val",
+            "read_meta_mat",
+        ),
+        "images",
+    ),
     **dict.fromkeys(("dataset_splits", "prepare_dataset"), "splits"),
 }
 
@@ -43,14 +64,21 @@ __all__ = [
     "channel_stats",
     "cifar10_root_files",
     "dataset_splits",
+    "default_resize_size",
     "download_cifar10",
+    "imagenet_categories",
     "load_dataset",
     "load_digits_split",
+    "load_image",
     "locate_cifar10",
     "make_dataset",
     "prepare_dataset",
     "read_cifar10_batches",
     "read_cifar10_root",
+    "read_image_folder",
+    "read_imagenet_labels",
+    "read_imagenet_val",
+    "read_meta_mat",
     "save_dataset",
     "to_float",
 ]
