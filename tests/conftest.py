@@ -33,6 +33,7 @@ LONGEST_FIRST = (
     "test_remotes.py",
     "test_workflow.py",
     "test_cli.py",
+    "test_own_models.py",
     "test_benchmarks.py",
     "test_profiles.py",
 )

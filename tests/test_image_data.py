@@ -607,3 +607,11 @@ def test_prepare_stage_passes_the_dataset_keys(folder, tmp_path):
     assert test.sizes["sample"] == 4 and test["image"].shape[2:] == (SIZE, SIZE)
     assert test.attrs["resize_size"] == 40 and list(test["class_name"].values) == ["scene", "cup", "cat"]
     assert load_dataset(tmp_path / "train.nc").sizes["sample"] == 0
+
+
+def test_the_workflows_image_extensions_are_torchvisions():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from onepixel.data.folder_layout import IMAGE_EXTENSIONS
+
+    assert tuple(IMG_EXTENSIONS) == IMAGE_EXTENSIONS

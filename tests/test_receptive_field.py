@@ -293,3 +293,23 @@ def test_cli_prints_fields(capsys) -> None:
     assert lines[1].split() == ["relu1", "5", "1", "0"] and lines[2].split() == ["relu2", "14", "2", "0.5"]
     assert main(["receptive-fields", "--model", "lenet", "--layers", "classifier.1"]) == 2
     assert "error: layers: 'classifier.1' has no spatial receptive field" in capsys.readouterr().err
+
+
+def test_an_exported_programs_fields_equal_its_modules(tmp_path):
+    """A torch.export program (model_sources' program) is ATen operators: convolution, pooling, ReLU."""
+    from onepixel.models.sources import build_source_model
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        *(nn.Conv2d(3, 4, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, stride=2, dilation=2)),
+        *(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4)),
+    ).eval()
+    batch = torch.export.Dim("batch")
+    torch.export.save(
+        torch.export.export(net, (torch.rand(2, 3, 32, 32),), dynamic_shapes=({0: batch},)), tmp_path / "net.pt2"
+    )
+    eager = theoretical_receptive_fields(net, (3, 32, 32), ["1", "4"])
+    exported = build_source_model("net", {"program": str(tmp_path / "net.pt2")}, 4, 3, 32)
+    fields = theoretical_receptive_fields(exported, (3, 32, 32), exported.feature_layers)
+    assert [(f.size, f.stride) for f in fields.values()] == [(f.size, f.stride) for f in eager.values()]
+    assert [f.size for f in eager.values()] == [5, 5 + 1 + 2 * 2 * 2]  # conv 5; pool 2; conv 3 dilated 2 at stride 2

@@ -76,6 +76,20 @@ def _cmd_receptive_fields(args: argparse.Namespace) -> None:
         print(f"{layer:24s} {rf.size:6d} {rf.stride:6d} {rf.start:6g}")
 
 
+def _cmd_layers(args: argparse.Namespace) -> None:
+    from onepixel.models.sources import layer_lines
+
+    lines = layer_lines(
+        args.model,
+        size=args.size,
+        classes=args.classes,
+        channels=args.channels,
+        everything=args.all,
+        run_code=args.run_code,
+    )
+    print("\n".join(lines))
+
+
 def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
     out = {}
     for item in items:
@@ -183,6 +197,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=3, help="input channels for --model (default 3)")
     p.add_argument("--layers", nargs="*", help="module names (default: the model's feature layers)")
     p.set_defaults(func=_cmd_receptive_fields)
+    p = sub.add_parser(
+        "layers",
+        help="print a model's default feature layers (capture.layers) and their output shapes",
+        description="Default feature layers of a model, one per line with its output shape (C x H x W) at the input size.",
+    )
+    p.add_argument(
+        "model",
+        help="a registry model (lenet), torchvision:NAME (resnet18), program:FILE.pt2 or factory:pkg.mod:fn",
+    )
+    p.add_argument("--size", type=int, help="input side in pixels (default 32; torchvision 224; a program its own)")
+    p.add_argument("--classes", type=int, help="classes (default 10; torchvision 1000; program/factory: its output)")
+    p.add_argument("--channels", type=int, help="image channels (default 3; a program its own)")
+    p.add_argument("--all", action="store_true", help="every capturable name: modules and torch.fx nodes")
+    p.add_argument("--run-code", action="store_true", help="allow factory:pkg.mod:fn to run your code")
+    p.set_defaults(func=_cmd_layers)
     return parser
 
 

@@ -221,6 +221,15 @@ def registry_names() -> list[str]:
     return list(load_schema()["properties"]["models"]["items"]["anyOf"][0]["enum"])
 
 
+def runs_user_code(config: Mapping[str, Any]) -> bool:
+    """Whether the study builds a model with the user's factory, as its config allows (``model_sources.*.run_code``).
+
+    Its stages may then load checkpoints of such models (they check that each checkpoint is the study's own).
+    """
+    sources = config.get("model_sources", {}).values()
+    return any(source.get("factory") and source.get("run_code") for source in sources)
+
+
 def _check_semantics(config: dict[str, Any], check_files: bool) -> None:
     _check_dataset(config["dataset"], check_files)
     _expand_torchvision_shorthands(config)

@@ -141,15 +141,24 @@ STAGES: dict[str, Stage] = {
         Stage(
             "train",
             "onepixel.train:train_stage",
-            "train a model (or evaluate the user's checkpoint of train.checkpoints) and write its test metrics",
-            reads=("train",),
+            "train a model (or evaluate the user's checkpoint of train.checkpoints, or the model of model_sources) "
+            "and write its test metrics",
+            reads=("train", "model_sources"),
             seed="train.seed",
             device=True,
-            wildcards=(Wildcard("model", "architecture of the registry (see `onepixel models`)"),),
+            wildcards=(
+                Wildcard("model", "a registry architecture (see `onepixel models`) or a name of model_sources"),
+            ),
             inputs=(
                 Port("train", "training split (.nc)"),
                 _TEST,
                 Port("user_checkpoint", "a checkpoint to evaluate instead of training", kind="files", optional=True),
+                Port(
+                    "source_files",
+                    "the files of its model_sources entry (state_dict, program), so that a new one reruns it",
+                    kind="files",
+                    optional=True,
+                ),
             ),
             outputs=(Port("checkpoint", "output checkpoint (.pt)"), Port("metrics", "output metrics (.json)")),
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -206,6 +207,25 @@ def _evaluate_user_checkpoint(
     return model.cpu(), meta["build_kwargs"], metrics
 
 
+def _evaluate_source_model(
+    model_name: str,
+    source: dict[str, Any],
+    seed: int,
+    train_ds: xr.Dataset,
+    test_ds: xr.Dataset,
+    device: torch.device,
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Build a model of ``model_sources`` (onepixel.models.sources) for the data set's images and evaluate it."""
+    from onepixel.models import build_source_model
+
+    _, channels, size, _ = test_ds["image"].shape
+    classes = int(test_ds["class_name"].size)
+    model = build_source_model(model_name, source, classes, int(channels), int(size), seed=seed, base_dir=Path.cwd())
+    metrics = _metrics(model_name, model.to(device), train_ds, test_ds, epochs=0, seconds=0.0)
+    metrics["model_source"] = str(model.arch)
+    return model.cpu(), dict(model.build_kwargs), metrics
+
+
 def train_stage(job: Job) -> dict[str, Any]:
     """Train model ``job.wildcards["model"]`` (or load the user's checkpoint and evaluate it); write its
     checkpoint and metrics JSON.
@@ -222,7 +242,14 @@ def train_stage(job: Job) -> dict[str, Any]:
     train_ds, test_ds = load_dataset(job.input("train")), load_dataset(job.input("test"))
     dev = resolve_device(job.cfg["device"])
     user_checkpoints = job.inputs["user_checkpoint"] or [job.cfg["train"]["checkpoints"].get(model_name)]
-    if user_checkpoints[0]:
+    source = job.cfg["model_sources"].get(model_name)
+    arch = model_name
+    if source:
+        model, build_kwargs, metrics = _evaluate_source_model(
+            model_name, source, job.cfg["train"]["seed"], train_ds, test_ds, dev
+        )
+        arch = str(model.arch)
+    elif user_checkpoints[0]:
         model, build_kwargs, metrics = _evaluate_user_checkpoint(
             model_name, str(user_checkpoints[0]), train_ds, test_ds, dev
         )
@@ -233,10 +260,12 @@ def train_stage(job: Job) -> dict[str, Any]:
     metrics["test_digest"] = dataset_digest(test_ds)  # the test set it was evaluated on (onepixel.lineage)
     metrics["provenance"] = provenance(dev)
     input_shape = tuple(int(s) for s in train_ds["image"].shape[1:])
-    save_checkpoint(job.output("checkpoint"), model, model_name, build_kwargs, extra=metrics, input_shape=input_shape)
+    save_checkpoint(job.output("checkpoint"), model, arch, build_kwargs, extra=metrics, input_shape=input_shape)
     metrics["model_sha256"] = file_sha256(job.output("checkpoint"))  # after the save: the file's own sha256
     written = write_json(metrics, job.output("metrics"), kind="metrics")
     how = f"checkpoint {user_checkpoints[0]} evaluated" if user_checkpoints[0] else f"{metrics['epochs']} epochs"
+    if source:
+        how = f"{arch} evaluated"
     announce(
         f"train {model_name}: test accuracy {100 * metrics['test_accuracy']:.1f} %, "
         f"train accuracy {100 * metrics['train_accuracy']:.1f} %, {how}, {duration(time.perf_counter() - started)}"

@@ -1,4 +1,8 @@
+import re
+
 from onepixel.data.cifar10_layout import cifar10_root_files
+from onepixel.config import FOLDER_DATASETS
+from onepixel.data.folder_layout import image_folder_files
 from onepixel.stages import settings
 from onepixel.study import layout as study_layout
 
@@ -14,7 +18,7 @@ STAGE_SCRIPT = "../scripts/stage.py"  # one script runs every rule's stage (onep
 
 
 wildcard_constraints:
-    model="|".join(MODELS),
+    model="|".join(re.escape(model) for model in MODELS),
     shard="[0-9]+",
 
 
@@ -45,15 +49,17 @@ def all_targets():
 
 # dataset.root: a pre-staged CIFAR-10 copy (no download). Its files are the inputs of
 # prepare_data, so a changed or other copy reruns the study. Checked by validate_config.
-CIFAR10_ROOT = config["dataset"]["root"]
+CIFAR10_ROOT = config["dataset"]["root"] if DATASET == "cifar10" else ""
 CIFAR10_ROOT_FILES = [str(path) for path in cifar10_root_files(CIFAR10_ROOT)] if CIFAR10_ROOT else []
 
 
 def prepare_inputs(wildcards):
     """The files a dataset is made from: the pre-staged CIFAR-10 copy (dataset.root) or
-    the verified download (the digits ship with scikit-learn)."""
+    the verified download, or an image folder's files (the digits ship with scikit-learn)."""
     if DATASET == "cifar10":
         return CIFAR10_ROOT_FILES or "resources/raw/cifar10/cifar-10-batches-py"
+    if DATASET in FOLDER_DATASETS:
+        return image_folder_files(config["dataset"])
     return []
 
 
@@ -61,3 +67,9 @@ def user_checkpoint(wildcards):
     """The user's own checkpoint for this model, if config train.checkpoints names one."""
     path = config["train"]["checkpoints"].get(wildcards.model)
     return [path] if path else []
+
+
+def model_source_files(wildcards):
+    """The files of this model's model_sources entry (its state_dict, its .pt2 program), if any."""
+    source = config["model_sources"].get(wildcards.model, {})
+    return [source[key] for key in ("state_dict", "program") if key in source]

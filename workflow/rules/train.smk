@@ -3,6 +3,7 @@ rule train:
         train=dataset_file("train"),
         test=dataset_file("test"),
         user_checkpoint=user_checkpoint,
+        source_files=model_source_files,
     output:
         checkpoint=f"{RESULTS}/models/{{model}}.pt",
         metrics=f"{RESULTS}/metrics/{{model}}.json",

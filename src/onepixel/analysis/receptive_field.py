@@ -220,7 +220,7 @@ def _pair(value: Any) -> tuple[int, int]:
     """``k`` or ``(ky, kx)`` -> ``(ky, kx)`` as ints."""
     if isinstance(value, int):
         return value, value
-    return int(value[0]), int(value[1])
+    return int(value[0]), int(value[-1])  # ATen's lists may hold one value for both axes
 
 
 def _spatial(node: fx.Node) -> tuple[int, int] | None:
@@ -335,9 +335,61 @@ def _cat(states: Sequence[_State], node: fx.Node) -> _State:
     return _union(states, node)
 
 
+_aten = torch.ops.aten
+#: ATen operators of a torch.export program (model_sources' program) that act on each position alone
+_ATEN_POINTWISE = {
+    _aten.relu.default,
+    _aten.relu_.default,
+    _aten.add.Tensor,
+    _aten.add_.Tensor,
+    _aten.sub.Tensor,
+    _aten.mul.Tensor,
+    _aten.div.Tensor,
+    _aten.sigmoid.default,
+    _aten.tanh.default,
+    _aten.hardtanh.default,
+    _aten.gelu.default,
+    _aten.silu.default,
+    _aten.dropout.default,
+    _aten.clone.default,
+    _aten.batch_norm.default,
+    _aten._native_batch_norm_legit_no_training.default,
+}
+
+
+_ATEN_WINDOWS = {
+    _aten.conv2d.default,
+    _aten.max_pool2d.default,
+    _aten.avg_pool2d.default,
+    _aten.adaptive_avg_pool2d.default,
+}
+
+
+def _aten_state(node: fx.Node, states: Sequence[_State]) -> _State:
+    """Field after an ATen operator of an exported program (one of ``_ATEN_POINTWISE`` or ``_ATEN_WINDOWS``)."""
+    target, args = node.target, node.args
+    if target in _ATEN_POINTWISE:
+        return _union(states, node)
+    if target == _aten.conv2d.default:
+        weight = args[1].meta.get("tensor_meta") if isinstance(args[1], fx.Node) else None
+        if weight is None:
+            return _Opaque(f"{node.name}: a convolution whose kernel size is unknown")
+        stride, padding, dilation = (args[i] if len(args) > i else default for i, default in ((3, 1), (4, 0), (5, 1)))
+        return _window(states[0], tuple(weight.shape[-2:]), stride, padding, dilation)
+    if target in (_aten.max_pool2d.default, _aten.avg_pool2d.default):
+        kernel = args[1]
+        stride = args[2] if len(args) > 2 and args[2] else kernel
+        padding = args[3] if len(args) > 3 else 0
+        dilation = args[4] if len(args) > 4 and target == _aten.max_pool2d.default else 1
+        return _window(states[0], kernel, stride, padding, dilation)
+    return _adaptive(states[0], node)  # adaptive_avg_pool2d
+
+
 def _function_state(node: fx.Node, states: Sequence[_State]) -> _State:
     """Field after a ``call_function`` node; ``states`` are those of its node arguments, in order."""
     target = node.target
+    if target in _ATEN_POINTWISE or target in _ATEN_WINDOWS:
+        return _aten_state(node, states)
     if target in _POINTWISE_FUNCTIONS:
         return _union(states, node)
     if target is operator.getitem:

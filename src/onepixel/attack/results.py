@@ -245,8 +245,13 @@ def load_attacked_model(
     attack_path: str | os.PathLike[str],
     device: str = "auto",
     stage: str = "load",
+    *,
+    allow_code: bool = False,
 ) -> AttackedModel:
     """Load a checkpoint (``weights_only``), its test set and an attack file, and check they belong together.
+
+    ``allow_code``: the checkpoint's model may be built by the user's factory (a config's
+    ``model_sources.<model>.run_code``); otherwise such a checkpoint is refused in one line.
 
     Before any work, and each refusal one line naming both files (``stage`` starts it): the
     test set's :func:`~onepixel.lineage.dataset_digest` must be the attack's ``test_digest``,
@@ -270,7 +275,7 @@ def load_attacked_model(
     attack = load_attack(attack_path)
     test = load_dataset(test_path)
     check_test_set(stage, test_path, test, attack_path, attack.attrs["test_digest"])
-    model, meta = load_checkpoint(checkpoint_path, map_location=dev)
+    model, meta = load_checkpoint(checkpoint_path, map_location=dev, allow_code=allow_code)
     model.eval()
     check_checkpoint(stage, checkpoint_path, attack_path, attack.attrs["model_sha256"])
     check_model_input(stage, model, meta, checkpoint_path, test, test_path, dev)
@@ -287,6 +292,13 @@ def load_attacked_model(
 def load_job_inputs(job: Job, stage: str = "load") -> AttackedModel:
     """:func:`load_attacked_model` of a stage's ``checkpoint``, ``test`` and ``attack`` inputs, on ``device``
     (``stage``: the command named in refusals)."""
+    from onepixel.config import runs_user_code
+
     return load_attacked_model(
-        job.input("checkpoint"), job.input("test"), job.input("attack"), job.cfg["device"], stage=stage
+        job.input("checkpoint"),
+        job.input("test"),
+        job.input("attack"),
+        job.cfg["device"],
+        stage=stage,
+        allow_code=runs_user_code(job.cfg),
     )

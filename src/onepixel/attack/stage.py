@@ -33,7 +33,7 @@ from onepixel.attack.results import (
     result_to_dataset,
     save_attack,
 )
-from onepixel.config import section_defaults, validate_section
+from onepixel.config import runs_user_code, section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import atomic_path, file_sha256, one_line, read_json, write_json
 from onepixel.lineage import check_model_input, check_same, dataset_digest, selection_digest, short
@@ -177,15 +177,18 @@ class _StageInputs:
     test_digest: str
 
 
-def _stage_inputs(checkpoint_path, test_path, attack_cfg, device, stage: str = "attack") -> _StageInputs:
-    """Validate ``attack_cfg``, resolve ``device``, load the checkpoint (onto it) and the test set, and check
-    that the model takes the test set's images (:func:`onepixel.lineage.check_model_input`, named ``stage``)."""
+def _stage_inputs(
+    checkpoint_path, test_path, attack_cfg, device, stage: str = "attack", allow_code: bool = False
+) -> _StageInputs:
+    """Validate ``attack_cfg``, resolve ``device``, load the checkpoint (onto it; ``allow_code``: its model may be
+    built by the user's factory) and the test set, and check that the model takes the test set's images
+    (:func:`onepixel.lineage.check_model_input`, named ``stage``)."""
     from onepixel.data import load_dataset
     from onepixel.models import load_checkpoint
 
     cfg = attack_settings(attack_cfg)
     dev = resolve_device(device)
-    model, meta = load_checkpoint(checkpoint_path, map_location=dev)
+    model, meta = load_checkpoint(checkpoint_path, map_location=dev, allow_code=allow_code)
     test = load_dataset(test_path)
     check_model_input(stage, model, meta, checkpoint_path, test, test_path, dev)
     images = torch.from_numpy(np.ascontiguousarray(test["image"].values))
@@ -231,7 +234,14 @@ def select_stage(job: Job) -> np.ndarray:
     checkpoint_path, test_path, out_path = job.input("checkpoint"), job.input("test"), job.output()
     attack_cfg, device, log = job.cfg["attack"], job.cfg["device"], job.log.info
     with deterministic_torch():
-        inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device, stage="select-images")
+        inputs = _stage_inputs(
+            checkpoint_path,
+            test_path,
+            attack_cfg,
+            device,
+            "select-images",
+            runs_user_code(job.cfg),
+        )
         chosen = _select(inputs, log)
     cfg = inputs.cfg
     write_json(
@@ -333,7 +343,13 @@ def attack_stage(job: Job) -> xr.Dataset:
     shard, shards, selection_path = job.wildcards["shard"], job.cfg["attack"]["shards"], job.inputs["selection"]
     _check_shard(shard, shards)
     with deterministic_torch():  # before the first GPU work of the process (see its docstring)
-        inputs = _stage_inputs(checkpoint_path, test_path, attack_cfg, device)
+        inputs = _stage_inputs(
+            checkpoint_path,
+            test_path,
+            attack_cfg,
+            device,
+            allow_code=runs_user_code(job.cfg),
+        )
         cfg, dev, images = inputs.cfg, inputs.device, inputs.images
         attack = make_attack(inputs.model, cfg, dev)
         if selection_path is not None:

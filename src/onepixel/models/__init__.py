@@ -5,6 +5,10 @@ itself (``Normalize`` is its first module) and returns logits ``(N, num_classes)
 Each has ``model.arch`` (its registry name) and ``model.feature_layers``: the names,
 in ``model.named_modules()``, of the modules whose 4-D outputs are captured for
 propagation maps, in depth order.
+
+Models from outside the registry (``model_sources``: torchvision models, ``torch.export``
+programs, a user's factory) are :class:`SourceModel` s from :func:`build_source_model`
+(:mod:`onepixel.models.sources`); ``load_checkpoint`` rebuilds them too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from onepixel.models.lenet import LeNet
 from onepixel.models.nin import NiN
 from onepixel.models.normalize import Normalize, he_init
 from onepixel.models.resnet import CifarResNet
+from onepixel.models.sources import SourceModel, build_source_model, default_feature_layers
 from onepixel.models.vgg import VGG
 from onepixel.models.wide_resnet import WideResNet
 
@@ -47,8 +52,11 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "MODEL_NAMES",
     "Normalize",
+    "SourceModel",
     "build_model",
+    "build_source_model",
     "count_parameters",
+    "default_feature_layers",
     "load_checkpoint",
     "save_checkpoint",
 ]

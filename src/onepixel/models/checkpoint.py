@@ -198,8 +198,16 @@ def load_checkpoint(
     map_location: Any = "cpu",
     name: str | None = None,
     build_kwargs: dict[str, Any] | None = None,
+    *,
+    allow_code: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Load an onepixel checkpoint or a bare state_dict, always with ``weights_only=True``.
+
+    A registry architecture is built by ``build_model``. A model from ``model_sources``
+    (arch ``torchvision:NAME``, ``program:FILE``, ``factory:pkg.mod:fn``) is rebuilt by
+    :func:`onepixel.models.sources.rebuild_source_model`: torchvision's from its name, a
+    program from the archive bytes the checkpoint holds (checked as a ``.pt2`` file is;
+    no pickled code runs), a factory's only with ``allow_code=True``.
 
     Args:
         path: the ``.pt`` file.
@@ -208,6 +216,8 @@ def load_checkpoint(
         name: expected architecture; required for a bare state_dict, checked against a checkpoint.
         build_kwargs: ``build_model`` keyword arguments; required for a bare state_dict
             (an onepixel checkpoint carries its own).
+        allow_code: run the user's code that builds a ``factory:...`` model (else such a
+            checkpoint is refused in one line).
 
     Returns:
         ``(model, meta)``: the model in eval mode and ``{"arch", "build_kwargs", "extra", "input_shape"}``
@@ -220,12 +230,18 @@ def load_checkpoint(
     obj = _torch_load(file, map_location)
     arch, kwargs, state_dict, extra = _split_checkpoint(file, obj, name, build_kwargs)
     input_shape = _input_shape(file, obj)
-    try:
-        model = build_model(arch, **kwargs)
-    except (ConfigError, TypeError) as exc:
-        raise DataError(f"{file}: cannot build its model {arch!r} with {kwargs} ({exc})") from exc
-    _check_fit(file, arch, model, state_dict)
-    model.load_state_dict(state_dict)
+    model: nn.Module
+    if ":" in arch:  # a model of model_sources: torchvision:NAME, program:FILE, factory:pkg.mod:fn
+        from onepixel.models.sources import rebuild_source_model
+
+        model = rebuild_source_model(file, arch, kwargs, state_dict, allow_code=allow_code)
+    else:
+        try:
+            model = build_model(arch, **kwargs)
+        except (ConfigError, TypeError) as exc:
+            raise DataError(f"{file}: cannot build its model {arch!r} with {kwargs} ({exc})") from exc
+        _check_fit(file, arch, model, state_dict)
+        model.load_state_dict(state_dict)
     if isinstance(map_location, str | torch.device):
         model.to(map_location)
     return model.eval(), {"arch": arch, "build_kwargs": kwargs, "extra": extra, "input_shape": input_shape}

@@ -1,0 +1,1279 @@
+"""Models from outside the registry: torchvision classification models, torch.export programs and a user's factory.
+
+A config's ``model_sources`` names where each such model comes from (see
+``config.schema.yaml``); :func:`build_source_model` makes it a :class:`SourceModel`,
+which behaves like the registry's models: it takes float32 images ``(N, C, H, W)`` in
+``[0, 1]`` at the dataset's size, resizes them to the network's ``input_size`` and
+normalises them (``mean``, ``std``) *inside itself*, and returns logits. So the attacks
+work on the dataset's raw 8-bit pixels whatever the network expects.
+
+- ``torchvision: resnet50``: ``torchvision.models.get_model(arch, weights=None, num_classes=...)``;
+  ``weights: IMAGENET1K_V2`` downloads those weights (checked against their published
+  hash) and takes their ``mean``, ``std`` and crop size as defaults; ``state_dict: FILE``
+  loads a file with ``torch.load(weights_only=True)``; neither: fresh weights seeded with ``seed``.
+- ``program: FILE.pt2``: a ``torch.export.save`` archive. ``torch.export.load`` unpickles
+  parts of it with ``weights_only=False``, so the archive is checked first
+  (:func:`check_program`): every pickle in it must load with ``weights_only=True`` (or
+  name only torch's tensor-rebuild globals), its graph's shape expressions and names
+  must be plain, and compiled code (AOTInductor) is refused. It is then loaded with
+  ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1``, so no pickled code runs.
+- ``factory: package.module:function``: called with ``kwargs``; this runs the user's code,
+  so it needs ``run_code: true`` (and ``load_checkpoint(..., allow_code=True)`` later).
+
+Feature layers (``model.feature_layers``, what ``capture`` records by default) are names
+relative to the :class:`SourceModel`, whose network is its submodule ``net``
+(``net.layer1.0``, ``net.relu_default_1``): module names, or ``torch.fx`` node names as
+``torchvision.models.feature_extraction.NodePathTracer`` gives them (:mod:`onepixel.capture`
+takes both). :func:`default_feature_layers` chooses them.
+
+Checkpoints (:func:`onepixel.models.save_checkpoint` with ``name=model.arch`` and
+``build_kwargs=model.build_kwargs``) are rebuilt by :func:`rebuild_source_model`:
+a torchvision model from its name alone (no user code), a program from the archive's
+bytes, which the checkpoint holds (``program._extra_state``, a uint8 tensor) and which are
+checked again, a factory model only with ``allow_code=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import importlib
+import io
+import json
+import math
+import os
+import pickle
+import pickletools
+import re
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from onepixel.errors import ConfigError, DataError
+from onepixel.files import one_line
+from onepixel.models.checkpoint import SHOWN_KEYS, _fit_problems, _is_state_dict, _torch_load
+from onepixel.models.normalize import Normalize
+from onepixel.torch_utils import eval_mode
+
+SOURCE_KINDS = ("torchvision", "program", "factory")
+#: torchvision builders that, given weights, also set ``transform_input=True`` (their weights expect it)
+_TRANSFORM_INPUT_ARCHS = ("googlenet", "inception_v3")
+#: a few torchvision names for error messages
+_EXAMPLES = ("resnet18", "resnet50", "vgg16", "alexnet", "densenet121", "mobilenet_v3_large", "vit_b_16")
+
+Shape = tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------
+# The model
+
+
+class Resize(nn.Upsample):
+    """Bilinear resize of ``(N, C, H, W)`` to ``size x size`` (``align_corners=False``, no antialiasing).
+
+    Differentiable and deterministic; a ``torch.nn`` module, so ``torch.fx`` keeps it a leaf.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size=(size, size), mode="bilinear", align_corners=False)
+
+
+class ProgramBytes(nn.Module):
+    """The bytes of a ``.pt2`` archive, kept in the state_dict as ``<name>._extra_state`` (a uint8 tensor).
+
+    They are not a buffer, so ``model.to(device)`` leaves them on the CPU; a checkpoint that
+    holds them is self-contained (:func:`rebuild_source_model` checks and loads them).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = bytes(data)
+
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+            raise DataError("program._extra_state: expected the .pt2 archive's bytes as a 1-D uint8 tensor")
+        data = state.cpu().numpy().tobytes()
+        if data != self.data:
+            raise DataError("program._extra_state: the state_dict holds another .pt2 archive than the model's")
+
+    def extra_repr(self) -> str:
+        return f"{len(self.data):,d} bytes, sha256 {hashlib.sha256(self.data).hexdigest()[:12]}"
+
+
+class SourceModel(nn.Module):
+    """A network from outside the registry, wrapped as the registry's models are.
+
+    ``forward``: float32 ``(N, C, H, W)`` in ``[0, 1]`` at the dataset's size ->
+    ``resize`` (bilinear to ``input_size``, only when it differs from ``image_size``) ->
+    ``normalize`` (``(x - mean) / std``) -> ``net`` -> logits ``(N, num_classes)``.
+
+    Args:
+        net: the network, taking normalised images of side ``input_size``.
+        arch, in_channels, image_size: its name and the dataset's images (``C``, ``H = W``).
+        input_size: the side ``net`` takes (0: ``image_size``, no resize).
+        mean, std: per-channel normalisation in [0, 1] units (default 0 and 1).
+        layers: feature layers (default: :func:`default_feature_layers` at the dataset's size).
+        build_kwargs: more plain data to keep in ``build_kwargs`` (``num_classes``, the source's kwargs).
+        program: a program model's ``.pt2`` bytes, kept as :class:`ProgramBytes` (``program``).
+
+    Attributes:
+        arch: ``"torchvision:resnet18"``, ``"program:<file name>"`` or ``"factory:pkg.mod:fn"``.
+        feature_layers: names of the layers capture records by default (module names or
+            ``torch.fx`` node names, relative to this model: ``net.layer1.0``).
+        build_kwargs: plain data that, with ``arch`` and the state_dict, rebuilds the model
+            (:func:`rebuild_source_model`); pass it to ``save_checkpoint``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        arch: str,
+        in_channels: int,
+        image_size: int,
+        input_size: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        layers: Sequence[str] | None = None,
+        build_kwargs: Mapping[str, Any] | None = None,
+        program: bytes | None = None,
+    ) -> None:
+        super().__init__()
+        size = input_size or image_size
+        self.resize: nn.Module = Resize(size) if size != image_size else nn.Identity()
+        self.normalize = Normalize(in_channels, mean, std)
+        self.net = net
+        if program is not None:
+            self.program = ProgramBytes(program)
+        self.arch = arch
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.input_size = size
+        self.build_kwargs: dict[str, Any] = {
+            **dict(build_kwargs or {}),
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "input_size": size,
+            "mean": self.normalize.mean.flatten().tolist(),
+            "std": self.normalize.std.flatten().tolist(),
+        }
+        self.feature_layers: list[str] = (
+            list(layers) if layers is not None else default_feature_layers(self, (in_channels, image_size, image_size))
+        )
+        self.build_kwargs["layers"] = list(self.feature_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` in [0, 1] -> logits ``(N, num_classes)``."""
+        return self.net(self.normalize(self.resize(x)))
+
+    def extra_repr(self) -> str:
+        return f"arch={self.arch!r}, input {self.in_channels}x{self.image_size}x{self.image_size} -> {self.input_size}"
+
+
+# ---------------------------------------------------------------------------
+# Building from a config's model_sources entry
+
+
+def build_source_model(
+    name: str,
+    source: Mapping[str, Any],
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    *,
+    seed: int = 0,
+    base_dir: Path | None = None,
+    device: str | torch.device | None = None,
+) -> SourceModel:
+    """Build model ``name`` of a config's ``model_sources`` (see the module docstring).
+
+    Args:
+        name: the model's name (the key under ``model_sources``), for messages.
+        source: its entry: one of ``torchvision``, ``program``, ``factory``, and ``kwargs``
+            (keyword arguments of the torchvision builder or of the factory), ``run_code``,
+            ``weights``, ``state_dict``, ``mean``, ``std`` (default: the weights', else 0 and 1),
+            ``input_size`` (0: the weights' crop size, a program's static side, else the
+            dataset's) and ``layers`` (module or fx node names, of the model or of its ``net``;
+            empty: :func:`default_feature_layers`).
+        num_classes, in_channels, image_size: the dataset's (the network must output
+            ``num_classes`` logits).
+        seed: seeds the fresh weights (torchvision or factory without weights); the caller's
+            random state is left as it was.
+        base_dir: where relative ``program`` and ``state_dict`` paths are (default: the working directory).
+        device: where to build the network; ``"meta"`` gives shapes only (no weights: ``onepixel layers``).
+
+    Returns:
+        The model (train mode), with ``arch``, ``feature_layers`` and ``build_kwargs``.
+
+    Raises:
+        ConfigError: a key that is missing, unknown, of the wrong kind, or refused (``run_code``).
+        DataError: a file that is missing, corrupt, refused (pickled code) or of another architecture.
+    """
+    key = f"model_sources.{name}"
+    kind = _source_kind(key, source)
+    _check_sizes(key, num_classes, in_channels, image_size)
+    base = Path.cwd() if base_dir is None else Path(base_dir)
+    mean, std = source.get("mean"), source.get("std")
+    input_size = int(source.get("input_size") or 0)
+    kwargs = dict(source.get("kwargs") or {})
+    if kind != "torchvision" and source.get("weights"):
+        raise ConfigError(f"{key}.weights: only torchvision models have named weights; give a state_dict file instead")
+    if source.get("weights") and source.get("state_dict"):
+        raise ConfigError(f"{key}: give weights or state_dict, not both")
+    build: dict[str, Any] = {"source": name, "num_classes": num_classes}
+    program: bytes | None = None
+    with _seeded(seed), _building_on(device):
+        if kind == "torchvision":
+            arch_name = str(source["torchvision"])
+            arch = f"torchvision:{arch_name}"
+            net, defaults = _torchvision_net(key, arch_name, num_classes, in_channels, kwargs, source.get("weights"))
+            mean = defaults.get("mean") if mean is None else mean
+            std = defaults.get("std") if std is None else std
+            input_size = input_size or int(defaults.get("input_size") or 0)
+            build.update(kwargs=kwargs, weights=source.get("weights"))
+        elif kind == "program":
+            file = _path(base, source["program"])
+            arch = f"program:{file.name}"
+            program = _read_bytes(f"{key}.program", file)
+            net, program_size = load_program(program, f"{key}.program: {file}", in_channels)
+            input_size = input_size or program_size
+            build.update(program=file.name, program_sha256=hashlib.sha256(program).hexdigest())
+        else:
+            spec = str(source["factory"])
+            arch = f"factory:{spec}"
+            if source.get("run_code") is not True:
+                raise ConfigError(f"{key}.factory runs your code ({spec}): set {key}.run_code: true to allow it")
+            net = call_factory(spec, kwargs, f"{key}.factory")
+            build.update(kwargs=kwargs)
+        if source.get("state_dict"):
+            file = _path(base, source["state_dict"])
+            try:
+                state_dict = read_state_dict(file)
+            except DataError as exc:
+                raise DataError(f"{key}.state_dict: {exc}") from exc
+            fit_state_dict(f"{key}.state_dict: {file}", arch, net, state_dict, num_classes)
+            if not _on_meta(net):
+                net.load_state_dict(state_dict)
+            build["state_dict"] = str(file)
+    _check_mean_std(key, mean, std, in_channels)
+    model = SourceModel(
+        net,
+        arch=arch,
+        in_channels=in_channels,
+        image_size=image_size,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        layers=[],
+        build_kwargs=build,
+        program=program,
+    )
+    if device is not None:
+        model.to(device)
+    check_logits(key, model, num_classes)
+    model.feature_layers = resolve_layers(key, model, source.get("layers") or [])
+    model.build_kwargs["layers"] = list(model.feature_layers)
+    return model
+
+
+def _source_kind(key: str, source: Mapping[str, Any]) -> str:
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"{key}: must be a mapping with one of {', '.join(SOURCE_KINDS)}")
+    kinds = [kind for kind in SOURCE_KINDS if source.get(kind)]
+    if len(kinds) != 1:
+        got = ", ".join(kinds) if kinds else "none"
+        raise ConfigError(f"{key}: give exactly one of {', '.join(SOURCE_KINDS)} (got {got})")
+    return kinds[0]
+
+
+def _check_sizes(key: str, num_classes: int, in_channels: int, image_size: int) -> None:
+    for label, value, low in (
+        ("num_classes", num_classes, 2),
+        ("in_channels", in_channels, 1),
+        ("image_size", image_size, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{key}: the dataset's {label} {value!r} must be an integer >= {low}")
+
+
+def _check_mean_std(key: str, mean: Any, std: Any, in_channels: int) -> None:
+    for label, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != in_channels:
+            raise ConfigError(
+                f"{key}.{label}: {list(values)} has {len(values)} value(s); the dataset's images have "
+                f"{in_channels} channel(s), give one per channel"
+            )
+    if std is not None and min(float(s) for s in std) <= 0:
+        raise ConfigError(f"{key}.std: {list(std)} must all be > 0")
+
+
+def _path(base: Path, value: str) -> Path:
+    path = Path(os.path.expanduser(str(value)))
+    return path if path.is_absolute() else base / path
+
+
+def _read_bytes(label: str, file: Path) -> bytes:
+    if not file.is_file():
+        raise DataError(f"{label}: {file}: file not found")
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{label}: {file}: cannot read it ({exc.strerror or exc})") from exc
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Fresh weights made in the block come from ``torch.manual_seed(seed)``; the caller's CPU random state is kept."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
+@contextlib.contextmanager
+def _building_on(device: str | torch.device | None) -> Iterator[None]:
+    if device is None:
+        yield
+    else:
+        with torch.device(device):
+            yield
+
+
+def _on_meta(net: nn.Module) -> bool:
+    return any(t.is_meta for t in (*net.parameters(), *net.buffers()))
+
+
+# ---------------------------------------------------------------------------
+# torchvision
+
+
+def _torchvision_net(
+    key: str, arch: str, num_classes: int, in_channels: int, kwargs: dict[str, Any], weights: str | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The torchvision network (weights loaded when named) and the weights' mean, std, input size."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if arch not in known:
+        close = difflib.get_close_matches(arch, known, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(
+            f"{key}.torchvision: {arch!r} is not a torchvision classification model ({hint}e.g. "
+            f"{', '.join(_EXAMPLES)}, ...: torchvision.models.list_models(module=torchvision.models) lists all {len(known)})"
+        )
+    if in_channels != 3:
+        raise ConfigError(
+            f"{key}.torchvision: {arch} takes 3-channel (RGB) images; the dataset has {in_channels} channel(s)"
+        )
+    defaults: dict[str, Any] = {}
+    state_dict = None
+    if weights:
+        enum = torchvision.models.get_model_weights(arch)
+        try:
+            chosen = enum[weights]
+        except KeyError:
+            raise ConfigError(
+                f"{key}.weights: {weights!r} is not a weights name of torchvision's {arch}; allowed: {', '.join(enum.__members__)}"
+            ) from None
+        classes = len(chosen.meta.get("categories") or [])
+        if classes and classes != num_classes:
+            raise ConfigError(
+                f"{key}.weights: {arch} {chosen.name} has {classes} classes, the dataset has {num_classes}; "
+                f"train it on the dataset (no weights) or give a state_dict with {num_classes} classes"
+            )
+        transforms = chosen.transforms()
+        defaults = {
+            "mean": [float(m) for m in transforms.mean],
+            "std": [float(s) for s in transforms.std],
+            "input_size": int(transforms.crop_size[0]),
+        }
+        if arch in _TRANSFORM_INPUT_ARCHS:
+            kwargs.setdefault("transform_input", True)
+        if torch.get_default_device().type != "meta":
+            try:
+                state_dict = chosen.get_state_dict(progress=False, check_hash=True, weights_only=True)
+            except Exception as exc:  # URLError, hash mismatch (RuntimeError), OSError, ...
+                raise DataError(
+                    f"{key}.weights: cannot get torchvision's {arch} {chosen.name} from {chosen.url} "
+                    f"({one_line(f'{exc.__class__.__name__}: {exc}', limit=160)}); download that file elsewhere and "
+                    f"give it as {key}.state_dict instead (with mean: {defaults['mean']}, std: {defaults['std']}, "
+                    f"input_size: {defaults['input_size']})"
+                ) from exc
+    try:
+        net = _get_model(arch, num_classes, kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}.kwargs: torchvision's {arch} does not take {kwargs} ({one_line(str(exc))})") from exc
+    if state_dict is not None:
+        fit_state_dict(f"{key}.weights: {weights}", f"torchvision:{arch}", net, state_dict, num_classes)
+        net.load_state_dict(state_dict)
+    return net, defaults
+
+
+def _get_model(arch: str, num_classes: int, kwargs: Mapping[str, Any]) -> nn.Module:
+    """``torchvision.models.get_model`` without weights; a builder that cannot run on the meta device (RegNet's
+    computes with its tensors) builds on the CPU instead."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    except NotImplementedError:
+        if torch.get_default_device().type != "meta":
+            raise
+        with torch.device("cpu"):
+            return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# state_dict files
+
+
+def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    """A state_dict from ``file`` (``torch.load(weights_only=True)``): bare, or under ``"state_dict"`` / ``"model"``.
+
+    An onepixel checkpoint of a :class:`SourceModel` gives its network's weights (``net.*``);
+    keys that all start with ``module.`` (``DataParallel``) lose that prefix.
+    """
+    obj = _torch_load(file, "cpu")
+    if isinstance(obj, dict) and not _is_state_dict(obj):
+        for wrapper in ("state_dict", "model"):
+            if _is_state_dict(obj.get(wrapper)):
+                obj = obj[wrapper]
+                break
+    if not _is_state_dict(obj):
+        kind = f"dict with keys {sorted(map(str, obj))[:SHOWN_KEYS]}" if isinstance(obj, dict) else type(obj).__name__
+        raise DataError(f"{file}: not a state_dict of tensors (bare or under 'state_dict' / 'model'); got a {kind}")
+    state = dict(obj)
+    if any(k.startswith("net.") for k in state) and all(
+        k.startswith(("net.", "normalize.", "program.")) for k in state
+    ):
+        state = {k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")}
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def fit_state_dict(
+    label: str, arch: str, net: nn.Module, state_dict: Mapping[str, torch.Tensor], num_classes: int
+) -> None:
+    """Refuse, in one line, a state_dict that does not fit ``net``: another class count, or other keys and shapes."""
+    expected = net.state_dict()
+    wrong = [k for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    others = [k for k in state_dict if k not in expected] + [k for k in expected if k not in state_dict]
+    classifier = [
+        k
+        for k in wrong
+        if expected[k].dim() >= 1
+        and expected[k].shape[0] == num_classes
+        and tuple(state_dict[k].shape[1:]) == tuple(expected[k].shape[1:])
+    ]
+    if wrong and not others and classifier == wrong:
+        classes = int(state_dict[wrong[0]].shape[0])
+        raise DataError(
+            f"{label}: its {arch} has {classes} classes ({', '.join(wrong[:2])}), the dataset has {num_classes}"
+        )
+    problems = _fit_problems(net, dict(state_dict))
+    if problems:
+        raise DataError(f"{label}: is not a state_dict of {arch}; " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------
+# torch.export programs
+
+
+#: names sympy may meet in a shape expression of an exported graph (torch's sympy functions among them)
+_SYMPY_WORDS = (
+    "Symbol Integer Rational Float Max Min Abs Eq Ne Ge Gt Le Lt And Or Not True False true false oo zoo nan "
+    "floor ceiling Mod Piecewise ITE Pow Mul Add sqrt S positive integer real nonnegative negative finite "
+    "FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift PowByNatural "
+    "FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt RoundToInt "
+    "RoundDecimal ToFloat Identity"
+)
+_SYMPY_NAMES = frozenset(_SYMPY_WORDS.split())
+_EXPR_TOKEN = re.compile(
+    r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]\w*)|(?P<str>'[A-Za-z_]\w*')"
+    r"|(?P<op>\*\*|//|==|!=|<=|>=|[-+*/%()<>,=&|~^]))"
+)
+_SYMBOL = re.compile(r"[a-z]{1,4}\d+")
+#: keys of an exported program's JSON whose values become names in the code ``module()`` generates
+_NAME_KEYS = frozenset(
+    {"name", "as_name", "target", "parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn"}
+)
+_PLAIN_NAME = re.compile(r"[\w.]*")
+
+
+def check_program(data: bytes, label: str) -> None:
+    """Refuse a ``.pt2`` archive that ``torch.export.load`` could not load without running code from it.
+
+    Checked: it is an intact zip of ``torch.export.save`` (``archive_format`` ``pt2``, CRCs);
+    every pickle in it (weights and constants stored pickled, sample inputs, any nested
+    ``torch.save`` archive or ``.pkl``) loads with ``torch.load(weights_only=True)`` or,
+    for a bare pickle, names only the globals ``weights_only`` allows; no compiled code
+    (AOTInductor ``.so``); its graph's shape expressions (which sympy evaluates) use only
+    numbers, symbols and sympy's functions; names (weights, nodes, arguments) are plain
+    dotted identifiers, since ``module()`` writes them into Python code.
+
+    Raises:
+        DataError: one line naming ``label`` and what was refused.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        damaged = archive.testzip()
+        names = archive.namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise DataError(
+            f"{label}: not a torch.export .pt2 archive (not a readable zip file: corrupt or truncated? {one_line(str(exc), 120)})"
+        ) from exc
+    if damaged is not None:
+        raise DataError(f"{label}: corrupt .pt2 archive ({damaged} fails its CRC check: truncated or damaged?)")
+    prefixes = {name.split("/", 1)[0] for name in names}
+    if len(prefixes) != 1 or len(set(names)) != len(names) or any("/" not in name for name in names):
+        raise DataError(f"{label}: not a torch.export .pt2 archive (its entries are not one folder of unique names)")
+    entries = {name.split("/", 1)[1]: name for name in names}
+    if "archive_format" not in entries or archive.read(entries["archive_format"]).strip() != b"pt2":
+        raise DataError(
+            f"{label}: not a torch.export .pt2 archive (no archive_format pt2: save it with torch.export.save)"
+        )
+    if "models/model.json" not in entries:
+        raise DataError(f"{label}: holds no exported program (models/model.json); save one with torch.export.save")
+    raw = _raw_payloads(archive, entries, label)
+    for rel, name in entries.items():
+        if rel.startswith("data/aotinductor/") or rel.endswith((".so", ".dll", ".dylib", ".cpp")):
+            raise DataError(
+                f"{label}: refused, it holds compiled code ({rel}), which loading would run; save the "
+                "exported program alone (torch.export.save)"
+            )
+        if rel in raw:
+            continue
+        payload = archive.read(name)
+        if payload[:4] == b"PK\x03\x04":
+            _check_torch_save(payload, label, rel)
+        elif rel.endswith(".json"):
+            tree = _json(payload, label, rel)
+            if rel.startswith("models/"):
+                _check_graph_json(tree, label, rel)
+        elif payload[:1] == b"\x80" or rel.endswith(".pkl"):
+            _check_pickle(payload, label, rel)
+
+
+def _json(payload: bytes, label: str, rel: str) -> Any:
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{label}: corrupt .pt2 archive ({rel} is not valid JSON: {one_line(str(exc), 120)})") from exc
+
+
+def _raw_payloads(archive: zipfile.ZipFile, entries: dict[str, str], label: str) -> set[str]:
+    """Entries the payload configs declare raw tensor bytes only (never unpickled); checks the names they give."""
+    raw: set[str] = set()
+    pickled: set[str] = set()
+    for rel, name in entries.items():
+        if not (rel.startswith(("data/weights/", "data/constants/")) and rel.endswith("_config.json")):
+            continue
+        folder = rel.rsplit("/", 1)[0] + "/"
+        config = _json(archive.read(name), label, rel)
+        config = config.get("config") if isinstance(config, dict) else None
+        if not isinstance(config, dict):
+            raise DataError(f"{label}: corrupt .pt2 archive ({rel} has no config mapping)")
+        for fqn, meta in config.items():
+            _check_name(fqn, label, rel)
+            path = meta.get("path_name") if isinstance(meta, dict) else None
+            if isinstance(path, str):
+                _check_name(path, label, rel)
+                (raw if meta.get("use_pickle") is False else pickled).add(folder + path)
+    return raw - pickled
+
+
+def _check_torch_save(payload: bytes, label: str, rel: str) -> None:
+    try:
+        torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it would call {refused.group(1)}" if refused else "it is not plain tensors"
+        raise DataError(
+            f"{label}: refused, its {rel} is a pickle that weights_only loading refuses ({what}: loading it would "
+            "run arbitrary code); export a model whose weights are plain tensors"
+        ) from exc
+    except Exception as exc:
+        raise DataError(
+            f"{label}: corrupt .pt2 archive ({rel} is not a readable torch.save payload: "
+            f"{one_line(f'{exc.__class__.__name__}: {exc}', 120)})"
+        ) from exc
+
+
+def _allowed_globals() -> set[str]:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without that private helper: only the tensor basics
+        return {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter"}
+
+
+def pickle_globals(payload: bytes) -> list[str]:
+    """The globals a pickle imports (GLOBAL, INST, STACK_GLOBAL), found without unpickling it.
+
+    The pickle machine's stack is followed opcode by opcode (strings, marks, memo), so a
+    ``STACK_GLOBAL`` names the two strings it really takes; where they are not strings
+    (computed) it is reported as ``"<computed>"``. Raises ValueError if ``payload`` is not a pickle.
+    """
+    mark = object()
+    found: list[str] = []
+    stack: list[object] = []  # a str for a string, ``mark`` for a mark, None for anything else
+    memo: dict[int, object] = {}
+
+    def pop() -> object:
+        if not stack:
+            raise ValueError("stack underflow")
+        return stack.pop()
+
+    for opcode, arg, _pos in pickletools.genops(payload):
+        name = opcode.name
+        if name == "STACK_GLOBAL":
+            attr, module = pop(), pop()
+            found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str) else "<computed>")
+            stack.append(None)
+            continue
+        if name in ("GLOBAL", "INST"):
+            found.append(str(arg).replace(" ", "."))
+        if name.endswith(("UNICODE", "UNICODE8", "STRING")) and isinstance(arg, str):
+            stack.append(arg)
+        elif name == "MEMOIZE":
+            memo[len(memo)] = stack[-1] if stack else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
+            memo[arg] = stack[-1] if stack else None
+        elif name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
+            stack.append(memo.get(arg))
+        elif name == "DUP":
+            stack.append(stack[-1] if stack else None)
+        else:
+            before = opcode.stack_before
+            if pickletools.markobject in before:
+                while pop() is not mark:
+                    pass
+                for _ in range(before.index(pickletools.markobject)):
+                    pop()
+            else:
+                for _ in before:
+                    pop()
+            stack.extend(mark if item is pickletools.markobject else None for item in opcode.stack_after)
+    return found
+
+
+def _check_pickle(payload: bytes, label: str, rel: str) -> None:
+    try:
+        found = pickle_globals(payload)
+    except Exception as exc:  # pickletools raises ValueError and others on garbage
+        raise DataError(
+            f"{label}: corrupt .pt2 archive ({rel} is not a readable pickle: {one_line(str(exc), 120)})"
+        ) from exc
+    allowed = _allowed_globals()
+    refused = [name for name in found if name not in allowed]
+    if refused:
+        raise DataError(
+            f"{label}: refused, its {rel} is a pickle that imports {refused[0]} (loading it would run arbitrary "
+            "code); only tensors are allowed"
+        )
+
+
+def _check_name(value: str, label: str, rel: str) -> None:
+    if not _PLAIN_NAME.fullmatch(value):
+        raise DataError(f"{label}: refused, {rel} names {value[:60]!r}, not a plain dotted name (it would become code)")
+
+
+def _check_expression(text: str, label: str, rel: str) -> None:
+    """A shape expression may hold numbers, symbols (``s0``), quoted symbol names and sympy's functions only."""
+    pos = 0
+    while pos < len(text.rstrip()):
+        match = _EXPR_TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            raise DataError(
+                f"{label}: refused, {rel} has a shape expression {text[:60]!r} that is not plain arithmetic"
+            )
+        word = match.group("name")
+        if word is not None and word not in _SYMPY_NAMES and not _SYMBOL.fullmatch(word):
+            raise DataError(
+                f"{label}: refused, {rel} has a shape expression with {word!r} ({text[:60]!r}), which sympy would "
+                "evaluate as Python"
+            )
+        pos = match.end()
+
+
+def _check_graph_json(tree: Any, label: str, rel: str) -> None:
+    stack: list[tuple[str | None, Any]] = [(None, tree)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            if key == "range_constraints":
+                for symbol in value:
+                    _check_name(str(symbol), label, rel)
+            stack.extend(value.items())
+        elif isinstance(value, list):
+            stack.extend((key, item) for item in value)
+        elif isinstance(value, str):
+            if key == "expr_str":
+                _check_expression(value, label, rel)
+            elif key in _NAME_KEYS or key == "forward_arg_names":
+                _check_name(value, label, rel)
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` in the block uses ``weights_only=True``, even one that asks for ``False``."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def export_load(data: bytes, label: str) -> Any:
+    """``torch.export.load`` of a ``.pt2`` archive's bytes, checked by :func:`check_program` first.
+
+    Loaded with ``TORCH_FORCE_WEIGHTS_ONLY_LOAD=1`` besides, so no ``torch.load`` inside unpickles code.
+
+    Raises:
+        DataError: a refused or unreadable archive.
+    """
+    check_program(data, label)
+    with _weights_only_loads():
+        try:
+            return torch.export.load(io.BytesIO(data))
+        except Exception as exc:
+            raise DataError(
+                f"{label}: torch.export.load failed ({one_line(f'{exc.__class__.__name__}: {exc}', 200)})"
+            ) from exc
+
+
+def program_input(program: Any, label: str) -> tuple[Any, Any, Any, Any]:
+    """``(batch, channels, height, width)`` of an exported program's one input: ints where static, else symbols.
+
+    Raises:
+        DataError: the program does not take one 4-D tensor.
+    """
+    inputs = list(program.graph_signature.user_inputs)
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    value = placeholders[inputs[0]].meta.get("val") if len(inputs) == 1 and inputs[0] in placeholders else None
+    if not isinstance(value, torch.Tensor) or value.dim() != 4:
+        raise DataError(f"{label}: the program must take one image batch (N, C, H, W); it takes {len(inputs)} input(s)")
+    batch, channels, height, width = value.shape
+    return batch, channels, height, width
+
+
+def load_program(data: bytes, label: str, in_channels: int) -> tuple[nn.Module, int]:
+    """The network of a ``.pt2`` archive's bytes (:func:`export_load`) and its input side.
+
+    The network is ``torch.export.load(...).module()``: it computes what was exported (a
+    BatchNorm or dropout stays in the mode it was exported in; export in eval mode), and
+    its ``train()``/``eval()`` only set flags. Its input must have a dynamic batch
+    dimension; the side is its static height (= width), or 0 where it is dynamic.
+
+    Raises:
+        DataError: a refused or unreadable archive, or an input that is not ``(batch, in_channels, H, W)``.
+    """
+    program = export_load(data, label)
+    batch, channels, height, width = program_input(program, label)
+    if isinstance(batch, int):
+        raise DataError(
+            f"{label}: exported for batches of exactly {batch} image(s); export it with a dynamic batch: "
+            "torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},)) with x of 2 or more images"
+        )
+    if isinstance(channels, int) and channels != in_channels:
+        raise DataError(f"{label}: takes {channels}-channel images; the dataset has {in_channels} channel(s)")
+    if isinstance(height, int) != isinstance(width, int) or (isinstance(height, int) and height != width):
+        raise DataError(f"{label}: takes {height}x{width} images; only square inputs (or dynamic sizes) are supported")
+    net = program.module()
+    for method in ("train", "eval"):  # module() makes them raise: with the class's own, they set flags only
+        net.__dict__.pop(method, None)
+    return net, int(height) if isinstance(height, int) else 0
+
+
+# ---------------------------------------------------------------------------
+# Factories
+
+
+def call_factory(spec: str, kwargs: Mapping[str, Any], label: str) -> nn.Module:
+    """``package.module:function(**kwargs)``: the user's network (this runs their code).
+
+    Raises:
+        ConfigError: a malformed spec, an import or call that fails, or a result that is not an ``nn.Module``.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{label}: {spec!r} must be 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or any error of the module's own code
+        raise ConfigError(
+            f"{label}: cannot import {module_name} ({one_line(f'{exc.__class__.__name__}: {exc}', 200)}); "
+            "is it on PYTHONPATH?"
+        ) from exc
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ConfigError(f"{label}: {module_name} has no function {attr!r}")
+    try:
+        net = function(**dict(kwargs))
+    except Exception as exc:
+        raise ConfigError(
+            f"{label}: {spec}(**{dict(kwargs)}) failed ({one_line(f'{exc.__class__.__name__}: {exc}', 200)})"
+        ) from exc
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"{label}: {spec} returned a {type(net).__name__}, not a torch.nn.Module")
+    return net
+
+
+# ---------------------------------------------------------------------------
+# Checks on the built model
+
+
+def check_logits(key: str, model: SourceModel, num_classes: int) -> None:
+    """One zero image of the dataset's size must give ``(1, num_classes)`` logits, else one line."""
+    shape = (1, model.in_channels, model.image_size, model.image_size)
+    x = torch.zeros(shape, dtype=_dtype(model), device=_device(model))
+    try:
+        with eval_mode(model), torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise ConfigError(
+            f"{key}: {model.arch} does not run on {shape[1]}x{shape[2]}x{shape[3]} images resized to "
+            f"{model.input_size} ({one_line(f'{exc.__class__.__name__}: {exc}', 200)}); set {key}.input_size "
+            "to the side it takes"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"{key}: {model.arch} returns {got}, not logits (N, num_classes)")
+    if out.shape[1] != num_classes:
+        raise ConfigError(f"{key}: {model.arch} has {out.shape[1]} classes, the dataset has {num_classes}")
+
+
+def _device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+# ---------------------------------------------------------------------------
+# Feature layers
+
+
+class LayerTable:
+    """What one zero image does in a model: every capturable name with its output shape.
+
+    Attributes:
+        modules: module name -> output shape of its last call (None: not a tensor), in
+            ``named_modules()`` order; modules the forward pass does not call are left out.
+        module_calls: module name -> how often the forward pass calls it.
+        module_order: module names in the order of their first call.
+        nodes: ``torch.fx`` node name (as capture names them) -> output shape, in execution
+            order; None when the model cannot be traced.
+        relus, convs: the node names of ReLUs and 2-D convolutions, in execution order.
+        node_modules: node name -> the module name of a ``call_module`` node.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: Sequence[int]) -> None:
+        self.modules: dict[str, Shape | None] = {}
+        self.module_calls: dict[str, int] = {}
+        self.module_order: list[str] = []
+        self.nodes: dict[str, Shape | None] | None = None
+        self.relus: list[str] = []
+        self.convs: list[str] = []
+        self.node_modules: dict[str, str] = {}
+        x = torch.zeros((1, *input_shape), dtype=_dtype(model), device=_device(model))
+        with eval_mode(model), torch.no_grad():
+            self._run_hooks(model, x)
+            self._run_fx(model, x)
+
+    def _run_hooks(self, model: nn.Module, x: torch.Tensor) -> None:
+        seen: dict[str, Shape | None] = {}
+
+        def hook_for(name: str) -> Any:
+            def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                seen[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+                if name not in self.module_calls:
+                    self.module_order.append(name)
+                self.module_calls[name] = self.module_calls.get(name, 0) + 1
+
+            return hook
+
+        named = [(name, module) for name, module in model.named_modules() if name]
+        handles = [module.register_forward_hook(hook_for(name)) for name, module in named]
+        try:
+            model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.modules = {name: seen[name] for name, _ in named if name in seen}
+
+    def _run_fx(self, model: nn.Module, x: torch.Tensor) -> None:
+        from torch import fx
+
+        try:
+            from torchvision.models.feature_extraction import NodePathTracer
+
+            tracer = NodePathTracer(autowrap_modules=(math,))  # as onepixel.capture traces
+            graph = tracer.trace(model)
+            graph_module = fx.GraphModule(tracer.root, graph)
+        except Exception:  # not traceable (tracing errors come as many exception types): modules only
+            return
+        names: dict[Any, str] = dict(tracer.node_to_qualname)
+        modules = dict(model.named_modules())
+        shapes: dict[str, Shape | None] = {}
+        table = self
+
+        class Recorder(fx.Interpreter):
+            def run_node(self, node: Any) -> Any:
+                out = super().run_node(node)
+                name = names.get(node)
+                if name is not None and node.op in ("call_module", "call_function", "call_method"):
+                    shapes[name] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+                    if node.op == "call_module":
+                        table.node_modules[name] = str(node.target)
+                    if _is_relu(node, modules):
+                        table.relus.append(name)
+                    elif _is_conv(node, modules):
+                        table.convs.append(name)
+                return out
+
+        try:
+            Recorder(graph_module).run(x)
+        except Exception:  # a traced graph that does not run as the model does: modules only
+            self.relus, self.convs, self.node_modules = [], [], {}
+            return
+        self.nodes = shapes
+
+    def shape(self, name: str) -> Shape | None:
+        """Output shape of layer ``name`` (a node's, else a module's last call)."""
+        if self.nodes is not None and name in self.nodes:
+            return self.nodes[name]
+        return self.modules.get(name)
+
+    def names(self) -> list[str]:
+        """Every capturable name: modules, then nodes that are not module names."""
+        nodes = [n for n in (self.nodes or {}) if n not in self.modules]
+        return [*self.modules, *nodes]
+
+
+def _relu_targets() -> set[Any]:
+    import torch.nn.functional as F
+
+    return {F.relu, torch.relu, torch.relu_, torch.ops.aten.relu.default, torch.ops.aten.relu_.default}
+
+
+def _conv_targets() -> set[Any]:
+    import torch.nn.functional as F
+
+    return {F.conv2d, torch.conv2d, torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default}
+
+
+def _is_relu(node: Any, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), nn.ReLU)
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_")
+    return node.op == "call_function" and node.target in _relu_targets()
+
+
+def _is_conv(node: Any, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), nn.Conv2d)
+    return node.op == "call_function" and node.target in _conv_targets()
+
+
+def _resnet_blocks(net: nn.Module) -> list[str] | None:
+    """``layerX.Y`` of a torchvision ResNet inside ``net`` (with its prefix), else None."""
+    try:
+        from torchvision.models import ResNet
+    except ImportError:
+        return None
+    for prefix, module in net.named_modules():
+        if isinstance(module, ResNet):
+            lead = f"{prefix}." if prefix else ""
+            return [f"{lead}layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(module, f"layer{i}")))]
+    return None
+
+
+def default_feature_layers(net: nn.Module, input_shape: Sequence[int] = (3, 224, 224)) -> list[str]:
+    """The layers capture records by default, in execution order, as names relative to ``net``.
+
+    - A torchvision ResNet (also inside ``net``, e.g. a :class:`SourceModel`'s ``net``):
+      every residual block's output, ``layer1.0`` ... ``layer4.1`` (ResNet-18: 8 blocks).
+    - Any other network: every ReLU whose output is 4-D, in execution order, found with
+      ``torch.fx`` and one zero image of ``input_shape`` (``(C, H, W)``) on the network's
+      device (``meta`` works): a ReLU module called once is named by its module name (VGG's,
+      AlexNet's ``features.1``); one called more often, or a functional ReLU, by its fx node
+      name (``layer1.0.relu_1``), since a module hook would not tell its calls apart.
+      An exported program's graph (all functional) gives ``relu_default``, ``relu_default_1``, ...
+    - No 4-D ReLU: the 2-D convolutions' outputs instead. A network fx cannot trace: its
+      ``nn.ReLU`` (else ``nn.Conv2d``) modules with 4-D outputs, in the order they run.
+    """
+    blocks = _resnet_blocks(net)
+    if blocks is not None:
+        return blocks
+    table = LayerTable(net, input_shape)
+    if table.nodes is not None:
+        for picks in (table.relus, table.convs):
+            chosen = [name for name in picks if _is_4d(table.nodes.get(name))]
+            if chosen:
+                return [_preferred_name(name, table) for name in chosen]
+        return []
+    modules = dict(net.named_modules())
+    for kind in (nn.ReLU, nn.Conv2d):
+        chosen = [n for n in table.module_order if isinstance(modules[n], kind) and _is_4d(table.modules[n])]
+        if chosen:
+            return chosen
+    return []
+
+
+def _is_4d(shape: Shape | None) -> bool:
+    return shape is not None and len(shape) == 4
+
+
+def _preferred_name(node_name: str, table: LayerTable) -> str:
+    module = table.node_modules.get(node_name)
+    if module is not None and module == node_name and table.module_calls.get(module) == 1:
+        return module
+    return node_name
+
+
+def resolve_layers(key: str, model: SourceModel, layers: Sequence[str]) -> list[str]:
+    """``model_sources.NAME.layers`` as capture's names (empty: the model's defaults).
+
+    A name is a module or fx node name of the :class:`SourceModel` (``net.layer4.1``) or of its
+    network (``layer4.1``); its output must be 4-D at the dataset's image size.
+
+    Raises:
+        ConfigError: an unknown name (listing valid ones) or a layer whose output is not a feature map.
+    """
+    shape = (model.in_channels, model.image_size, model.image_size)
+    if not layers:
+        chosen = default_feature_layers(model, shape)
+        if not chosen:
+            raise ConfigError(f"{key}.layers: {model.arch} has no 4-D ReLU or convolution outputs; name its layers")
+        return chosen
+    table = LayerTable(model, shape)
+    known = set(table.names())
+    out: list[str] = []
+    unknown: list[str] = []
+    for name in layers:
+        full = name if name in known else f"net.{name}" if f"net.{name}" in known else None
+        if full is None:
+            unknown.append(name)
+        else:
+            out.append(full)
+    if unknown:
+        valid = default_feature_layers(model, shape) or table.names()
+        shown = ", ".join(valid[:8]) + (", ..." if len(valid) > 8 else "")
+        raise ConfigError(
+            f"{key}.layers: unknown layer(s) {', '.join(map(repr, unknown))}; valid names include {shown} "
+            f"(onepixel layers {model.arch} --all lists them)"
+        )
+    for name in out:
+        got = table.shape(name)
+        if not _is_4d(got):
+            raise ConfigError(
+                f"{key}.layers: layer {name!r} outputs {got}, not a (N, C, H, W) feature map; choose conv/block outputs"
+            )
+    return list(dict.fromkeys(out))
+
+
+def layer_lines(
+    spec: str,
+    *,
+    size: int | None = None,
+    classes: int | None = None,
+    channels: int | None = None,
+    everything: bool = False,
+    run_code: bool = False,
+) -> list[str]:
+    """What ``onepixel layers SPEC`` prints: the default feature layers with their output shapes, or every name.
+
+    Args:
+        spec: a registry name (``lenet``), ``torchvision:NAME``, ``program:FILE.pt2`` or
+            ``factory:pkg.mod:fn`` (with ``run_code``).
+        size: input side (default: 32; torchvision 224; a program its own input side).
+        classes: number of classes (default: 10; torchvision 1000; a program or factory: what it outputs).
+        channels: image channels (default 3; a program its own).
+        everything: list every capturable name (modules and ``torch.fx`` nodes), not only the defaults.
+
+    Raises:
+        ConfigError, DataError: an unknown spec, or a model that cannot be built.
+    """
+    from onepixel.models import MODEL_NAMES, build_model
+
+    kind, sep, rest = spec.partition(":")
+    model: nn.Module
+    if not sep:
+        if spec not in MODEL_NAMES:
+            raise ConfigError(
+                f"layers: {spec!r} is neither a registry model ({', '.join(MODEL_NAMES)}) nor torchvision:NAME, "
+                "program:FILE.pt2 or factory:pkg.mod:fn"
+            )
+        side, chans = size or 32, channels or 3
+        model = build_model(spec, num_classes=classes or 10, in_channels=chans, image_size=side)
+    else:
+        if kind not in SOURCE_KINDS:
+            raise ConfigError(f"layers: {spec!r}: the kind before ':' must be one of {', '.join(SOURCE_KINDS)}")
+        source: dict[str, Any] = {kind: rest, "run_code": run_code}
+        device: str | None = "meta" if kind == "torchvision" else None
+        side, chans = size or (224 if kind == "torchvision" else 32), channels or 3
+        if kind == "program":
+            program = export_load(_read_bytes("layers", _path(Path.cwd(), rest)), f"layers: {rest}")
+            _, program_channels, height, _ = program_input(program, f"layers: {rest}")
+            chans = channels or (int(program_channels) if isinstance(program_channels, int) else 3)
+            side = size or (int(height) if isinstance(height, int) else 32)
+            if classes is None:
+                classes = _classes_of(program.module(), chans, side)
+        elif kind == "factory" and classes is None:
+            if not run_code:
+                raise ConfigError(f"layers: factory:{rest} runs your code; add --run-code to allow it")
+            classes = _classes_of(call_factory(rest, {}, f"layers: factory:{rest}"), chans, side)
+        model = build_source_model("layers", source, classes or 1000, chans, side, device=device, base_dir=Path.cwd())
+    table = LayerTable(model, (chans, side, side))
+    out = [f"# {spec}: {chans}x{side}x{side} images, default feature layers (capture.layers) and their outputs"]
+    if everything:
+        out[0] = f"# {spec}: {chans}x{side}x{side} images, every capturable name and its output"
+        out.append("# modules (forward hooks; one that runs more than once: its last call)")
+        out += [_layer_line(name, table.modules[name]) for name in table.modules]
+        if table.nodes is None:
+            out.append("# torch.fx: the model cannot be traced, so only modules can be captured")
+        else:
+            out.append("# torch.fx nodes (in execution order)")
+            out += [_layer_line(name, shape) for name, shape in table.nodes.items() if name not in table.modules]
+        return out
+    return out + [_layer_line(name, table.shape(name)) for name in getattr(model, "feature_layers", [])]
+
+
+def _layer_line(name: str, shape: Shape | None) -> str:
+    shown = "x".join(str(s) for s in shape[1:]) if shape is not None and len(shape) > 1 else "-"
+    return f"{name:40s} {shown}"
+
+
+def _classes_of(net: nn.Module, channels: int, side: int) -> int:
+    """How many logits ``net`` gives for zero images (1000 when it does not run or gives no logits)."""
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(2, channels, side, side))
+    except Exception:  # build_source_model says why, in one line
+        return 1000
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else 1000
+
+
+# ---------------------------------------------------------------------------
+# Rebuilding from a checkpoint
+
+
+def rebuild_source_model(
+    file: Path,
+    arch: str,
+    build_kwargs: Mapping[str, Any],
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    allow_code: bool = False,
+) -> SourceModel:
+    """The :class:`SourceModel` a checkpoint holds (``arch`` ``kind:...``), its state_dict loaded.
+
+    - ``torchvision:NAME``: built by torchvision from the name and ``build_kwargs`` (on the
+      meta device, then the weights are assigned: no user code, no weight initialisation).
+    - ``program:FILE``: from the archive's bytes in ``state_dict["program._extra_state"]``,
+      checked and loaded as :func:`load_program` does (no pickled code runs).
+    - ``factory:pkg.mod:fn``: runs ``fn(**kwargs)``, only with ``allow_code=True``.
+
+    Raises:
+        DataError: one line naming ``file``: an unknown kind, refused code, a state_dict that does not fit.
+    """
+    kind, _, spec = arch.partition(":")
+    kwargs = dict(build_kwargs)
+    try:
+        num_classes = int(kwargs["num_classes"])
+        common: dict[str, Any] = {
+            "arch": arch,
+            "in_channels": int(kwargs["in_channels"]),
+            "image_size": int(kwargs["image_size"]),
+            "input_size": int(kwargs.get("input_size") or 0),
+            "mean": kwargs.get("mean"),
+            "std": kwargs.get("std"),
+            "layers": list(kwargs.get("layers") or []),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{file}: its {arch!r} model lacks build_kwargs {exc} (num_classes, in_channels, image_size)"
+        ) from exc
+    extra = {k: v for k, v in kwargs.items() if k not in common}
+    program = None
+    if kind == "torchvision":
+        import torchvision
+
+        if spec not in torchvision.models.list_models(module=torchvision.models):
+            raise DataError(f"{file}: its model {arch!r} is not a torchvision classification model of this torchvision")
+        options = dict(kwargs.get("kwargs") or {})
+        try:
+            with torch.device("meta"):  # no weight initialisation: the state_dict gives them
+                net = _get_model(spec, num_classes, options)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{file}: cannot build its {arch} with {options} ({one_line(str(exc))})") from exc
+    elif kind == "program":
+        stored = state_dict.get("program._extra_state")
+        if not isinstance(stored, torch.Tensor) or stored.dtype != torch.uint8:
+            raise DataError(f"{file}: its {arch} model lacks the program's bytes (program._extra_state)")
+        program = stored.cpu().numpy().tobytes()
+        net, _ = load_program(program, f"{file} (its {arch})", common["in_channels"])
+    elif kind == "factory":
+        if not allow_code:
+            raise DataError(
+                f"{file}: its model is built by user code ({spec}); load it with load_checkpoint(..., allow_code=True) "
+                "only if you trust that code (in a study: model_sources.<name>.run_code: true)"
+            )
+        try:
+            net = call_factory(spec, dict(kwargs.get("kwargs") or {}), f"{file} (its {arch})")
+        except ConfigError as exc:
+            raise DataError(str(exc)) from exc
+    else:
+        raise DataError(f"{file}: unknown model kind {kind!r} in arch {arch!r}; allowed: {', '.join(SOURCE_KINDS)}")
+    model = SourceModel(net, build_kwargs=extra | {"num_classes": num_classes}, program=program, **common)
+    problems = _fit_problems(model, dict(state_dict))
+    if problems:
+        raise DataError(f"{file}: state_dict does not fit its {arch!r} model; " + "; ".join(problems))
+    model.load_state_dict(dict(state_dict), assign=_on_meta(model))
+    if _on_meta(model):  # a tensor the state_dict does not hold (a non-persistent buffer): build for real
+        with _seeded(0):
+            real = _get_model(spec, num_classes, options)
+        model = SourceModel(real, build_kwargs=extra | {"num_classes": num_classes}, **common)
+        model.load_state_dict(dict(state_dict))
+    return model
+
+
+__all__ = [
+    "SOURCE_KINDS",
+    "LayerTable",
+    "SourceModel",
+    "build_source_model",
+    "call_factory",
+    "check_program",
+    "default_feature_layers",
+    "export_load",
+    "fit_state_dict",
+    "layer_lines",
+    "load_program",
+    "program_input",
+    "read_state_dict",
+    "rebuild_source_model",
+    "resolve_layers",
+]

@@ -1,0 +1,121 @@
+"""A user's own models and photographs through the whole workflow: an image folder of real photographs
+(scikit-image's), a torchvision ResNet-18 at fresh weights, a torch.export program and a factory of the
+user's own module, attacked as each model classifies the images (``attack.labels: predicted``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+from torch import nn
+
+from conftest import check_tool
+from helpers import _copy_workflow
+from onepixel.data import load_dataset
+from onepixel.models import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+skimage = pytest.importorskip("skimage.data", reason="scikit-image (the test extra) ships the photographs")
+Image = pytest.importorskip("PIL.Image")
+
+SIZE = 32  # small crops keep the CPU run short; the pixels are torchvision's Resize + CenterCrop of the photos
+PHOTOS = {
+    "animal": ["chelsea", "cat"],
+    "object": ["coffee", "rocket"],
+    "scene": ["astronaut", "camera"],
+}
+FACTORY = '''
+from torch import nn
+
+
+def tiny(width: int = 4, classes: int = 3) -> nn.Module:
+    """The user's own architecture."""
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes),
+    )
+'''
+MODELS = ["resnet18", "exported", "mine"]
+
+
+def _program(path: Path) -> Path:
+    """A torch.export program (dynamic batch) of a small CNN for 3x32x32 images, 3 classes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 14 * 14, 3)).eval()
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, SIZE, SIZE),), dynamic_shapes=({0: batch},)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def own_study(tmp_path_factory) -> Path:
+    root = _copy_workflow(tmp_path_factory.mktemp("own-models"))
+    for cls, names in PHOTOS.items():
+        (root / "photos" / cls).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(getattr(skimage, name)()).save(root / "photos" / cls / f"{name}.png")
+    (root / "mynets.py").write_text(FACTORY)
+    _program(root / "exported.pt2")
+    config = {
+        "dataset": {"name": "imagefolder", "root": "photos", "image_size": SIZE},
+        "study": "own",
+        "models": ["torchvision:resnet18", "exported", "mine"],
+        "model_sources": {
+            "exported": {"program": "exported.pt2"},
+            "mine": {"factory": "mynets:tiny", "kwargs": {"width": 4}, "run_code": True},
+        },
+        "threads": 1,
+        "attack": {"labels": "predicted", "num_images": 3, "population": 10, "generations": 2},
+        "capture": {"batch_size": 4},
+        "locality": {"max_distance": 1, "random_positions": 2},
+        "vulnerability": {"max_attacks": 1},
+        "figures": {"examples": 1, "formats": ["png"]},
+    }
+    (root / "config" / "own.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {"PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # the factory's module
+    check_tool(["snakemake", "--cores", "2", "--resources", "gpu=1", "--configfile", "config/own.yaml"], root, **env)
+    return root
+
+
+def test_every_stage_ran_for_every_own_model(own_study):
+    results = own_study / "results" / "imagefolder-own"
+    summary = json.loads((results / "summary.json").read_text())
+    assert set(summary["models"]) == set(MODELS)
+    for model in MODELS:
+        assert summary["models"][model]["attacked"] == 3, (model, summary["models"][model])
+        for part in (f"propagation/{model}.nc", f"locality/{model}.nc", f"vulnerability/{model}.nc"):
+            assert (results / part).is_file(), part
+        assert (results / "figures" / model / "average_pm.png").stat().st_size > 10_000
+    test = load_dataset(results / "data" / "test.nc")
+    assert test["image"].shape == (6, 3, SIZE, SIZE) and list(test["class_name"].values) == list(PHOTOS)
+
+
+def test_the_attacks_take_each_models_own_predictions_as_the_class(own_study):
+    results = own_study / "results" / "imagefolder-own"
+    images = torch.from_numpy(load_dataset(results / "data" / "test.nc")["image"].values).float() / 255
+    for model in ("resnet18", "exported"):  # no user code needed to load these
+        net, meta = load_checkpoint(results / "models" / f"{model}.pt")
+        with torch.no_grad():
+            predicted = net(images).argmax(1).numpy()
+        with xr.open_dataset(results / "attack" / f"{model}.nc") as attack:
+            np.testing.assert_array_equal(attack["true_class"].values, predicted[attack["sample_id"].values])
+    assert meta["arch"].startswith("program:")
+
+
+def test_the_factory_models_checkpoint_needs_the_users_consent(own_study):
+    checkpoint = own_study / "results" / "imagefolder-own" / "models" / "mine.pt"
+    with pytest.raises(Exception, match="built by user code") as refused:
+        load_checkpoint(checkpoint)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_second_run_has_nothing_to_do(own_study):
+    again = check_tool(["snakemake", "-n", "--configfile", "config/own.yaml"], own_study)
+    assert "Nothing to be done" in again.stdout + again.stderr
