@@ -34,7 +34,7 @@ from onepixel.models import (
     load_checkpoint,
     save_checkpoint,
 )
-from onepixel.models.sources import check_program, pickle_globals
+from onepixel.models.programs import check_program, pickle_globals
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 RESNET18_BLOCKS = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
