@@ -643,7 +643,7 @@ def test_run_attack_stage(tmp_path: Path, monkeypatch, caplog, targeted):
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(b"weights")
     monkeypatch.setattr(
-        onepixel.models, "load_checkpoint", lambda path, map_location=None: (AnyPixel(), {"name": "rule"})
+        onepixel.models, "load_checkpoint", lambda path, map_location=None, **_: (AnyPixel(), {"name": "rule"})
     )
     caplog.set_level("INFO", logger="onepixel.attack")
     cfg = {"num_images": 4, "population": 40, "generations": 20, "targeted": targeted, "batch_size": 200}

@@ -360,7 +360,7 @@ def test_a_tampered_adversarial_pixel_is_caught(run, tmp_path, capsys) -> None:
 def test_a_checkpoint_replaced_by_hand_is_refused_even_when_its_loader_is_replaced(run, tmp_path, monkeypatch):
     """The sha256 is that of the file on disk, whatever loads the model."""
     model, meta = onepixel.models.load_checkpoint(run.lenet)
-    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (model, meta))
+    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location, **_: (model, meta))
     copy = tmp_path / "lenet.pt"
     shutil.copy(run.lenet, copy)
     files = {"checkpoint": copy, "test": run.test, "attack": run.attack}

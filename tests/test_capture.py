@@ -105,7 +105,7 @@ def fake_run(tmp_path, monkeypatch, n: int = 5):
     net = InplaceNet().eval()
     monkeypatch.chdir(tmp_path)  # the tests name the checkpoint ckpt.pt
     save_attack_rows(attack, test, tmp_path / "attack.nc", fake_checkpoint(tmp_path / "ckpt.pt"))
-    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {}))
+    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location, **_: (net, {}))
     return net, test, attack
 
 

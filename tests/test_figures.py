@@ -79,7 +79,7 @@ def run(tmp_path_factory):
     write_netcdf(test, tmp / "test.nc", kind="dataset")
     patch = pytest.MonkeyPatch()
     save_attack_rows(attack, test, tmp / "a.nc", fake_checkpoint(tmp / "c.pt"))
-    patch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (net, {}))
+    patch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location, **_: (net, {}))
     run_stage(
         "capture",
         {"checkpoint": tmp / "c.pt", "test": tmp / "test.nc", "attack": tmp / "a.nc"},

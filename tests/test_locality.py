@@ -147,7 +147,7 @@ def fake_stage_inputs(tmp_path, monkeypatch, success):
     write_netcdf(test, tmp_path / "test.nc", kind="dataset")
     monkeypatch.chdir(tmp_path)  # the tests name the checkpoint c.pt
     save_attack_rows(attack, test, tmp_path / "a.nc", fake_checkpoint(tmp_path / "c.pt"))
-    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location: (BlockModel(), {}))
+    monkeypatch.setattr(onepixel.models, "load_checkpoint", lambda p, map_location, **_: (BlockModel(), {}))
 
 
 def test_stage_uses_successful_attacks_only(tmp_path, monkeypatch) -> None:

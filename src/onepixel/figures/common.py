@@ -112,7 +112,7 @@ def mark_edges(ax: Axes, x: ArrayLike, y: ArrayLike) -> None:
 def placeholder(out_base: str | os.PathLike[str], text: str, formats: Sequence[str]) -> list[Path]:
     """A small figure that only says ``text`` (keeps the set of output files fixed)."""
     lines = textwrap.wrap(text, width=60, break_on_hyphens=False) or [""]  # a long model name must not run off the page
-    fig = Figure(figsize=(5, 0.8 + 0.3 * len(lines)))
+    fig = Figure(figsize=(5, max(1.5, 0.6 + 0.3 * len(lines))))
     fig.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", fontsize=11)
     return save_figure(fig, out_base, formats)
 
