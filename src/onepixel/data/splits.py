@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from onepixel.config import FOLDER_DATASETS
 from onepixel.data import DATASET_NAMES
 from onepixel.data.cifar10 import download_cifar10, read_cifar10_batches, read_cifar10_root
 from onepixel.data.dataset import make_dataset, save_dataset
@@ -17,8 +18,6 @@ from onepixel.data.digits import load_digits_split
 from onepixel.data.images import read_image_folder, read_imagenet_val
 from onepixel.errors import ConfigError
 
-#: the data sets read from a folder of photographs: all test images, an empty train split
-FOLDER_DATASETS = ("imagefolder", "imagenet-val")
 _ROOT_IS = {"imagefolder": "the folder of class sub-folders", "imagenet-val": "the folder of validation images"}
 #: the attributes of a folder data set's test split its empty train split shares
 _SHARED_ATTRS = ("image_size", "resize_size", "source_root")
