@@ -150,7 +150,7 @@ def run_stages(paths: dict[str, Path], out: Path, batch_size: int, device: str, 
         "capture",
         {"checkpoint": paths["checkpoint"], "test": paths["test"], "attack": paths["attack"]},
         {"out": out / "cubes"},
-        {"capture": {"batch_size": batch_size, "compression": compression}, "device": device},
+        {"capture": {"batch_size": batch_size, "compression": compression, "store": "cubes"}, "device": device},
     )
     capture = time.perf_counter() - start
     start = time.perf_counter()

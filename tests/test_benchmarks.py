@@ -111,3 +111,19 @@ def test_capture_throughput_runs(capsys):
     sizes = {row["codec"]: row["size_ratio"] for row in report["rows"]}
     assert sizes["zstd"] < sizes["none"] and sizes["zlib"] < sizes["none"]
     assert all(peak > 0 for peak in report["peak_rss_mib"].values())
+
+
+@pytest.mark.slow  # starts a benchmark in subprocesses
+def test_batch_memory_stays_within_its_budget(capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import batch_memory
+    finally:
+        sys.path.remove(str(BENCH))
+    worst = batch_memory.main(["--size", "64", "--budgets", "16", "64", "--population", "8", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "largest working memory / budget" in out
+    # the default batch of 8192 would need about 8192 x 0.8 MiB; capped, the attack stays within 16 and 64 MiB
+    rows = [line.split() for line in out.splitlines() if line.strip()[:2] in ("16", "64")]
+    assert [int(row[1]) for row in rows] == [20, 80]
+    assert 0 < worst <= 1.0

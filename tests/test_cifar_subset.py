@@ -448,7 +448,7 @@ def test_capture_cubes_have_the_layer_shapes(lenet, subset, attack):
         "capture",
         {"checkpoint": lenet, "test": subset["test"], "attack": attack},
         {"out": subset["dir"] / "cubes"},
-        {"device": "cpu"},
+        {"capture": {"store": "cubes"}, "device": "cpu"},
     )
     assert [f.name for f in files] == ["00_relu1.nc", "01_relu2.nc"]
     model, _ = load_checkpoint(lenet)

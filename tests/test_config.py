@@ -61,7 +61,7 @@ def test_input_is_not_modified():
         ({"attack": {"pixels": 0}}, "attack.pixels: 0 is out of range; must be >= 1"),
         ({"locality": {"max_distance": 0}}, "locality.max_distance: 0 is out of range; must be >= 1"),
         ({"attack": {"popsize": 10}}, "unknown key attack.popsize = 10; allowed keys: F, batch_size"),
-        ({"colour": 1}, "unknown key colour = 1; allowed keys: attack, capture"),
+        ({"colour": 1}, "unknown key colour = 1; allowed keys: attack, batch_memory_mb, capture"),
         ({"dataset": {"name": "mnist"}}, "dataset.name: 'mnist' is not allowed; allowed values: digits, cifar10"),
         ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' has the wrong type; expected integer"),
         (

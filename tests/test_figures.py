@@ -20,6 +20,7 @@ from onepixel.figures import (
     plot_pm_depth,
     plot_pm_grid,
 )
+from onepixel.figures.stages import example_rows
 from onepixel.files import write_netcdf
 from onepixel.stages import run_stage
 
@@ -136,8 +137,12 @@ def test_figures_stage(run, tmp_path) -> None:
     expected += [f"{name}.{ext}" for name in ("locality", "pm_depth") for ext in ("png", "pdf")]
     assert names == sorted(expected)
     assert all(p.is_file() for p in files)
-    # 4 successful attacks: example 4 is a placeholder saying so
-    assert png_size(tmp_path / "fig" / "small" / "pm_grid_4.png") == (1000, 300)
+    # 4 successful attacks: example 4 is the failed attack that came closest, drawn as a grid like the others
+    assert png_size(tmp_path / "fig" / "small" / "pm_grid_4.png") == png_size(
+        tmp_path / "fig" / "small" / "pm_grid_0.png"
+    )
+    examples = example_rows(xr.open_dataset(run.tmp / "a.nc"), 6)
+    assert len(examples) == len(set(examples)) == min(6, xr.open_dataset(run.tmp / "a.nc").sizes["sample"])
 
 
 def test_bad_format(run, tmp_path) -> None:
@@ -175,3 +180,19 @@ def test_pm_grid_of_a_targeted_k_pixel_attack_names_marks_every_pixel_and_the_ta
         top, left = ax.lines[:2]  # one triangle per pixel on the top and on the left edge
         assert top.get_xdata().tolist() == (px[0] * width // 8).tolist()
         assert left.get_ydata().tolist() == (py[0] * height // 8).tolist()
+
+
+def test_pm_grid_examples_are_successes_then_the_closest_failures() -> None:
+    prob_adv = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45], [0.3, 0.7]])
+    attack = xr.Dataset(
+        {
+            "success": ("sample", [False, True, False, False, True]),
+            "prob_adv": (("sample", "class"), prob_adv),
+            "true_class": ("sample", [0, 0, 0, 0, 0]),
+            "target_class": ("sample", [-1, -1, -1, -1, -1]),
+        }
+    )
+    assert example_rows(attack, 1) == [1]
+    assert example_rows(attack, 4) == [1, 4, 3, 2]  # then failures by true-class probability 0.55, 0.6, 0.9
+    targeted = attack.assign(target_class=("sample", [1, 1, 1, 1, 1]), success=("sample", [False] * 5))
+    assert example_rows(targeted, 2) == [1, 4]  # target-class probability 0.8, 0.7

@@ -488,3 +488,27 @@ def test_layers_command(capsys, program_file):
     assert capsys.readouterr().err.startswith(
         "error: model_sources.layers.torchvision: 'resnet19' is not a torchvision"
     )
+
+
+def test_image_size_zero_takes_what_the_models_weights_expect() -> None:
+    from onepixel.data.stages import folder_sizes
+
+    def sizes(models: dict, **dataset) -> dict:
+        config = {"dataset": {"name": "imagenet-val", "image_size": 0, "resize_size": 0, **dataset}}
+        return folder_sizes({**config, "models": [*models, "lenet"], "model_sources": models})
+
+    resnet50 = {"r50": {"torchvision": "resnet50", "weights": "IMAGENET1K_V2"}}
+    assert sizes(resnet50) == {"image_size": 224, "resize_size": 232}  # torchvision's published eval transforms
+    assert sizes({**resnet50, "alex": {"torchvision": "alexnet", "weights": "IMAGENET1K_V1"}}) == {
+        "image_size": 224,
+        "resize_size": 0,  # 232 and 256: image_size / 0.875
+    }
+    assert sizes({"mine": {"program": "m.pt2", "input_size": 96}}) == {"image_size": 96, "resize_size": 110}
+    assert sizes({"fresh": {"torchvision": "resnet18"}}) == {"image_size": 0, "resize_size": 0}  # 224 later
+    assert sizes(resnet50, image_size=160) == {"image_size": 160, "resize_size": 0}  # given: kept
+    with pytest.raises(
+        ConfigError,
+        match=r"^dataset.image_size: 0 takes the size the models expect, but they differ "
+        r"\(r50 224, v 299\); give dataset.image_size",
+    ):
+        sizes({**resnet50, "v": {"torchvision": "inception_v3", "weights": "IMAGENET1K_V1"}})

@@ -1,6 +1,7 @@
-"""A user's own models and photographs through the whole workflow: an image folder of real photographs
-(scikit-image's), a torchvision ResNet-18 at fresh weights, a torch.export program and a factory of the
-user's own module, attacked as each model classifies the images (``attack.labels: predicted``)."""
+"""A user's own models and photographs through the whole workflow at 224x224: an image folder of real
+photographs (scikit-image's), torchvision's ResNet-18 and AlexNet at fresh weights, a torch.export program
+and a factory of the user's own module, attacked as each model classifies the images
+(``attack.labels: predicted``), with the capture's maps only and strided vulnerability maps."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.slow
 skimage = pytest.importorskip("skimage.data", reason="scikit-image (the test extra) ships the photographs")
 Image = pytest.importorskip("PIL.Image")
 
-SIZE = 32  # small crops keep the CPU run short; the pixels are torchvision's Resize + CenterCrop of the photos
+SIZE = 224  # ImageNet's size: torchvision's Resize(256) + CenterCrop(224) of the photos
+STRIDE = 28  # vulnerability maps of 8 x 8 of the 224 x 224 positions keep the CPU run short
 PHOTOS = {
     "animal": ["chelsea", "cat"],
     "object": ["coffee", "rocket"],
@@ -42,7 +44,7 @@ def tiny(width: int = 4, classes: int = 3) -> nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes),
     )
 '''
-MODELS = ["resnet18", "exported", "mine"]
+MODELS = ["resnet18", "alexnet", "exported", "mine"]
 
 
 def _program(path: Path) -> Path:
@@ -66,7 +68,7 @@ def own_study(tmp_path_factory) -> Path:
     config = {
         "dataset": {"name": "imagefolder", "root": "photos", "image_size": SIZE},
         "study": "own",
-        "models": ["torchvision:resnet18", "exported", "mine"],
+        "models": ["torchvision:resnet18", "torchvision:alexnet", "exported", "mine"],
         "model_sources": {
             "exported": {"program": "exported.pt2"},
             "mine": {"factory": "mynets:tiny", "kwargs": {"width": 4}, "run_code": True},
@@ -75,7 +77,7 @@ def own_study(tmp_path_factory) -> Path:
         "attack": {"labels": "predicted", "num_images": 3, "population": 10, "generations": 2},
         "capture": {"batch_size": 4},
         "locality": {"max_distance": 1, "random_positions": 2},
-        "vulnerability": {"max_attacks": 1},
+        "vulnerability": {"max_attacks": 1, "stride": STRIDE},
         "figures": {"examples": 1, "formats": ["png"]},
     }
     (root / "config" / "own.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -95,6 +97,23 @@ def test_every_stage_ran_for_every_own_model(own_study):
         assert (results / "figures" / model / "average_pm.png").stat().st_size > 10_000
     test = load_dataset(results / "data" / "test.nc")
     assert test["image"].shape == (6, 3, SIZE, SIZE) and list(test["class_name"].values) == list(PHOTOS)
+
+
+def test_224_outputs_stay_small_and_the_figures_are_drawn(own_study):
+    results = own_study / "results" / "imagefolder-own"
+    for model in MODELS:
+        cubes = sorted((results / "cubes" / model).glob("*.nc"))
+        assert cubes and sum(f.stat().st_size for f in cubes) < 5 * 2**20, model  # maps only: no full cubes
+        with xr.open_dataset(cubes[0]) as cube:
+            assert "clean" not in cube.variables and cube["pm_max"].shape[0] == 3
+        with xr.open_dataset(results / "vulnerability" / f"{model}.nc") as vuln:
+            fooled = vuln["fooled"].values[0]
+            x, y = int(vuln["pixel_x"].values[0, 0]), int(vuln["pixel_y"].values[0, 0])
+            assert vuln.attrs["stride"] == STRIDE and (fooled >= 0).sum() == (SIZE // STRIDE) ** 2
+            assert fooled[y, x] >= 0 and (fooled[y, x + 1 : x + STRIDE] == -2).all()
+        # no pixel fools a model with fresh weights: the grid shows the failed attempt that came closest
+        assert (results / "figures" / model / "pm_grid_0.png").stat().st_size > 50_000
+        assert (results / "figures" / model / "vulnerability_maps.png").stat().st_size > 20_000
 
 
 def test_the_attacks_take_each_models_own_predictions_as_the_class(own_study):

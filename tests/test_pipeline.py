@@ -69,7 +69,10 @@ def test_stored_propagation_maps_match_float64_hooks(name, digits, tmp_path):
     files = {"checkpoint": checkpoint, "test": test_path}
     run_stage("attack", files, {"out": tmp_path / "attack.nc"}, {"attack": ATTACK, "device": "cpu"})
     cube_files = run_stage(
-        "capture", {**files, "attack": tmp_path / "attack.nc"}, {"out": tmp_path / "cubes"}, {"device": "cpu"}
+        "capture",
+        {**files, "attack": tmp_path / "attack.nc"},
+        {"out": tmp_path / "cubes"},
+        {"capture": {"store": "cubes"}, "device": "cpu"},
     )
     prop = run_stage("propagation", {"cubes": tmp_path / "cubes"}, {"out": tmp_path / "pm.nc"})
     stored = xr.open_dataset(tmp_path / "pm.nc")

@@ -197,7 +197,7 @@ def test_foreign_netcdf_is_not_a_cube(tmp_path) -> None:
     with pytest.raises(DataError, match=r"00_x.nc: is a onepixel-dataset/1 file, expected onepixel-cube/2$"):
         run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
     write_netcdf(xr.Dataset({"image": ("sample", np.zeros(3))}, attrs=LINEAGE), tmp_path / "00_x.nc", kind="cube")
-    with pytest.raises(DataError, match=r"00_x.nc: missing variable\(s\) clean, delta, pm_max"):
+    with pytest.raises(DataError, match=r"00_x.nc: missing variable\(s\) pm_max, pm_avg, scale, pixel_x_layer"):
         run_stage("propagation", {"cubes": tmp_path}, {"out": tmp_path / "p.nc"})
     assert not (tmp_path / "p.nc").exists()
 

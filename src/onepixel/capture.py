@@ -3,8 +3,13 @@
 The propagation maps of Vargas & Su (arXiv 1902.02947) compare, layer by layer,
 the feature maps ``F_l(x)`` of a clean image with ``F_l(x_adv)`` of its one-pixel
 adversarial version. :class:`FeatureExtractor` records them and
-:func:`capture_stage` streams them, a batch at a time, into one netCDF cube
-per layer (:mod:`onepixel.cubes`).
+:func:`capture_stage` streams them, a batch at a time, into one netCDF file
+per layer (:mod:`onepixel.cubes`): the raw propagation maps computed on the
+device from the float32 feature maps and, with ``capture.store: cubes``, the
+full ``clean`` and ``delta`` cubes (float32, or float16 with
+``capture.cube_dtype: float16``). Before any file is made, the size of the
+files is estimated (:func:`onepixel.cubes.estimate_capture_bytes`) and checked
+against the free space of the output's file system (:func:`check_disk_space`).
 
 A layer is named by its module name (``model.named_modules()``, recorded with a
 forward hook) or, for outputs that are no module's (a functional ``F.relu``, a
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +39,14 @@ from torch import nn
 from onepixel.attack.results import load_job_inputs
 from onepixel.cubes import (
     CubeWriter,
+    check_cube_range,
+    check_store,
+    estimate_capture_bytes,
     sample_coords,
     write_layer_index,
 )
 from onepixel.errors import ConfigError
+from onepixel.memory import budgeted_batch
 from onepixel.progress import Progress, announce, duration
 from onepixel.provenance import provenance
 from onepixel.stages import Job
@@ -292,8 +303,64 @@ def _cube_attrs(entry: dict[str, Any], index: int, image_shape: tuple[int, int, 
         "stride": entry["stride"],
         "receptive_field": entry["receptive_field"],
         "receptive_field_start": np.nan if entry["receptive_field_start"] is None else entry["receptive_field_start"],
-        "description": "F_l(x) (clean) and F_l(x_adv) - F_l(x) (delta) for propagation maps (Vargas & Su, arXiv 1902.02947)",
+        "description": "raw propagation maps (pm_max, pm_avg, scale) and, with store cubes, F_l(x) (clean) and "
+        "F_l(x_adv) - F_l(x) (delta) (Vargas & Su, arXiv 1902.02947)",
     }
+
+
+def _nearest_existing(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_disk_space(folder: Path, needed: int, hint: str, free: int | None = None) -> None:
+    """ConfigError (one line) if ``needed`` bytes do not fit on ``folder``'s file system.
+
+    Args:
+        folder: where the files will be written (need not exist yet: the nearest
+            existing parent's file system is asked, with ``shutil.disk_usage``).
+        needed: the bytes to be written.
+        hint: what to change, ending the message.
+        free: the free bytes, instead of asking the file system.
+    """
+    if free is None:
+        free = shutil.disk_usage(_nearest_existing(folder)).free
+    if needed > free:
+        raise ConfigError(
+            f"capture: the layer files need about {needed / 2**20:.1f} MiB, only {free / 2**20:.1f} MiB "
+            f"free in {folder}; {hint}"
+        )
+
+
+def _check_capture_space(folder: Path, geometry: list[dict[str, Any]], n_samples: int, cfg: dict[str, Any]) -> int:
+    """Log the expected size of the layer files and refuse a capture that cannot fit; the estimate in bytes."""
+    store, cube_dtype, compression = cfg["store"], cfg["cube_dtype"], cfg["compression"]
+    needed = estimate_capture_bytes([entry["shape"] for entry in geometry], n_samples, store, cube_dtype, compression)
+    what = f"{len(geometry)} layers of {n_samples} images, store {store}" + (
+        f" ({cube_dtype}, {compression})" if store == "cubes" else ""
+    )
+    log.info("capture: expect about %.1f MiB on disk in %s (%s)", needed / 2**20, folder, what)
+    announce(f"capture: about {needed / 2**20:.1f} MiB expected on disk ({what})")
+    check_disk_space(folder, needed, _space_hint(store, cube_dtype))
+    return needed
+
+
+def _space_hint(store: str, cube_dtype: str) -> str:
+    hints = ["capture fewer layers (capture.layers)", "attack fewer images (attack.num_images)", "or free space there"]
+    if store == "cubes":
+        hints[:0] = ["set capture.store: maps (all that propagation needs)"] + (
+            ["capture.cube_dtype: float16"] if cube_dtype == "float32" else []
+        )
+    return ", ".join(hints)
+
+
+def _to_cube(layer: str, name: str, values: torch.Tensor, cube_dtype: str) -> np.ndarray:
+    """A feature-map tensor as a CPU array of ``cube_dtype``, cast on the device (refused if out of range)."""
+    if cube_dtype != "float32" and values.numel():
+        check_cube_range(layer, name, float(values.abs().amax()), cube_dtype)
+    return values.to(getattr(torch, cube_dtype)).cpu().numpy()
 
 
 def _capture_batch(
@@ -302,21 +369,34 @@ def _capture_batch(
     adversarial_u8: np.ndarray,
     geometry: list[dict[str, Any]],
     device: torch.device,
-) -> list[tuple[np.ndarray, np.ndarray, dict]]:
-    """Per layer ``(clean, delta, raw maps)`` of one batch, as CPU arrays."""
+    store: str = "cubes",
+    cube_dtype: str = "float32",
+) -> list[tuple[np.ndarray | None, np.ndarray | None, dict]]:
+    """Per layer ``(clean, delta, raw maps)`` of one batch, as CPU arrays; ``clean``, ``delta`` None for ``store="maps"``.
+
+    The maps come from the float32 feature maps whatever ``cube_dtype`` the cubes are stored in.
+    """
     clean = torch.from_numpy(clean_u8).to(device).float().div_(255)
     adversarial = torch.from_numpy(adversarial_u8).to(device).float().div_(255)
     acts_clean, acts_adv = extractor(clean), extractor(adversarial)
-    out = []
+    out: list[tuple[np.ndarray | None, np.ndarray | None, dict]] = []
     for entry in geometry:
-        clean_maps = acts_clean[entry["layer"]]
-        delta = acts_adv[entry["layer"]] - clean_maps
+        layer = entry["layer"]
+        clean_maps = acts_clean[layer]
+        delta = acts_adv[layer] - clean_maps
         maps = {name: value.cpu().numpy() for name, value in raw_maps(clean_maps, delta).items()}
-        out.append((clean_maps.cpu().numpy(), delta.cpu().numpy(), maps))
+        if store == "cubes":
+            out.append(
+                (_to_cube(layer, "clean", clean_maps, cube_dtype), _to_cube(layer, "delta", delta, cube_dtype), maps)
+            )
+        else:
+            out.append((None, None, maps))
     return out
 
 
-def _write_batch(writers: list[CubeWriter], start: int, batch: list[tuple[np.ndarray, np.ndarray, dict]]) -> None:
+def _write_batch(
+    writers: list[CubeWriter], start: int, batch: list[tuple[np.ndarray | None, np.ndarray | None, dict]]
+) -> None:
     for writer, (clean, delta, maps) in zip(writers, batch, strict=True):
         writer.write(start, clean, delta, maps)
 
@@ -333,7 +413,15 @@ def capture_stage(job: Job) -> list[Path]:
 
     Config: ``capture.layers`` (module or torch.fx node names; empty: the model's
     feature layers), ``capture.batch_size``, ``capture.compression`` (a key of
-    :data:`onepixel.cubes.COMPRESSIONS`).
+    :data:`onepixel.cubes.COMPRESSIONS`), ``capture.store`` (``maps``: the raw
+    propagation maps only; ``cubes``: also ``clean`` and ``delta``) and
+    ``capture.cube_dtype`` (``float32`` or ``float16``, of the cubes); each file and
+    ``layers.json`` entry records ``store`` and ``cube_dtype``.
+
+    Before any file is made, the expected size of the files is announced and
+    compared with the free space of the output's file system: a capture that
+    cannot fit is refused with a one-line ConfigError. A float16 cube value beyond
+    float16's range (65504) stops the capture with a one-line DataError (use float32).
 
     The checkpoint, test set and attack must belong together (see
     :func:`onepixel.attack.results.load_attacked_model`); every cube and ``layers.json``
@@ -344,6 +432,8 @@ def capture_stage(job: Job) -> list[Path]:
     """
     cfg = job.cfg["capture"]
     layers, batch_size, compression = cfg["layers"], cfg["batch_size"], cfg["compression"]
+    store, cube_dtype = cfg["store"], cfg["cube_dtype"]
+    check_store(store, cube_dtype)
     loaded = load_job_inputs(job, "capture")  # refuses inputs that do not belong together, before any work
     model, _meta, test, attack, dev = loaded
     lineage = loaded.lineage
@@ -355,6 +445,12 @@ def capture_stage(job: Job) -> list[Path]:
     geometry = layer_geometry(model, extractor, image_shape, dev)
 
     out = job.output()
+    _check_capture_space(out, geometry, len(clean_u8), cfg)
+    # per image: the clean and adversarial feature maps of every layer and their difference, beside the forward pass
+    captured = 3 * 4 * sum(math.prod(entry["shape"]) for entry in geometry)
+    batch_size = budgeted_batch(
+        model, image_shape, batch_size, job.cfg["batch_memory_mb"], "capture.batch_size", dev, captured
+    )
     out.mkdir(parents=True, exist_ok=True)
     common = {**provenance(dev), **lineage}
     started = time.perf_counter()
@@ -367,6 +463,8 @@ def capture_stage(job: Job) -> list[Path]:
                     sample_coords(attack, entry["shape"][1:], image_shape[1:]),
                     {**_cube_attrs(entry, i, image_shape), **common},
                     compression,
+                    store,
+                    cube_dtype,
                 )
             )
             for i, entry in enumerate(geometry)
@@ -384,6 +482,8 @@ def capture_stage(job: Job) -> list[Path]:
                     adversarial_u8[start : start + batch_size],
                     geometry,
                     dev,
+                    store,
+                    cube_dtype,
                 )
                 if pending is not None:
                     pending.result()
@@ -396,17 +496,24 @@ def capture_stage(job: Job) -> list[Path]:
     written = sum(writer.bytes_written for writer in writers)
     on_disk = sum(writer.path.stat().st_size for writer in writers)
     log.info(
-        "captured %d layers for %d images in %.1f s: %.1f MiB of activations (%.1f MiB/s), %.1f MiB on disk (%s)",
+        "captured %d layers for %d images in %.1f s: %.1f MiB stored (%.1f MiB/s), %.1f MiB on disk (store %s, %s)",
         len(writers),
         len(clean_u8),
         seconds,
         written / 2**20,
         written / 2**20 / max(seconds, 1e-9),
         on_disk / 2**20,
-        compression,
+        store,
+        f"{cube_dtype}, {compression}" if store == "cubes" else "maps uncompressed",
     )
     entries = [
-        {"index": i, "file": writer.path.name, **{k: (list(v) if k == "shape" else v) for k, v in entry.items()}}
+        {
+            "index": i,
+            "file": writer.path.name,
+            **{k: (list(v) if k == "shape" else v) for k, v in entry.items()},
+            "store": store,
+            "cube_dtype": cube_dtype,
+        }
         for i, (writer, entry) in enumerate(zip(writers, geometry, strict=True))
     ]
     write_layer_index(out, entries, lineage)

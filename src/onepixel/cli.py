@@ -24,9 +24,9 @@ from onepixel.jobs import Interrupted, configure_logging, interrupts_as_one_line
 from onepixel.stages import STAGES, Port, Stage, run_stage
 
 
-def _raw_config(args: argparse.Namespace) -> dict[str, Any]:
+def _raw_config(args: argparse.Namespace, check_files: bool = True) -> dict[str, Any]:
     """The config of ``--config`` (or none) with every ``--set key=value`` applied, not yet validated."""
-    cfg: dict[str, Any] = dict(load_config(args.config)) if args.config else {}
+    cfg: dict[str, Any] = dict(load_config(args.config, check_files=check_files)) if args.config else {}
     for item in getattr(args, "set", None) or []:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -88,6 +88,14 @@ def _cmd_layers(args: argparse.Namespace) -> None:
         run_code=args.run_code,
     )
     print("\n".join(lines))
+
+
+def _cmd_estimate(args: argparse.Namespace) -> None:
+    from onepixel.estimate import check_positive, estimate_lines, estimate_study
+
+    tflops, ratio = check_positive(args.tflops, "--tflops"), check_positive(args.ratio, "--ratio")
+    cfg = validate_config(_raw_config(args, check_files=False), check_files=False)  # before the data are there
+    print("\n".join(estimate_lines(cfg, estimate_study(cfg, tflops, ratio), tflops, ratio)))
 
 
 def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
@@ -212,6 +220,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every capturable name: modules and torch.fx nodes")
     p.add_argument("--run-code", action="store_true", help="allow factory:pkg.mod:fn to run your code")
     p.set_defaults(func=_cmd_layers)
+    p = sub.add_parser(
+        "estimate",
+        help="estimate each model's attack, vulnerability-map and locality time on one GPU from its FLOPs",
+        description="Count each model's FLOPs per image (fresh weights, no download) and estimate the attack, "
+        "vulnerability maps and locality of the study on one GPU: one line per model, a total, the assumptions.",
+    )
+    _add_config_options(p)
+    from onepixel.estimate import DEFAULT_RATIO, DEFAULT_TFLOPS  # torch-free
+
+    p.add_argument(
+        "--tflops",
+        default=str(DEFAULT_TFLOPS),
+        help=f"sustained float32 TFLOP/s of your GPU (default {DEFAULT_TFLOPS:g}; see onepixel.estimate)",
+    )
+    p.add_argument(
+        "--ratio", default=str(DEFAULT_RATIO), help=f"attack/forward throughput ratio (default {DEFAULT_RATIO:g})"
+    )
+    p.set_defaults(func=_cmd_estimate)
     return parser
 
 

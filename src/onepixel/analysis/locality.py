@@ -36,6 +36,7 @@ from onepixel.attack.results import load_job_inputs
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
+from onepixel.memory import budgeted_batch
 from onepixel.progress import Progress, announce, duration
 from onepixel.provenance import provenance
 from onepixel.scoring import Classifier, as_classifier
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 N_BOOTSTRAP = 1000
 CI_LEVEL = 0.95
+#: images per forward pass of the locality analysis (capped by batch_memory_mb)
+LOCALITY_BATCH = 4096
 RING_METRICS = ("chebyshev", "euclidean")
 _RING_NAMES = {"chebyshev": "Chebyshev", "euclidean": "Euclidean (rounded)"}
 
@@ -282,7 +285,7 @@ def locality_analysis(
     max_distance: int = 3,
     random_positions: int = 16,
     seed: int = 0,
-    batch_size: int = 4096,
+    batch_size: int = LOCALITY_BATCH,
     device: torch.device | str | None = None,
     rings: str = "chebyshev",
     output: str = "auto",
@@ -496,9 +499,13 @@ def locality_stage(job: Job) -> xr.Dataset:
     if successful.sizes["sample"] == 0:
         log.warning("%s: no successful attack; writing an empty locality analysis", attack_path)
     sample_id = successful["sample_id"].values
+    images = test["image"].values
+    batch_size = budgeted_batch(
+        loaded.model, images.shape[1:], LOCALITY_BATCH, job.cfg["batch_memory_mb"], "locality batch", dev
+    )
     ds = locality_analysis(
         loaded.classifier(),  # reads the model's output as the attack did (its model_output)
-        torch.from_numpy(test["image"].values[sample_id]),
+        torch.from_numpy(images[sample_id]),
         successful["true_class"].values,
         successful["pixel_x"].values,
         successful["pixel_y"].values,
@@ -507,6 +514,7 @@ def locality_stage(job: Job) -> xr.Dataset:
         max_distance=cfg["max_distance"],
         random_positions=cfg["random_positions"],
         seed=cfg["seed"],
+        batch_size=batch_size,
         device=dev,
         rings=cfg["rings"],
         progress=name,

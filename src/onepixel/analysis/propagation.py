@@ -139,7 +139,8 @@ def _average(maps: np.ndarray, select: np.ndarray) -> tuple[np.ndarray, int]:
     return maps[valid].astype(np.float64).mean(axis=0).astype(np.float32), int(valid.sum())
 
 
-_CUBE_REQUIRED = ("clean", "delta", *MAP_VARIABLES, "pixel_x_layer", "pixel_y_layer", "success", "sample_id")
+# the raw maps and coordinates only: files of capture.store maps (no clean/delta) are complete
+_CUBE_REQUIRED = (*MAP_VARIABLES, "pixel_x_layer", "pixel_y_layer", "success", "sample_id")
 
 
 def _check_options(normalisation: str, spread_threshold: float) -> None:

@@ -37,6 +37,7 @@ from onepixel.config import runs_user_code, section_defaults, validate_section
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import atomic_path, file_sha256, one_line, read_json, write_json
 from onepixel.lineage import check_model_input, check_same, dataset_digest, selection_digest, short
+from onepixel.memory import budgeted_batch
 from onepixel.progress import Progress, announce, duration
 from onepixel.provenance import provenance
 from onepixel.scoring import Classifier, as_classifier
@@ -362,6 +363,9 @@ def attack_stage(job: Job) -> xr.Dataset:
         else:
             chosen = _select(inputs, log)
         selected = selection_digest(chosen)  # the whole selection, the same in every shard
+        attack.batch_size = budgeted_batch(
+            inputs.model, images.shape[1:], attack.batch_size, job.cfg["batch_memory_mb"], "attack.batch_size", dev
+        )
         chosen = chosen[shard_indices(len(chosen), shard, shards)]
         row_labels, row_targets, row_index = targets_for(inputs.labels[chosen], inputs.num_classes, cfg["targeted"])
         sample_ids = torch.from_numpy(chosen)[row_index]

@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from onepixel.config import FOLDER_DATASETS
 from onepixel.data import dataset_splits, download_cifar10, save_dataset
+from onepixel.errors import ConfigError
 from onepixel.stages import Job
 
 
 def download_stage(job: Job) -> None:
     """Download and verify CIFAR-10; the output is the extracted ``cifar-10-batches-py`` folder."""
     download_cifar10(job.output().parent, log=job.log.info)
+
+
+def folder_sizes(config: Mapping[str, Any]) -> dict[str, int]:
+    """``image_size`` and ``resize_size`` of a folder data set, 0 resolved from what the study's models expect.
+
+    ``dataset.image_size: 0`` takes the crop size of the models' weights (or their
+    ``input_size``), and ``resize_size: 0`` then their resize size; with no such
+    model both stay 0 (224, and image_size / 0.875). Models that expect different
+    sizes need ``dataset.image_size`` given: a one-line ConfigError names them.
+    """
+    from onepixel.models.sources import expected_image_sizes
+
+    dataset = config["dataset"]
+    image_size, resize_size = int(dataset.get("image_size", 0)), int(dataset.get("resize_size", 0))
+    if image_size or dataset["name"] not in FOLDER_DATASETS:
+        return {"image_size": image_size, "resize_size": resize_size}
+    expected = expected_image_sizes(config.get("models", []), config.get("model_sources", {}))
+    crops = sorted({crop for crop, _ in expected.values()})
+    if len(crops) > 1:
+        listed = ", ".join(f"{name} {crop}" for name, (crop, _) in expected.items())
+        raise ConfigError(
+            f"dataset.image_size: 0 takes the size the models expect, but they differ ({listed}); "
+            "give dataset.image_size (each model resizes to its own input_size inside)"
+        )
+    if not crops:
+        return {"image_size": 0, "resize_size": resize_size}
+    resizes = {resize for crop, resize in expected.values()}
+    return {"image_size": crops[0], "resize_size": resize_size or (resizes.pop() if len(resizes) == 1 else 0)}
 
 
 def prepare_stage(job: Job) -> None:
@@ -30,8 +63,7 @@ def prepare_stage(job: Job) -> None:
         log=job.log.info,
         classes=cfg.get("classes") or None,
         labels_file=cfg.get("labels_file") or None,
-        image_size=cfg.get("image_size", 0),
-        resize_size=cfg.get("resize_size", 0),
+        **folder_sizes(job.cfg),
         max_images=cfg.get("max_images", 0),
         bad_images=cfg.get("bad_images", "error"),
     )

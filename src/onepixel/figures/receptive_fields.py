@@ -65,10 +65,17 @@ def _beyond(vuln: xr.Dataset, xmax: float) -> str:
     )
 
 
+def _defined(x: np.ndarray, y: np.ndarray, ci: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points where ``y`` is defined, so that lines join them across the undefined ones."""
+    keep = np.isfinite(y)
+    return x[keep], y[keep], ci[keep]
+
+
 def _rate_panel(ax: Axes, vuln: xr.Dataset, loc: xr.Dataset | None) -> float:
     """Success rate vs distance from the map (successful attacks), the locality rings and the random baseline."""
     d = vuln["distance"].values[1:]
     rate, ci = 100 * vuln["rate_success"].values[1:], 100 * vuln["rate_success_ci"].values[1:]
+    d, rate, ci = _defined(d, rate, ci)  # a strided map has positions at multiples of its stride only
     ax.plot(d, rate, "-", color="C0", lw=1.6, label="map: positions at distance d")
     band(ax, d, ci[:, 0], ci[:, 1], "C0")
     ax.axhline(100 * float(vuln["random_rate_success"]), color="C0", ls="--", lw=1.2, label="map: any other position")
@@ -95,8 +102,9 @@ def _moran_panel(ax: Axes, vuln: xr.Dataset) -> None:
     for name, colour, label in (("fooled", "C3", "fooled map"), ("true_prob", "C2", "true-class probability map")):
         mean, ci = vuln[f"moran_{name}_success"].values, vuln[f"moran_{name}_success_ci"].values
         n = int(vuln[f"moran_{name}_success_n"])
-        ax.plot(lag, mean, "-", color=colour, lw=1.6, label=f"Moran's I, {label} (n={n})")
-        band(ax, lag, ci[:, 0], ci[:, 1], colour)
+        x, mean, ci = _defined(lag, mean, ci)
+        ax.plot(x, mean, "-", color=colour, lw=1.6, label=f"Moran's I, {label} (n={n})")
+        band(ax, x, ci[:, 0], ci[:, 1], colour)
     ax.axhline(0.0, color="0.3", lw=0.8)
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def figures_stage(job: Job) -> list[Path]:
     """All figures of one dataset.
 
-    Per model: ``{model}/pm_grid_{k}`` for the first ``examples`` successful attacks
+    Per model: ``{model}/pm_grid_{k}`` for ``examples`` attacks (:func:`example_rows`)
     (a placeholder saying so when there are fewer) and ``{model}/average_pm``;
     across models: ``locality`` and ``pm_depth``. Each in every format.
 
@@ -61,17 +61,14 @@ def figures_stage(job: Job) -> list[Path]:
             kind="propagation",
             required=("peak", "spread", "pixel_x_layer", "n_averaged_success"),
         )
-        successful = np.flatnonzero(prop["success"].values)
+        rows = example_rows(attack, examples)
         for k in range(examples):
             base = out / model / f"pm_grid_{k}"
-            if k < len(successful):
-                s = int(successful[k])
-                image = test["image"].values[int(prop["sample_id"].values[s])]
-                written += plot_pm_grid(prop, attack, image, s, base, class_names, formats)
+            if k < len(rows):
+                image = test["image"].values[int(prop["sample_id"].values[rows[k]])]
+                written += plot_pm_grid(prop, attack, image, rows[k], base, class_names, formats)
             else:
-                written += placeholder(
-                    base, f"{model}: {len(successful)} successful attack(s), so no example {k + 1} to draw", formats
-                )
+                written += placeholder(base, f"{model}: {len(rows)} attack(s), so no example {k + 1} to draw", formats)
         written += plot_average_pm(prop, out / model / "average_pm", f"{model} on {dataset_name}", formats)
         summaries[model] = prop[["peak", "spread"]]
     localities = {
@@ -83,6 +80,24 @@ def figures_stage(job: Job) -> list[Path]:
     written += plot_pm_depth(summaries, out / "pm_depth", formats, title=f"Propagation through depth ({dataset_name})")
     log.info("wrote %d figure files under %s", len(written), out)
     return written
+
+
+def example_rows(attack: xr.Dataset, examples: int) -> list[int]:
+    """The attacks drawn as PM grids: the first ``examples`` successful ones, then the failed ones that came closest.
+
+    Closest: the lowest true-class probability on the adversarial image (for
+    targeted attacks, the highest target-class probability). A study whose model
+    no pixel fools (e.g. fresh weights at 224x224) still shows how the best
+    perturbation found propagates; the figure's title says it failed.
+    """
+    success = attack["success"].values.astype(bool)
+    prob = attack["prob_adv"].values
+    true_c, target = attack["true_class"].values.astype(int), attack["target_class"].values.astype(int)
+    rows = np.arange(len(success))
+    closeness = np.where(target >= 0, -prob[rows, np.maximum(target, 0)], prob[rows, true_c])
+    failed = np.flatnonzero(~success)
+    failed = failed[np.argsort(closeness[failed], kind="stable")]
+    return [*np.flatnonzero(success)[:examples].tolist(), *failed.tolist()][:examples]
 
 
 def locality_figures_stage(job: Job) -> list[Path]:

@@ -411,6 +411,32 @@ def _torchvision_net(
     return net, defaults
 
 
+def expected_image_sizes(models: Sequence[str], sources: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """``{model: (crop size, resize size)}`` of the models whose input size is known without building them.
+
+    An explicit ``input_size`` (resize size: ``round(input_size / 0.875)``), or the
+    evaluation transforms torchvision publishes with a named ``weights`` (e.g.
+    ResNet-50 ``IMAGENET1K_V2``: resize 232, crop 224). Nothing is downloaded.
+    """
+    sizes: dict[str, tuple[int, int]] = {}
+    for name in models:
+        source = sources.get(name)
+        if not source:
+            continue
+        if source.get("input_size"):
+            size = int(source["input_size"])
+            sizes[name] = (size, round(size / 0.875))
+        elif source.get("torchvision") and source.get("weights"):
+            import torchvision
+
+            try:
+                transforms = torchvision.models.get_model_weights(source["torchvision"])[source["weights"]].transforms()
+            except (KeyError, ValueError):
+                continue  # the train stage names the bad name in one line
+            sizes[name] = (int(transforms.crop_size[0]), int(transforms.resize_size[0]))
+    return sizes
+
+
 def _get_model(arch: str, num_classes: int, kwargs: Mapping[str, Any]) -> nn.Module:
     """``torchvision.models.get_model`` without weights; a builder that cannot run on the meta device (RegNet's
     computes with its tensors) builds on the CPU instead."""
