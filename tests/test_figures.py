@@ -196,3 +196,12 @@ def test_pm_grid_examples_are_successes_then_the_closest_failures() -> None:
     assert example_rows(attack, 4) == [1, 4, 3, 2]  # then failures by true-class probability 0.55, 0.6, 0.9
     targeted = attack.assign(target_class=("sample", [1, 1, 1, 1, 1]), success=("sample", [False] * 5))
     assert example_rows(targeted, 2) == [1, 4]  # target-class probability 0.8, 0.7
+
+
+def test_pm_grid_scale_is_the_papers_unless_every_value_is_small() -> None:
+    from onepixel.figures.propagation import SMALL_PM, grid_scale
+
+    assert grid_scale([np.array([[0.0, 0.6]]), np.array([[2.5]])]) == 1.0  # the paper's 0-1, larger values clipped
+    assert grid_scale([np.array([[0.0, 0.03]]), np.array([[np.nan, 0.07]])]) == 0.07  # a 224x224 model's one pixel
+    assert grid_scale([np.zeros((2, 2))]) == 1.0 and grid_scale([np.full((2, 2), np.nan)]) == 1.0
+    assert grid_scale([np.array([[SMALL_PM]])]) == 1.0

@@ -48,9 +48,11 @@ MODELS = ["resnet18", "alexnet", "exported", "mine"]
 
 
 def _program(path: Path) -> Path:
-    """A torch.export program (dynamic batch) of a small CNN for 3x32x32 images, 3 classes."""
+    """A torch.export program (dynamic batch) of a small CNN for 3 x SIZE x SIZE images, 3 classes."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 14 * 14, 3)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * ((SIZE - 4) // 2) ** 2, 3)
+    ).eval()
     batch = torch.export.Dim("batch")
     torch.export.save(torch.export.export(net, (torch.rand(2, 3, SIZE, SIZE),), dynamic_shapes=({0: batch},)), path)
     return path

@@ -77,7 +77,7 @@ def _cmd_receptive_fields(args: argparse.Namespace) -> None:
 
 
 def _cmd_layers(args: argparse.Namespace) -> None:
-    from onepixel.models.sources import layer_lines
+    from onepixel.models.layers import layer_lines
 
     lines = layer_lines(
         args.model,

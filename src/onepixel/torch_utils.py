@@ -37,6 +37,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter or buffer (float32 when it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed torch and numpy globally and return a CPU ``torch.Generator`` seeded with ``seed``."""
     torch.manual_seed(seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import xarray as xr
@@ -37,27 +37,33 @@ def empty_train(test: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+class FolderOptions(TypedDict, total=False):
+    """The keyword options of the folder data sets (imagefolder, imagenet-val); see :func:`dataset_splits`."""
+
+    classes: str | os.PathLike[str] | None
+    labels_file: str | os.PathLike[str] | None
+    image_size: int
+    resize_size: int
+    max_images: int
+    bad_images: str
+
+
 def _folder_splits(
     name: str,
     root: str | os.PathLike[str] | None,
-    *,
     seed: int,
     log: Callable[[str], Any] | None,
-    classes: str | os.PathLike[str] | None,
-    labels_file: str | os.PathLike[str] | None,
-    image_size: int,
-    resize_size: int,
-    max_images: int,
-    bad_images: str,
+    folder: FolderOptions,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     if not root:
         raise ConfigError(f"dataset.root: required for dataset.name {name} ({_ROOT_IS[name]})")
+    classes, labels_file = folder.get("classes"), folder.get("labels_file")
     options: dict[str, Any] = {
-        "image_size": image_size,
-        "resize_size": resize_size,
-        "max_images": max_images,
+        "image_size": folder.get("image_size", 0),
+        "resize_size": folder.get("resize_size", 0),
+        "max_images": folder.get("max_images", 0),
         "seed": seed,
-        "bad_images": bad_images,
+        "bad_images": folder.get("bad_images", "error"),
         "log": log,
     }
     if name == "imagefolder":
@@ -86,13 +92,7 @@ def dataset_splits(
     seed: int = 0,
     root: str | os.PathLike[str] | None = None,
     log: Callable[[str], Any] | None = print,
-    *,
-    classes: str | os.PathLike[str] | None = None,
-    labels_file: str | os.PathLike[str] | None = None,
-    image_size: int = 0,
-    resize_size: int = 0,
-    max_images: int = 0,
-    bad_images: str = "error",
+    **folder: Unpack[FolderOptions],
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """The train and test splits of data set ``name``.
 
@@ -106,12 +106,17 @@ def dataset_splits(
     sorted folders; :func:`~onepixel.data.images.read_image_folder`) and
     "imagenet-val" (``root`` a flat folder of validation images, ``labels_file``;
     :func:`~onepixel.data.images.read_imagenet_val`) are all test images: their train
-    split holds no image, of the same shape and classes. Their images are
-    ``image_size`` square (0: 224), the shorter side resized to ``resize_size`` (0:
+    split holds no image, of the same shape and classes. Their keyword options
+    (:class:`FolderOptions`): images ``image_size`` square (0: 224), the shorter side resized to ``resize_size`` (0:
     ``image_size / 0.875``) before the centre crop; ``max_images`` (0: all) are a
     sample drawn with ``seed``; ``bad_images`` ("error" or "skip") says what an
     undecodable image does.
     """
+    unknown = sorted(set(folder) - set(FolderOptions.__annotations__))
+    if unknown:
+        raise TypeError(
+            f"dataset_splits: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(FolderOptions.__annotations__)}"
+        )
     if root and name == "digits":
         raise ConfigError("dataset.root: a pre-staged copy is read for dataset.name cifar10 only, not 'digits'")
     if name == "digits":
@@ -125,18 +130,7 @@ def dataset_splits(
             )
         return read_cifar10_batches(download_cifar10(raw_root))
     if name in FOLDER_DATASETS:
-        return _folder_splits(
-            name,
-            root,
-            seed=seed,
-            log=log,
-            classes=classes,
-            labels_file=labels_file,
-            image_size=image_size,
-            resize_size=resize_size,
-            max_images=max_images,
-            bad_images=bad_images,
-        )
+        return _folder_splits(name, root, seed, log, folder)
     raise ConfigError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
 
 
@@ -148,17 +142,11 @@ def prepare_dataset(
     seed: int = 0,
     root: str | os.PathLike[str] | None = None,
     log: Callable[[str], Any] | None = print,
-    *,
-    classes: str | os.PathLike[str] | None = None,
-    labels_file: str | os.PathLike[str] | None = None,
-    image_size: int = 0,
-    resize_size: int = 0,
-    max_images: int = 0,
-    bad_images: str = "error",
+    **folder: Unpack[FolderOptions],
 ) -> tuple[Path, Path]:
     """Write ``out_dir/train.nc`` and ``out_dir/test.nc`` of :func:`dataset_splits` (downloads go to ``out_dir/raw``).
 
-    The keyword-only arguments are those of :func:`dataset_splits` for the folder data sets.
+    The keyword arguments are the folder data sets' options (:class:`FolderOptions`).
 
     Returns:
         The paths of the train and test files.
@@ -171,12 +159,7 @@ def prepare_dataset(
         seed,
         root,
         log,
-        classes=classes,
-        labels_file=labels_file,
-        image_size=image_size,
-        resize_size=resize_size,
-        max_images=max_images,
-        bad_images=bad_images,
+        **folder,
     )
     paths = (out / "train.nc", out / "test.nc")
     for ds, path in zip(splits, paths, strict=True):

@@ -44,6 +44,19 @@ def _pixels_text(xs: np.ndarray, ys: np.ndarray) -> str:
     return "pixels " + ", ".join(f"({int(x)}, {int(y)})" for x, y in zip(xs, ys, strict=True)) + " as (x, y)"
 
 
+#: below this largest value a PM grid gets its own colour scale (else the paper's 0 to 1)
+SMALL_PM = 0.25
+
+
+def grid_scale(maps: Sequence[np.ndarray]) -> float:
+    """The top of a PM grid's colour scale: 1 (values above clipped), or the largest value when it is below
+    :data:`SMALL_PM` (one pixel of a 224x224 image often changes a layer by a few percent of its largest
+    activation, invisible on a 0-1 scale)."""
+    finite = [float(np.nanmax(m)) for m in maps if np.isfinite(m).any()]
+    largest = max(finite, default=0.0)
+    return largest if 0.0 < largest < SMALL_PM else 1.0
+
+
 def plot_pm_grid(
     prop: xr.Dataset,
     attack: xr.Dataset,
@@ -58,7 +71,8 @@ def plot_pm_grid(
     Panels: the clean image, the adversarial image (attacked pixel circled), then
     every layer's normalised PMmax on one colour scale from 0 to 1 (values above 1,
     i.e. differences larger than the largest original activation, are clipped and
-    shown by the colour bar's arrow), the attacked pixel's column and row in each
+    shown by the colour bar's arrow; when every value is below :data:`SMALL_PM`, from 0
+    to the largest, as the colour bar says), the attacked pixel's column and row in each
     layer's grid shown by triangles on the map's edges (so the map stays uncovered).
     A k-pixel attack (``attack.pixels`` > 1) names, circles and points at every
     perturbed pixel; a targeted attack shows its target class and its probability.
@@ -91,9 +105,11 @@ def plot_pm_grid(
     )
     mark_pixel(axes[1], xs, ys)
     height, width = clean_image.shape[-2:]
+    maps = [prop[f"pm_max_norm_{i}"].values[sample] for i in range(n_layers)]
+    vmax = grid_scale(maps)
     image = None
     for i in range(n_layers):
-        image = show_map(axes[i + 2], prop[f"pm_max_norm_{i}"].values[sample], 1.0, _layer_title(prop, i))
+        image = show_map(axes[i + 2], maps[i], vmax, _layer_title(prop, i))
         # every pixel mapped into the layer's grid as the capture stage maps the first (floor(x * W_l / W))
         mark_edges(
             axes[i + 2],
@@ -101,7 +117,12 @@ def plot_pm_grid(
             ys * int(prop["layer_height"].values[i]) // height,
         )
     assert image is not None  # at least one layer was drawn
-    fig.colorbar(image, ax=axes[2:], extend="max", shrink=0.9, label="normalised PMmax (clipped at 1)")
+    label = (
+        "normalised PMmax (clipped at 1)"
+        if vmax == 1.0
+        else f"normalised PMmax (scale 0 – {vmax:.2g}: this attack's largest value)"
+    )
+    fig.colorbar(image, ax=axes[2:], extend="max" if vmax == 1.0 else "neither", shrink=0.9, label=label)
     which = "the attacked pixel's column and row" if len(xs) == 1 else "each attacked pixel's column and row"
     add_caption(
         fig,

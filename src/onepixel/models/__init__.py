@@ -25,11 +25,12 @@ from onepixel.models.checkpoint import (
     save_checkpoint,
 )
 from onepixel.models.densenet import DenseNet
+from onepixel.models.layers import default_feature_layers
 from onepixel.models.lenet import LeNet
 from onepixel.models.nin import NiN
 from onepixel.models.normalize import Normalize, he_init
 from onepixel.models.resnet import CifarResNet
-from onepixel.models.sources import SourceModel, build_source_model, default_feature_layers
+from onepixel.models.sources import SourceModel, build_source_model
 from onepixel.models.vgg import VGG
 from onepixel.models.wide_resnet import WideResNet
 
