@@ -16,6 +16,7 @@ import onepixel.attack
 from helpers import STUB_LINEAGE
 from onepixel.attack import (
     AttackResult,
+    ExhaustiveAttack,
     OnePixelAttack,
     de,
     load_attack,
@@ -396,29 +397,14 @@ def test_empty_input():
 
 
 # ---------------------------------------------------------------------------
-GRID = (0, 64, 128, 192, 255)
-
-
-def exhaustive_attackable(model, images, labels):
-    """Which images have a one-pixel attack with a colour in GRID (all 64 positions x GRID)."""
-    n = images.shape[0]
-    pos = torch.arange(64)
-    xs = (pos % 8).repeat(len(GRID))
-    ys = (pos // 8).repeat(len(GRID))
-    cs = torch.tensor(GRID, dtype=torch.uint8).repeat_interleave(64)
-    m = xs.numel()
-    found = torch.zeros(n, dtype=torch.bool)
-    for i in range(n):
-        cand = apply_pixels(images[i : i + 1].expand(m, -1, -1, -1), xs[:, None], ys[:, None], cs[:, None, None])
-        found[i] = (predict(model, cand) != labels[i]).any()
-    return found
-
-
 def test_de_matches_brute_force_oracle():
     model = tiny_cnn(seed=1, classes=4)  # predicts 3 of the 4 classes on these images
     images = torch.randint(0, 256, (40, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     labels = predict(model, images)
-    oracle = exhaustive_attackable(model, images, labels)
+    # every position x the 5-level grid {0, 64, 128, 191, 255}: the brute-force oracle
+    sweep = ExhaustiveAttack(model, colors="grid", levels=5).run(images, labels)
+    oracle = sweep.n_fooling > 0
+    assert torch.equal(sweep.result.success, oracle) and (sweep.result.queries == 64 * 5).all()
     assert 10 <= int(oracle.sum()) <= 38  # a mix of attackable and robust images
     res = OnePixelAttack(model, population=100, generations=30, seed=0).run(images, labels)
     found = res.success[oracle].float().mean()
@@ -539,6 +525,11 @@ def test_package_exports_only_the_engine_and_its_files():
             "save_attack",
             "load_attack",
             "merge_attacks",
+            "ExhaustiveAttack",
+            "SweepResult",
+            "FGSM",
+            "PGD",
+            "perturbation_sizes",
         ]
     )
     # the stages live in their own module, not in the engine's namespace

@@ -3,6 +3,10 @@
 * :class:`OnePixelAttack`: the vectorised, continuously batched DE engine
   (:mod:`onepixel.attack.de`, its random streams in :mod:`onepixel.attack.rng`);
 * :class:`AttackResult`: the per-image outcome;
+* :class:`ExhaustiveAttack`: every position x a colour set (:mod:`onepixel.attack.exhaustive`), the
+  ground truth for DE; :class:`SweepResult`: its AttackResult plus counts and maps;
+* :class:`FGSM`, :class:`PGD`: L-inf gradient attacks (:mod:`onepixel.attack.gradient`) with results in the
+  same format, for comparing their propagation maps with one-pixel ones;
 * :func:`result_to_dataset`, :func:`save_attack`, :func:`load_attack`,
   :func:`merge_attacks`: its netCDF files.
 
@@ -11,14 +15,21 @@ The workflow's stages (select the images, attack a shard, merge the shards) are 
 """
 
 from onepixel.attack.de import STRATEGIES, AttackResult, OnePixelAttack
+from onepixel.attack.exhaustive import ExhaustiveAttack, SweepResult
+from onepixel.attack.gradient import FGSM, PGD, perturbation_sizes
 from onepixel.attack.results import load_attack, merge_attacks, result_to_dataset, save_attack
 
 __all__ = [
+    "FGSM",
+    "PGD",
     "STRATEGIES",
     "AttackResult",
+    "ExhaustiveAttack",
     "OnePixelAttack",
+    "SweepResult",
     "load_attack",
     "merge_attacks",
+    "perturbation_sizes",
     "result_to_dataset",
     "save_attack",
 ]
