@@ -27,13 +27,13 @@ BIN = Path(sys.executable).parent
 #: the modules with the longest fixtures (minutes each), first: with pytest-xdist (make test) each module
 #: runs whole on one worker, and the workers end together when the long ones start early
 LONGEST_FIRST = (
+    "test_own_models.py",
     "test_slurm.py",
     "test_studies.py",
     "test_dvc.py",
     "test_remotes.py",
     "test_workflow.py",
     "test_cli.py",
-    "test_own_models.py",
     "test_benchmarks.py",
     "test_profiles.py",
 )

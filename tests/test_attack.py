@@ -664,7 +664,7 @@ def test_run_attack_stage(tmp_path: Path, monkeypatch, caplog, targeted):
     k = 2 * (2 if targeted else 1)
     for name in ("pixel_x", "pixel_y", "color", "queries", "sample_id"):
         np.testing.assert_array_equal(ds2[name].values, ds[name].values[:k])
-    with pytest.raises(ConfigError, match="^unknown key attack.popsize = 3; allowed keys: F, batch_size"):
+    with pytest.raises(ConfigError, match="^unknown key attack.popsize = 3; allowed keys: F, alpha, batch_size"):
         run_attack_stage(ckpt, tmp_path / "test.nc", out, {"popsize": 3})
     with pytest.raises(ConfigError, match=r"^attack.population: 3 is out of range; must be >= 4"):
         run_attack_stage(ckpt, tmp_path / "test.nc", out, {"population": 3})

@@ -60,7 +60,7 @@ def test_input_is_not_modified():
         ({"attack": {"generations": 0}}, "attack.generations: 0 is out of range; must be >= 1"),
         ({"attack": {"pixels": 0}}, "attack.pixels: 0 is out of range; must be >= 1"),
         ({"locality": {"max_distance": 0}}, "locality.max_distance: 0 is out of range; must be >= 1"),
-        ({"attack": {"popsize": 10}}, "unknown key attack.popsize = 10; allowed keys: F, batch_size"),
+        ({"attack": {"popsize": 10}}, "unknown key attack.popsize = 10; allowed keys: F, alpha, batch_size"),
         ({"colour": 1}, "unknown key colour = 1; allowed keys: attack, batch_memory_mb, capture"),
         ({"dataset": {"name": "mnist"}}, "dataset.name: 'mnist' is not allowed; allowed values: digits, cifar10"),
         ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' has the wrong type; expected integer"),
@@ -361,7 +361,7 @@ def test_validate_section_and_defaults():
     assert validate_section("attack", {"population": "8"})["population"] == 8
     with pytest.raises(ConfigError, match=r"^attack.population: 3 is out of range; must be >= 4$"):
         validate_section("attack", {"population": 3})
-    with pytest.raises(ConfigError, match=r"^unknown key attack.popsize = 3; allowed keys: F, batch_size"):
+    with pytest.raises(ConfigError, match=r"^unknown key attack.popsize = 3; allowed keys: F, alpha, batch_size"):
         validate_section("attack", {"popsize": 3})
     with pytest.raises(ConfigError, match=r"^attack.F: nan is not allowed"):
         validate_section("attack", {"F": float("nan")})
@@ -373,7 +373,7 @@ def test_validate_section_and_defaults():
     ("text", "expected"),
     [
         ("attack:\n  population: 2\n", "error: attack.population: 2 is out of range; must be >= 4\n"),
-        ("attack:\n  popsize: 10\n", "error: unknown key attack.popsize = 10; allowed keys: F, batch_size"),
+        ("attack:\n  popsize: 10\n", "error: unknown key attack.popsize = 10; allowed keys: F, alpha, batch_size"),
         ("models: [lenet, alexnet]\n", "error: models[1]: 'alexnet' is not allowed; allowed values: lenet"),
         ("locality:\n  max_distance: 0\n", "error: locality.max_distance: 0 is out of range; must be >= 1\n"),
         ("train:\n  lr: .nan\n", "error: train.lr: nan is not allowed; must be a finite number\n"),
@@ -403,7 +403,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        (["attack={popsize: 10}"], "error: unknown key attack.popsize = '10'; allowed keys: F, batch_size"),
+        (["attack={popsize: 10}"], "error: unknown key attack.popsize = '10'; allowed keys: F, alpha, batch_size"),
         (["train={lr: .nan}"], "error: train.lr: nan is not allowed; must be a finite number"),
         (["dataset={name: mnist}"], "error: dataset.name: 'mnist' is not allowed; allowed values: digits, cifar10"),
         (["locality={max_distance: 0}"], "error: locality.max_distance: 0 is out of range; must be >= 1"),

@@ -84,7 +84,9 @@ def own_study(tmp_path_factory) -> Path:
     }
     (root / "config" / "own.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {"PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # the factory's module
-    check_tool(["snakemake", "--cores", "2", "--resources", "gpu=1", "--configfile", "config/own.yaml"], root, **env)
+    # about 30 jobs of 15-40 s each at 224x224 (most of it starting Python and torch): 9 min on 2 busy cores
+    args = ["snakemake", "--cores", "2", "--resources", "gpu=1", "--configfile", "config/own.yaml"]
+    check_tool(args, root, timeout=2400, **env)
     return root
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -226,6 +227,10 @@ def check_adversarial(stage: str, attack: Any, attack_path: PathLike, test: Any,
         )
     if n == 0:
         return
+    config = json.loads(attack.attrs.get("attack_config", "{}"))
+    if config.get("method") in ("fgsm", "pgd"):
+        _check_in_eps_ball(stage, attack_path, images[ids], stored, config["eps"], test_path)
+        return
     rebuilt = apply_pixels(
         torch.from_numpy(np.ascontiguousarray(images[ids])),
         torch.from_numpy(xs),
@@ -246,6 +251,24 @@ def check_adversarial(stage: str, attack: Any, attack_path: PathLike, test: Any,
             f"{stage}: {attack_path}: the adversarial image of row {row} (sample_id {ids[row]}) is not image "
             f"{ids[row]} of {test_path} with its recorded pixel(s): {int(counts[row])} of its {height * width} "
             f"pixels differ ({bad.size} of {n} rows differ); the attack file was altered or belongs to another test set"
+        )
+
+
+def _check_in_eps_ball(
+    stage: str, attack_path: PathLike, clean: np.ndarray, stored: np.ndarray, eps: float, test_path: PathLike
+) -> None:
+    """An L-inf attack's images must lie within ``eps`` (in 8-bit levels) of their test images."""
+    from onepixel.attack.gradient import eps_levels
+
+    levels = eps_levels(eps)
+    change = np.abs(stored.astype(np.int16) - clean.astype(np.int16)).reshape(len(clean), -1).max(axis=1)
+    bad = np.flatnonzero(change > levels)
+    if bad.size:
+        row = int(bad[0])
+        raise DataError(
+            f"{stage}: {attack_path}: the adversarial image of row {row} differs from its image of {test_path} by "
+            f"{int(change[row])} levels, more than the attack's eps ({levels}); the attack file was altered or "
+            "belongs to another test set"
         )
 
 

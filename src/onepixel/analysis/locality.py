@@ -33,6 +33,7 @@ import xarray as xr
 from torch import nn
 
 from onepixel.attack.results import load_job_inputs
+from onepixel.attack.stage import PIXEL_METHODS, attack_method
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
@@ -496,6 +497,9 @@ def locality_stage(job: Job) -> xr.Dataset:
     loaded = load_job_inputs(job, "locality")  # refuses inputs that do not belong together
     test, attack, dev = loaded.test, loaded.attack, loaded.device
     successful = attack.isel(sample=np.flatnonzero(attack["success"].values))
+    if (method := attack_method(attack)) not in PIXEL_METHODS:
+        announce(f"{name}: a {method} attack changes every pixel; locality (moving one pixel) does not apply")
+        successful = successful.isel(sample=slice(0, 0))
     if successful.sizes["sample"] == 0:
         log.warning("%s: no successful attack; writing an empty locality analysis", attack_path)
     sample_id = successful["sample_id"].values

@@ -62,9 +62,32 @@ def attack_settings(attack_cfg: dict[str, Any] | None) -> dict[str, Any]:
     return validate_section("attack", attack_cfg)
 
 
+#: the keys each attack method reads besides the common ones (num_images, targeted, labels, seed, batch_size)
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "de": ("pixels", "population", "generations", "F", "crossover", "strategy"),
+    "exhaustive": ("colors", "levels", "early_stop"),
+    "fgsm": ("eps",),
+    "pgd": ("eps", "alpha", "steps", "random_start"),
+}
+#: methods that change one pixel (locality and the vulnerability maps move that pixel's colour)
+PIXEL_METHODS = ("de", "exhaustive")
+
+
 def stored_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The part of a completed ``attack`` config that determines the results (no ``EXECUTION_KEYS``)."""
-    return {key: value for key, value in cfg.items() if key not in EXECUTION_KEYS}
+    """The part of a completed ``attack`` config that determines the results.
+
+    No ``EXECUTION_KEYS``, and only the keys of its ``method`` (a DE attack
+    records no ``method``, as before other methods existed, so its files stay the same).
+    """
+    method = cfg.get("method", "de")
+    others = {key for name, keys in METHOD_KEYS.items() if name != method for key in keys} - set(METHOD_KEYS[method])
+    dropped = {*EXECUTION_KEYS, *others, *(("method",) if method == "de" else ())}
+    return {key: value for key, value in cfg.items() if key not in dropped}
+
+
+def attack_method(attack: xr.Dataset) -> str:
+    """The ``method`` an attack file was made with (``de`` for files that record none)."""
+    return str(json.loads(attack.attrs.get("attack_config", "{}")).get("method", "de"))
 
 
 def shard_indices(num: int, shard: int, shards: int) -> np.ndarray:
@@ -85,8 +108,41 @@ def _check_shard(shard: int, shards: int) -> None:
         raise ConfigError(f"shard: {shard!r} is not allowed; use an integer in [0, {shards - 1}] for {shards} shard(s)")
 
 
-def make_attack(model: nn.Module, cfg: dict[str, Any], device: str | torch.device | None = None) -> OnePixelAttack:
-    """An :class:`OnePixelAttack` from a (completed) ``attack`` config section."""
+def make_attack(model: nn.Module, cfg: dict[str, Any], device: str | torch.device | None = None) -> Any:
+    """The attack of a (completed) ``attack`` config section: its ``method``'s class.
+
+    :class:`OnePixelAttack` (de), :class:`~onepixel.attack.exhaustive.ExhaustiveAttack`,
+    :class:`~onepixel.attack.gradient.FGSM` or :class:`~onepixel.attack.gradient.PGD`.
+    """
+    method = cfg.get("method", "de")
+    if method == "exhaustive":
+        from onepixel.attack.exhaustive import ExhaustiveAttack
+
+        return ExhaustiveAttack(
+            model,
+            colors=cfg["colors"],
+            levels=cfg["levels"],
+            batch_size=cfg["batch_size"],
+            early_stop=cfg["early_stop"],
+            targeted=cfg["targeted"],
+            device=device,
+        )
+    if method in ("fgsm", "pgd"):
+        from onepixel.attack.gradient import FGSM, PGD
+
+        if method == "fgsm":
+            return FGSM(model, eps=cfg["eps"], targeted=cfg["targeted"], batch_size=cfg["batch_size"], device=device)
+        return PGD(
+            model,
+            eps=cfg["eps"],
+            alpha=cfg["alpha"],
+            steps=cfg["steps"],
+            random_start=cfg["random_start"],
+            targeted=cfg["targeted"],
+            seed=cfg["seed"],
+            batch_size=cfg["batch_size"],
+            device=device,
+        )
     return OnePixelAttack(
         model,
         pixels=cfg["pixels"],
@@ -363,8 +419,11 @@ def attack_stage(job: Job) -> xr.Dataset:
         else:
             chosen = _select(inputs, log)
         selected = selection_digest(chosen)  # the whole selection, the same in every shard
+        budget = job.cfg["batch_memory_mb"]
+        if cfg["method"] in ("fgsm", "pgd") and budget:  # a backward pass holds about twice the forward's memory
+            budget = max(1, budget // 3)
         attack.batch_size = budgeted_batch(
-            inputs.model, images.shape[1:], attack.batch_size, job.cfg["batch_memory_mb"], "attack.batch_size", dev
+            inputs.model, images.shape[1:], attack.batch_size, budget, "attack.batch_size", dev
         )
         chosen = chosen[shard_indices(len(chosen), shard, shards)]
         row_labels, row_targets, row_index = targets_for(inputs.labels[chosen], inputs.num_classes, cfg["targeted"])
@@ -381,16 +440,17 @@ def attack_stage(job: Job) -> xr.Dataset:
                 progress.update(len(rows))
                 partial.add(rows)
 
-            result = attack.run(
-                images[sample_ids],
-                row_labels,
-                row_targets if cfg["targeted"] else None,
-                ids=ids,
-                finished=finished,
-                on_finished=on_finished,
-            )
+            targets = row_targets if cfg["targeted"] else None
+            if isinstance(attack, OnePixelAttack):
+                result = attack.run(
+                    images[sample_ids], row_labels, targets, ids=ids, finished=finished, on_finished=on_finished
+                )
+            else:  # the other methods keep no search state to resume: a shard reruns whole
+                result = _run_whole(attack, images[sample_ids], row_labels, targets, ids)
+                progress.update(len(ids) - progress.n)
         wall = time.perf_counter() - start
-    rate = attack.last_stats.get("attacked_candidates", 0) / wall if wall > 0 else float("nan")
+    stats = attack.last_stats
+    rate = stats.get("attacked_candidates", stats.get("candidates", 0)) / wall if wall > 0 else float("nan")
     attrs = {
         **provenance(dev),
         "model_checkpoint": os.path.basename(os.fspath(checkpoint_path)),
@@ -415,6 +475,15 @@ def attack_stage(job: Job) -> xr.Dataset:
     resumed = f", {len(finished)} of them resumed from {partial.path.name}" if finished else ""
     announce(f"{name}: {_fooled_text(ds)}, {duration(wall)}{resumed}")
     return ds
+
+
+def _run_whole(attack: Any, images: torch.Tensor, labels: torch.Tensor, targets: Any, ids: torch.Tensor) -> Any:
+    """The :class:`~onepixel.attack.de.AttackResult` of an exhaustive or gradient attack on every row at once."""
+    from onepixel.attack.exhaustive import ExhaustiveAttack
+
+    if isinstance(attack, ExhaustiveAttack):
+        return attack.run(images, labels, targets).result
+    return attack.run(images, labels, targets, ids=ids)
 
 
 def _fooled_text(ds: xr.Dataset) -> str:
