@@ -21,6 +21,7 @@ from onepixel.estimate import (
     forward_flops,
     locality_positions,
     map_positions,
+    queries_per_row,
     stage_passes,
 )
 from onepixel.models import build_model
@@ -91,6 +92,12 @@ def test_the_estimate_arithmetic_of_a_small_study():
     assert passes.vulnerability == 4 * 4 * 4  # max_attacks x (8 / stride)^2
     assert passes.locality == 10 * (8 + 16 + 5 + 1)  # rings d = 1, 2 + random positions + the clean image
     assert stage_passes(_small_config(targeted=True), digits).attack == 9 * passes.attack  # 9 other classes
+    sweep = dict(cfg, attack={**cfg["attack"], "method": "exhaustive", "colors": "all"})
+    assert stage_passes(sweep, digits).attack == 10 * 8 * 8 * 256  # every position x every grey level
+    rgb = Geometry(3, 32, 10)
+    corners = dict(cfg, attack={**cfg["attack"], "method": "exhaustive", "colors": "corners"})
+    assert queries_per_row(corners["attack"], rgb) == 8192  # 32 x 32 positions x 8 corners
+    assert queries_per_row({**cfg["attack"], "method": "pgd", "steps": 10}, rgb) == 30  # forward + backward
 
     tflops, ratio = 1e-6, 0.5  # 0.5 MFLOP/s effective: seconds = passes x FLOPs / 5e5
     estimates = estimate_study(cfg, tflops, ratio)

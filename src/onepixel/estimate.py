@@ -214,12 +214,27 @@ def map_positions(size: int, stride: int = 1, window: int = 0) -> int:
     return axis * axis
 
 
+def queries_per_row(attack: Mapping[str, Any], geometry: Geometry) -> int:
+    """Forward passes per attacked row of ``attack.method`` (upper bounds; one forward + backward counts 3).
+
+    de: population x (generations + 1); exhaustive: every position x its colours (2^C corners,
+    levels^C on a grid, 256 for all); fgsm: 3; pgd: 3 x steps.
+    """
+    method = attack.get("method", "de")
+    if method == "exhaustive":
+        colours = {"corners": 2**geometry.channels, "grid": int(attack["levels"]) ** geometry.channels, "all": 256}
+        return geometry.size * geometry.size * colours[attack["colors"]]
+    if method in ("fgsm", "pgd"):
+        return 3 * (1 if method == "fgsm" else int(attack["steps"]))
+    return int(attack["population"]) * (int(attack["generations"]) + 1)
+
+
 def stage_passes(config: Mapping[str, Any], geometry: Geometry) -> Passes:
     """Forward passes of the attack, vulnerability maps and locality of one model (upper bounds)."""
     attack, maps, rows = config["attack"], config["vulnerability"], attack_rows(config, geometry)
     positions = map_positions(geometry.size, int(maps["stride"]), int(maps["window"]))
     return Passes(
-        attack=rows * int(attack["population"]) * (int(attack["generations"]) + 1),
+        attack=rows * queries_per_row(attack, geometry),
         vulnerability=min(int(maps["max_attacks"]), rows) * positions,
         locality=rows * locality_positions(config["locality"]),
     )
@@ -271,8 +286,8 @@ def estimate_lines(config: Mapping[str, Any], estimates: list[ModelEstimate], tf
         *lines,
         f"{total}  ({petaflop:,.1f} PFLOP)",
         f"images {geometry.channels}x{geometry.size}x{geometry.size}, {geometry.classes} classes; "
-        f"{attack_rows(config, geometry):,d} {kind} attack rows per model x population {attack['population']} "
-        f"x ({attack['generations']} generations + 1)",
+        f"{attack_rows(config, geometry):,d} {kind} attack rows per model x {queries_per_row(attack, geometry):,d} "
+        f"forward passes ({attack.get('method', 'de')})",
         f"assumes {tflops:g} TFLOP/s sustained on one GPU (default {DEFAULT_TFLOPS:g}: about 30 % of an H100 SXM's "
         "67 TFLOP/s dense FP32 peak; the attack runs in FP32 with TF32 off) and an attack/forward throughput ratio "
         f"of {ratio:g} (default {DEFAULT_RATIO:g}: the lowest in benchmarks/RESULTS.md, measured on a CPU)",
