@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,11 +131,16 @@ def plot_pm_grid(
         + f". Triangles on the maps' edges: {which}, mapped into each layer's grid as floor(x · W_l / W).",
     )
     outcome = "successful" if bool(row["success"]) else "failed"
+    method = json.loads(attack.attrs.get("attack_config", "{}")).get("method", "de")
     kind = "one-pixel" if len(xs) == 1 else f"{len(xs)}-pixel"
+    where = f"{_pixels_text(xs, ys)}, circled"
+    if method in ("fgsm", "pgd"):
+        kind, where = (
+            f"{method.upper()} (L-inf)",
+            f"every pixel changed; the most-changed one, {_pixels_text(xs, ys)}, circled",
+        )
     aimed = f"targeted {kind} attack (target: {class_names[target]})" if target >= 0 else f"{kind} attack"
-    add_title(
-        fig, f"Propagation maps of a {outcome} {aimed} on test image {sample_id} ({_pixels_text(xs, ys)}, circled)"
-    )
+    add_title(fig, f"Propagation maps of a {outcome} {aimed} on test image {sample_id} ({where})")
     return save_figure(fig, out_base, formats)
 
 
