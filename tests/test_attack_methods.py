@@ -50,6 +50,11 @@ def test_the_exhaustive_stage_is_the_sweep(toy, tmp_path):
     np.testing.assert_array_equal(ds["success"].values, sweep.result.success.numpy())
     np.testing.assert_array_equal(ds["queries"].values, np.full(6, 64 * 256))
     np.testing.assert_array_equal(ds["adversarial"].values, sweep.result.adversarial.numpy())
+    # the sweep's full vulnerability maps travel in the attack file
+    np.testing.assert_array_equal(ds["sweep_fooling"].values, sweep.n_fooling.numpy())
+    np.testing.assert_array_equal(ds["sweep_fooled"].values, sweep.fooled_map.numpy().astype(np.uint8))
+    np.testing.assert_array_equal(ds["sweep_min_true_prob"].values, sweep.min_true_prob.numpy())
+    assert (ds["sweep_fooling"].values > 0).tolist() == ds["success"].values.tolist()
 
 
 def test_pgd_through_capture_and_propagation_and_no_locality(toy, tmp_path):

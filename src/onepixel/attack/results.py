@@ -126,9 +126,41 @@ def result_to_dataset(
     return ds
 
 
+#: the variables an exhaustive sweep adds to its attack file (a full one-pixel vulnerability map per image)
+SWEEP_VARIABLES = ("sweep_fooling", "sweep_fooled", "sweep_min_true_prob")
+
+
+def add_sweep_maps(ds: xr.Dataset, n_fooling: Any, fooled_map: Any, min_true_prob: Any) -> xr.Dataset:
+    """``ds`` with the per-image maps of an exhaustive sweep (:class:`~onepixel.attack.exhaustive.SweepResult`).
+
+    ``sweep_fooling`` ``(sample,)`` the fooling (position, colour) pairs, ``sweep_fooled``
+    ``(sample, y, x)`` uint8 1 where some colour of the set fools the model there, and
+    ``sweep_min_true_prob`` ``(sample, y, x)`` the lowest true-class probability over the
+    colours at each position (NaN where nothing was evaluated).
+    """
+    as_np = lambda value: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)  # noqa: E731
+    ds = ds.copy()
+    ds["sweep_fooling"] = xr.Variable(
+        ("sample",),
+        as_np(n_fooling).astype(np.int64),
+        attrs={"long_name": "fooling (position, colour) pairs", "units": "1"},
+    )
+    ds["sweep_fooled"] = xr.Variable(
+        ("sample", "y", "x"),
+        as_np(fooled_map).astype(np.uint8),
+        attrs={"long_name": "1 where some colour of the sweep's set fools the model at this position", "units": "1"},
+    )
+    ds["sweep_min_true_prob"] = xr.Variable(
+        ("sample", "y", "x"),
+        as_np(min_true_prob).astype(np.float32),
+        attrs={"long_name": "lowest true-class probability over the sweep's colours at this position", "units": "1"},
+    )
+    return ds
+
+
 def save_attack(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
     """Write an attack dataset atomically (zlib-compressed adversarial images)."""
-    encoding = {"adversarial": {"zlib": True, "complevel": 4}}
+    encoding = {name: {"zlib": True, "complevel": 4} for name in ("adversarial", *SWEEP_VARIABLES[1:]) if name in ds}
     write_netcdf(ds, path, kind="attack", encoding=encoding)
 
 

@@ -26,8 +26,11 @@ import xarray as xr
 from torch import nn
 
 from onepixel.attack.de import FinishedRows, OnePixelAttack
+from onepixel.attack.exhaustive import ExhaustiveAttack, SweepResult
+from onepixel.attack.gradient import FGSM, PGD
 from onepixel.attack.results import (
     REQUIRED_ATTRS,
+    add_sweep_maps,
     load_attack,
     merge_attacks,
     result_to_dataset,
@@ -108,53 +111,25 @@ def _check_shard(shard: int, shards: int) -> None:
         raise ConfigError(f"shard: {shard!r} is not allowed; use an integer in [0, {shards - 1}] for {shards} shard(s)")
 
 
+#: the class of each attack method; each takes the method's METHOD_KEYS, targeted and batch_size as keywords
+ATTACK_CLASSES: dict[str, type] = {"de": OnePixelAttack, "exhaustive": ExhaustiveAttack, "fgsm": FGSM, "pgd": PGD}
+#: methods whose results depend on attack.seed (the others are deterministic without one)
+SEEDED_METHODS = ("de", "pgd")
+
+
 def make_attack(model: nn.Module, cfg: dict[str, Any], device: str | torch.device | None = None) -> Any:
-    """The attack of a (completed) ``attack`` config section: its ``method``'s class.
+    """The attack of a (completed) ``attack`` config section: its ``method``'s class of :data:`ATTACK_CLASSES`.
 
     :class:`OnePixelAttack` (de), :class:`~onepixel.attack.exhaustive.ExhaustiveAttack`,
-    :class:`~onepixel.attack.gradient.FGSM` or :class:`~onepixel.attack.gradient.PGD`.
+    :class:`~onepixel.attack.gradient.FGSM` or :class:`~onepixel.attack.gradient.PGD`,
+    with the config's values of the method's keys (:data:`METHOD_KEYS`).
     """
     method = cfg.get("method", "de")
-    if method == "exhaustive":
-        from onepixel.attack.exhaustive import ExhaustiveAttack
-
-        return ExhaustiveAttack(
-            model,
-            colors=cfg["colors"],
-            levels=cfg["levels"],
-            batch_size=cfg["batch_size"],
-            early_stop=cfg["early_stop"],
-            targeted=cfg["targeted"],
-            device=device,
-        )
-    if method in ("fgsm", "pgd"):
-        from onepixel.attack.gradient import FGSM, PGD
-
-        if method == "fgsm":
-            return FGSM(model, eps=cfg["eps"], targeted=cfg["targeted"], batch_size=cfg["batch_size"], device=device)
-        return PGD(
-            model,
-            eps=cfg["eps"],
-            alpha=cfg["alpha"],
-            steps=cfg["steps"],
-            random_start=cfg["random_start"],
-            targeted=cfg["targeted"],
-            seed=cfg["seed"],
-            batch_size=cfg["batch_size"],
-            device=device,
-        )
-    return OnePixelAttack(
-        model,
-        pixels=cfg["pixels"],
-        population=cfg["population"],
-        generations=cfg["generations"],
-        F=cfg["F"],
-        crossover=cfg["crossover"],
-        strategy=cfg["strategy"],
-        targeted=cfg["targeted"],
-        seed=cfg["seed"],
-        batch_size=cfg["batch_size"],
-        device=device,
+    options = {key: cfg[key] for key in METHOD_KEYS[method]}
+    if method in SEEDED_METHODS:
+        options["seed"] = cfg["seed"]
+    return ATTACK_CLASSES[method](
+        model, **options, targeted=cfg["targeted"], batch_size=cfg["batch_size"], device=device
     )
 
 
@@ -466,7 +441,10 @@ def attack_stage(job: Job) -> xr.Dataset:
         "shards": int(shards),
         **({"shard": int(shard)} if shards > 1 else {}),
     }
-    ds = result_to_dataset(result, sample_ids.numpy(), stored_config(cfg), attrs)
+    sweep = result if isinstance(result, SweepResult) else None
+    ds = result_to_dataset(sweep.result if sweep else result, sample_ids.numpy(), stored_config(cfg), attrs)
+    if sweep is not None:
+        ds = add_sweep_maps(ds, sweep.n_fooling, sweep.fooled_map, sweep.min_true_prob)
     with partial.kept_on_error():
         save_attack(ds, out_path)
     partial.remove()
@@ -478,11 +456,9 @@ def attack_stage(job: Job) -> xr.Dataset:
 
 
 def _run_whole(attack: Any, images: torch.Tensor, labels: torch.Tensor, targets: Any, ids: torch.Tensor) -> Any:
-    """The :class:`~onepixel.attack.de.AttackResult` of an exhaustive or gradient attack on every row at once."""
-    from onepixel.attack.exhaustive import ExhaustiveAttack
-
+    """The result of an exhaustive (a :class:`SweepResult`) or gradient attack on every row at once."""
     if isinstance(attack, ExhaustiveAttack):
-        return attack.run(images, labels, targets).result
+        return attack.run(images, labels, targets)
     return attack.run(images, labels, targets, ids=ids)
 
 
