@@ -18,17 +18,15 @@ from onepixel.analysis.comparison import (
     attack_label,
     compare_attacks,
     compare_to_sweep,
-    comparison_stage,
     mean_interval,
     pm_statistics,
     sweep_is_exact,
 )
 from onepixel.analysis.ground_truth import wilson_interval
 from onepixel.attack import load_attack, save_attack
-from onepixel.config import validate_config
 from onepixel.errors import DataError
 from onepixel.files import open_netcdf, write_netcdf
-from onepixel.stages import Job, run_stage
+from onepixel.stages import run_stage
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -43,7 +41,8 @@ def test_mean_interval_is_the_student_t_interval_of_the_finite_values():
     half = 2.7764451051977987 * math.sqrt(12.5) / math.sqrt(5)
     assert n == 5 and mean == 4.0
     assert low == pytest.approx(4 - half, rel=1e-12) and high == pytest.approx(4 + half, rel=1e-12)
-    assert half == pytest.approx(4.389929, abs=1e-6)
+    assert half == pytest.approx(4.389945, abs=1e-6)
+    assert stats.t.ppf(0.975, 4) == pytest.approx(2.7764451051977987, rel=1e-12)
     mean, low, high, n = mean_interval(values, level=0.9)
     assert high - mean == pytest.approx(stats.t.ppf(0.95, 4) * np.std([1, 2, 3, 4, 10], ddof=1) / math.sqrt(5))
     assert mean_interval(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0, 2.0, 3)  # no spread: a point
@@ -205,7 +204,7 @@ ATTACKS = {
 
 
 @pytest.fixture(scope="module")
-def study(toy, tmp_path_factory):
+def compared(toy, tmp_path_factory):
     """Every attack of ATTACKS on the same 6 toy images, captured and turned into propagation maps,
     then the comparison stage."""
     root = tmp_path_factory.mktemp("comparison")
@@ -224,9 +223,11 @@ def study(toy, tmp_path_factory):
         "csv": root / "comparison.csv",
         "figures": root / "figures",
     }
-    cfg = validate_config({"dataset": {"name": "digits"}, "figures": {"formats": ["png"]}})
-    numbers = comparison_stage(
-        Job(cfg=cfg, inputs={"attack": attacks, "propagation": props, "test": toy / "test.nc"}, outputs=outputs)
+    numbers = run_stage(  # as the CLI and the workflow run it: per_attack ports {attack: {model: path}}
+        "comparison",
+        {"attack": attacks, "propagation": props, "test": toy / "test.nc"},
+        outputs,
+        {"dataset": {"name": "digits"}, "figures": {"formats": ["png"]}},
     )
     return {"root": root, "attacks": attacks, "props": props, "outputs": outputs, "numbers": numbers}
 
@@ -238,16 +239,19 @@ def _success_by_row(ds):
     }
 
 
-def test_the_ground_truth_is_the_files_success_crossed(study):
-    numbers = json.loads(study["outputs"]["out"].read_text())
+@pytest.mark.slow
+def test_the_ground_truth_is_the_files_success_crossed(compared):
+    numbers = json.loads(compared["outputs"]["out"].read_text())
     assert list(numbers["attacks"]) == list(ATTACKS)  # config order kept
     assert numbers["sweep"] == "sweep"
-    assert numbers["attacks"]["sweep"]["label"] == "sweep (corners)" and numbers["attacks"]["pgd"]["pixel_attack"] is False
+    assert (
+        numbers["attacks"]["sweep"]["label"] == "sweep (corners)" and numbers["attacks"]["pgd"]["pixel_attack"] is False
+    )
     truth = numbers["models"]["lenet"]["ground_truth"]
     assert set(truth) == {"main", "de3"}  # every DE attack against the first sweep
-    sweep = _success_by_row(load_attack(study["attacks"]["sweep"]["lenet"]))
+    sweep = _success_by_row(load_attack(compared["attacks"]["sweep"]["lenet"]))
     for name in ("main", "de3"):
-        de = _success_by_row(load_attack(study["attacks"][name]["lenet"]))
+        de = _success_by_row(load_attack(compared["attacks"][name]["lenet"]))
         gt = truth[name]
         assert gt["sweep"] == "sweep" and gt["exact"] is False and gt["n"] == 6
         expected = {
@@ -263,22 +267,24 @@ def test_the_ground_truth_is_the_files_success_crossed(study):
     assert truth["de3"]["pixels"] == 3 and truth["main"]["pixels"] == 1
 
 
-def test_de_never_fools_an_image_the_exact_sweep_says_cannot_be_fooled(study):
-    de, exact = (load_attack(study["attacks"][name]["lenet"]) for name in ("main", "exact"))
+@pytest.mark.slow
+def test_de_never_fools_an_image_the_exact_sweep_says_cannot_be_fooled(compared):
+    de, exact = (load_attack(compared["attacks"][name]["lenet"]) for name in ("main", "exact"))
     gt = compare_to_sweep(de, exact)
     assert gt.exact and gt.de_only.count == 0
     truth, hits = _success_by_row(exact), _success_by_row(de)
     assert not any(hits[k] and not truth[k] for k in hits)
     assert gt.both.count + gt.sweep_only.count == sum(truth.values())
     # the corner colours are a subset of the 256 values: what they fool, every colour fools
-    corners = _success_by_row(load_attack(study["attacks"]["sweep"]["lenet"]))
+    corners = _success_by_row(load_attack(compared["attacks"]["sweep"]["lenet"]))
     assert all(truth[k] for k in corners if corners[k])
 
 
-def test_pm_statistics_of_each_attack_are_the_means_of_its_propagation_file(study):
-    numbers = study["numbers"]
+@pytest.mark.slow
+def test_pm_statistics_of_each_attack_are_the_means_of_its_propagation_file(compared):
+    numbers = compared["numbers"]
     for name in ATTACKS:
-        prop = open_netcdf(study["props"][name]["lenet"], kind="propagation")
+        prop = open_netcdf(compared["props"][name]["lenet"], kind="propagation")
         success = prop["success"].values.astype(bool)
         entry = numbers["models"]["lenet"]["attacks"][name]
         assert entry["rows"] == 6 and entry["success"]["count"] == int(success.sum())
@@ -298,17 +304,19 @@ def test_pm_statistics_of_each_attack_are_the_means_of_its_propagation_file(stud
                         assert got["low"] is None and got["high"] is None
 
 
-def test_perturbation_sizes_and_queries(study):
-    attacks = study["numbers"]["models"]["lenet"]["attacks"]
+@pytest.mark.slow
+def test_perturbation_sizes_and_queries(compared):
+    attacks = compared["numbers"]["models"]["lenet"]["attacks"]
     assert attacks["main"]["l0_mean"] <= 1 and attacks["de3"]["l0_mean"] <= 3
     assert attacks["pgd"]["linf_mean"] <= 8 and attacks["pgd"]["l0_mean"] > 3
     assert attacks["sweep"]["queries_mean"] == 64 * 2 and attacks["exact"]["queries_mean"] == 64 * 256
-    queries = load_attack(study["attacks"]["main"]["lenet"])["queries"].values
+    queries = load_attack(compared["attacks"]["main"]["lenet"])["queries"].values
     assert attacks["main"]["queries_mean"] == pytest.approx(queries.mean(), rel=1e-6)
 
 
-def test_outputs_csv_html_and_figures(study):
-    outputs, numbers = study["outputs"], study["numbers"]
+@pytest.mark.slow
+def test_outputs_csv_html_and_figures(compared):
+    outputs, numbers = compared["outputs"], compared["numbers"]
     with outputs["csv"].open() as handle:
         rows = list(csv.DictReader(handle))
     n_layers = len(numbers["models"]["lenet"]["attacks"]["main"]["layers"])
@@ -328,11 +336,15 @@ def test_outputs_csv_html_and_figures(study):
     for path in (figures / "pm_comparison.png", figures / "lenet" / "average_pm_by_attack.png"):
         data = path.read_bytes()
         assert data[:8] == PNG and len(data) > 10_000
-    assert sorted(p.name for p in figures.rglob("*") if p.is_file()) == ["average_pm_by_attack.png", "pm_comparison.png"]
+    assert sorted(p.name for p in figures.rglob("*") if p.is_file()) == [
+        "average_pm_by_attack.png",
+        "pm_comparison.png",
+    ]
 
 
-def test_files_of_another_model_or_attack_are_refused(study, tmp_path):
-    attacks, props = study["attacks"], study["props"]
+@pytest.mark.slow
+def test_files_of_another_model_or_attack_are_refused(compared, tmp_path):
+    attacks, props = compared["attacks"], compared["props"]
     swapped = {**props, "pgd": props["main"]}  # the main attack's maps given as PGD's
     with pytest.raises(DataError, match=r"^comparison: .*prop_main.nc was not made from the attack of .*attack_pgd.nc"):
         compare_attacks(attacks, swapped)

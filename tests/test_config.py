@@ -61,7 +61,7 @@ def test_input_is_not_modified():
         ({"attack": {"pixels": 0}}, "attack.pixels: 0 is out of range; must be >= 1"),
         ({"locality": {"max_distance": 0}}, "locality.max_distance: 0 is out of range; must be >= 1"),
         ({"attack": {"popsize": 10}}, "unknown key attack.popsize = 10; allowed keys: F, alpha, batch_size"),
-        ({"colour": 1}, "unknown key colour = 1; allowed keys: attack, batch_memory_mb, capture"),
+        ({"colour": 1}, "unknown key colour = 1; allowed keys: attack, attacks, batch_memory_mb, capture"),
         ({"dataset": {"name": "mnist"}}, "dataset.name: 'mnist' is not allowed; allowed values: digits, cifar10"),
         ({"train": {"epochs": "ten"}}, "train.epochs: 'ten' has the wrong type; expected integer"),
         (
@@ -365,8 +365,8 @@ def test_validate_section_and_defaults():
         validate_section("attack", {"popsize": 3})
     with pytest.raises(ConfigError, match=r"^attack.F: nan is not allowed"):
         validate_section("attack", {"F": float("nan")})
-    with pytest.raises(ConfigError, match=r"^attacks: not a section of the config; sections: attack, capture"):
-        validate_section("attacks", {})
+    with pytest.raises(ConfigError, match=r"^attackz: not a section of the config; sections: attack, capture"):
+        validate_section("attackz", {})
 
 
 @pytest.mark.parametrize(

@@ -108,10 +108,22 @@ def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
     return out
 
 
+def _per_attack_pairs(items: Sequence[str], option: str) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, path in _pairs(items, option).items():
+        name, sep, model = key.partition("/")
+        if not sep or not name or not model:
+            raise ConfigError(f"{option}: expected ATTACK/MODEL=PATH, got {key}={path}")
+        out.setdefault(name, {})[model] = path
+    return out
+
+
 def _port_value(port: Port, args: argparse.Namespace) -> Any:
     value = getattr(args, f"port_{port.name}")
     if port.kind == "per_model" and value is not None:
         return _pairs(value, port.option)
+    if port.kind == "per_attack" and value is not None:
+        return _per_attack_pairs(value, port.option)
     return value
 
 
@@ -145,8 +157,10 @@ def _keys_of(stage: Stage) -> str:
 
 
 def _add_port(parser: argparse.ArgumentParser, port: Port, output: bool) -> None:
-    metavar = {"per_model": "MODEL=PATH", "files": "PATH", "dir": "DIR", "file": "PATH"}[port.kind]
-    many = {"nargs": "+"} if port.kind in ("files", "per_model") else {}
+    metavar = {"per_model": "MODEL=PATH", "per_attack": "ATTACK/MODEL=PATH", "files": "PATH", "dir": "DIR"}.get(
+        port.kind, "PATH"
+    )
+    many = {"nargs": "+"} if port.kind in ("files", "per_model", "per_attack") else {}
     kind = "output" if output else "input"
     parser.add_argument(
         port.option,
@@ -154,7 +168,7 @@ def _add_port(parser: argparse.ArgumentParser, port: Port, output: bool) -> None
         metavar=metavar,
         required=not port.optional,
         help=f"{kind}: {port.help}",
-        type=str if port.kind == "per_model" else Path,
+        type=str if port.kind in ("per_model", "per_attack") else Path,
         **many,
     )
 

@@ -230,10 +230,62 @@ def runs_user_code(config: Mapping[str, Any]) -> bool:
     return any(source.get("factory") and source.get("run_code") for source in sources)
 
 
+#: attack methods that change pixels (locality and the vulnerability maps move a pixel's colour)
+PIXEL_METHODS = ("de", "exhaustive")
+#: the name of the config's ``attack`` section among the study's attacks (the others are ``attacks``' keys)
+MAIN_ATTACK = "main"
+#: keys of ``attack`` that every attack of a study shares: they choose the images (and the shard jobs)
+SHARED_ATTACK_KEYS = ("num_images", "labels", "targeted", "seed", "shards")
+
+
+def attack_names(config: Mapping[str, Any]) -> list[str]:
+    """The study's attacks: ``main`` (the ``attack`` section), then the names of ``attacks`` in config order."""
+    return [MAIN_ATTACK, *config.get("attacks", {})]
+
+
+def with_attack(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config whose ``attack`` section is attack ``name`` of the study (``main``: the config itself).
+
+    Raises:
+        ConfigError: ``name`` is not one of :func:`attack_names`, or the merged section is not valid.
+    """
+    if name == MAIN_ATTACK:
+        return dict(config)
+    attacks = config.get("attacks", {})
+    if name not in attacks:
+        raise ConfigError(f"attacks.{name}: no such attack; the study's attacks: {', '.join(attack_names(config))}")
+    return {**config, "attack": _attack_section(config, name)}
+
+
+def _attack_section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    overrides = config["attacks"][name]
+    shared = [key for key in SHARED_ATTACK_KEYS if key in overrides]
+    if shared:
+        raise ConfigError(
+            f"attacks.{name}.{shared[0]}: every attack of a study uses the attack section's "
+            f"{', '.join(SHARED_ATTACK_KEYS)} (the same images); set it there"
+        )
+    try:
+        return validate_section("attack", {**config["attack"], **overrides})
+    except ConfigError as exc:  # the key of the attacks entry, not of the attack section
+        message = str(exc)
+        at = 0 if message.startswith("attack.") else message.find(" attack.") + 1
+        raise ConfigError(message[:at] + f"attacks.{name}." + message[at + len("attack.") :]) from exc
+
+
+def _check_attacks(config: dict[str, Any]) -> None:
+    for name in config["attacks"]:
+        if name == MAIN_ATTACK or name in config["models"]:
+            what = "the attack section's name" if name == MAIN_ATTACK else "a model's name"
+            raise ConfigError(f"attacks.{name}: {name!r} is {what}; give the attack another name")
+        _attack_section(config, name)
+
+
 def _check_semantics(config: dict[str, Any], check_files: bool) -> None:
     _check_dataset(config["dataset"], check_files)
     _expand_torchvision_shorthands(config)
     _check_models(config, check_files)
+    _check_attacks(config)
     checkpoints: dict[str, str] = config["train"]["checkpoints"]
     for model, path in checkpoints.items():
         if model not in config["models"]:

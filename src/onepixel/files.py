@@ -222,9 +222,16 @@ def _umask() -> int:
 
 
 def write_json(
-    obj: dict[str, Any], path: str | os.PathLike[str], *, kind: str, kept: str | os.PathLike[str] | None = None
+    obj: dict[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    kept: str | os.PathLike[str] | None = None,
+    sort_keys: bool = True,
 ) -> dict[str, Any]:
     """Write the dict ``obj`` as indented JSON to ``path`` atomically, with ``"format": "onepixel-<kind>/<version>"``.
+
+    Keys are sorted unless ``sort_keys`` is false (then a dict's order, e.g. the config's order of attacks, is kept).
 
     Inside :func:`run_context`, a dict without a ``provenance`` key gets one.
     A failed write raises a one-line :class:`DataError` (see :func:`atomic_path`, also for ``kept``).
@@ -238,7 +245,7 @@ def write_json(
     if "provenance" not in obj and current_run() is not None:
         obj["provenance"] = provenance()
     with atomic_path(path, kept=kept) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=json_default) + "\n")
     return obj
 
 

@@ -30,6 +30,7 @@ FORMAT_VERSION: dict[str, int] = {
     "locality": 2,
     "vulnerability": 2,
     "summary": 2,
+    "comparison": 1,
 }
 
 #: The file of each kind, as the workflow names it (for documentation and messages).
@@ -44,6 +45,7 @@ FILES: dict[str, str] = {
     "locality": "results/{study}/locality/{model}.nc",
     "vulnerability": "results/{study}/vulnerability/{model}.nc",
     "summary": "results/{study}/provenance.json (of the numbers in summary.json)",
+    "comparison": "results/{study}/plots/comparison.json (the study's attacks side by side)",
 }
 
 #: What each kind records about the files it was made from (netCDF: global attributes; JSON: top-level keys),

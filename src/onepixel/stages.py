@@ -30,8 +30,9 @@ from onepixel.errors import ConfigError, DataError
 from onepixel.files import unwritable_reason
 from onepixel.provenance import run_context
 
-#: how a port's paths are given: one file, one directory, a list of files, or one file per model
-PortKind = Literal["file", "dir", "files", "per_model"]
+#: how a port's paths are given: one file, one directory, a list of files, one file per model, or one file
+#: per attack of the study and model (``{attack: {model: path}}``; attacks: :func:`onepixel.config.attack_names`)
+PortKind = Literal["file", "dir", "files", "per_model", "per_attack"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,12 @@ _ATTACK = Port("attack", "attack results (.nc) of `merge-attack`")
 
 def _per_model(name: str, what: str) -> Port:
     return Port(name, f"{what} of each model, as MODEL=PATH", kind="per_model")
+
+
+def _per_attack(name: str, what: str) -> Port:
+    return Port(
+        name, f"{what} of each attack (main or a name of attacks) and model, as ATTACK/MODEL=PATH", "per_attack"
+    )
 
 
 STAGES: dict[str, Stage] = {
@@ -265,6 +272,24 @@ STAGES: dict[str, Stage] = {
             outputs=(Port("out", "output directory of the figures", kind="dir"),),
         ),
         Stage(
+            "comparison",
+            "onepixel.analysis.comparison:comparison_stage",
+            "the study's attacks side by side: DE against the exhaustive sweep, propagation-map statistics per layer",
+            reads=("attacks", "dataset.name", "figures"),
+            seed="attack.seed",
+            inputs=(
+                _per_attack("attack", "attack results"),
+                _per_attack("propagation", "propagation maps"),
+                Port("test", "test set (.nc): with it, the perturbations' sizes (L-inf, L2, L0)", optional=True),
+            ),
+            outputs=(
+                Port("out", "comparison.json: the numbers"),
+                Port("table", "tables of the report (.html)"),
+                Port("csv", "propagation-map statistics per model, attack and layer (.csv)"),
+                Port("figures", "output directory of the comparison figures", kind="dir"),
+            ),
+        ),
+        Stage(
             "summary",
             "onepixel.summary:summary_stage",
             "headline numbers across models (DVC metrics), plot tables and the metrics page of the report",
@@ -275,6 +300,7 @@ STAGES: dict[str, Stage] = {
                 _per_model("attack", "attack results"),
                 _per_model("propagation", "propagation maps"),
                 _per_model("locality", "locality analysis"),
+                Port("comparison", "comparison.json of `comparison` (with attacks)", optional=True),
             ),
             outputs=(
                 Port("summary", "summary.json: the headline numbers (DVC metrics)"),
@@ -325,7 +351,7 @@ def _check_ports(stage: Stage, given: Mapping[str, Any], ports: tuple[Port, ...]
     files: dict[str, Any] = {}
     for port in ports:
         value = given.get(port.name)
-        if value is None or (port.kind in ("files", "per_model") and not value):
+        if value is None or (port.kind in ("files", "per_model", "per_attack") and not value):
             if not port.optional:
                 raise ConfigError(f"{stage.command}: {what} {port.name!r} is required ({port.help})")
             value = [] if port.kind == "files" else None
@@ -356,6 +382,10 @@ def _as_paths(port: Port, value: Any) -> Any:
         return [Path(v) for v in ([value] if isinstance(value, (str, os.PathLike)) else value)]
     if port.kind == "per_model":
         return {str(model): Path(path) for model, path in dict(value).items()}
+    if port.kind == "per_attack":
+        return {
+            str(name): {str(m): Path(path) for m, path in dict(paths).items()} for name, paths in dict(value).items()
+        }
     return Path(value)
 
 

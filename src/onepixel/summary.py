@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from onepixel.errors import DataError
 from onepixel.files import atomic_path, open_netcdf, read_json, write_json
 from onepixel.formats import LINEAGE
-from onepixel.lineage import ATTACK_ROWS, attack_digest, check_same, require
+from onepixel.lineage import ATTACK_ROWS, attack_digest, check_same, require, short
 from onepixel.provenance import provenance
 from onepixel.stages import Job
 
@@ -111,6 +112,55 @@ def locality_rows(model: str, locality_path: PathLike) -> list[dict[str, Any]]:
         }
         for d, r, lo, hi in zip(rate["distance"].values, rate.values, low, high, strict=True)
     ]
+
+
+#: the shares of a DE-vs-sweep comparison that summary.json keeps (rates; comparison.json has counts and intervals)
+GROUND_TRUTH_SHARES = ("both", "de_only", "sweep_only", "neither", "de_success", "sweep_success", "de_found")
+
+
+def comparison_numbers(comparison_path: PathLike, attacks: Mapping[str, PathLike]) -> dict[str, Any]:
+    """The headline numbers of ``comparison.json`` (stage ``comparison``) for summary.json.
+
+    ``attacks``: ``{model: attack file}`` of the main attack; ``comparison.json`` must have been
+    made from these files (the ``attack_digest`` it records for each model's ``main`` attack).
+
+    Returns ``{"attacks": {model: {attack: {success_rate, success_low, success_high, queries_mean}}},
+    "ground_truth": {model: {de attack: {both, de_only, ..., de_found, de_queries_per_success,
+    sweep_queries_per_success}}}}`` (numbers only).
+    """
+    numbers = read_json(comparison_path, kind="comparison")
+    compared = numbers.get("models", {})
+    out: dict[str, Any] = {"attacks": {}, "ground_truth": {}}
+    for model, attack_path in attacks.items():
+        if model not in compared:
+            raise DataError(f"summary: {comparison_path} has no model {model}; re-run the comparison")
+        recorded = compared[model]["attacks"]["main"].get("attack_digest")
+        made_from = attack_digest(open_netcdf(attack_path, kind="attack"))
+        if recorded != made_from:
+            raise DataError(
+                f"summary: {comparison_path} was made from another attack of {model} than {attack_path} "
+                f"(attack_digest {short(recorded)} vs {short(made_from)}); re-run the comparison"
+            )
+        out["attacks"][model] = {
+            name: {
+                "success_rate": entry["success"]["rate"],
+                "success_low": entry["success"]["ci"][0],
+                "success_high": entry["success"]["ci"][1],
+                "queries_mean": entry["queries_mean"],
+            }
+            for name, entry in compared[model]["attacks"].items()
+        }
+        out["ground_truth"][model] = {
+            name: {
+                **{key: truth[key]["rate"] for key in GROUND_TRUTH_SHARES},
+                "de_queries_per_success": truth["de_queries_per_success"],
+                "sweep_queries_per_success": truth["sweep_queries_per_success"],
+            }
+            for name, truth in compared[model]["ground_truth"].items()
+        }
+    if not any(out["ground_truth"].values()):
+        del out["ground_truth"]
+    return out
 
 
 def _write_csv(rows: list[dict[str, Any]], path: PathLike) -> None:
@@ -215,6 +265,7 @@ def write_summary(
     html_path: PathLike | None = None,
     dataset: str = "",
     provenance_path: PathLike | None = None,
+    comparison: PathLike | None = None,
 ) -> dict[str, Any]:
     """Write ``{"models": {name: model_summary(...)}}`` as JSON (numbers only, the DVC metrics) and return
     it with its ``provenance`` added.
@@ -224,13 +275,16 @@ def write_summary(
     Optionally also, for ``dvc plots`` and the report: ``models_csv`` (one row per
     model with the columns of :func:`model_summary`), ``locality_csv`` (one row per
     model and distance, :func:`locality_rows`) and ``html_path`` (:func:`summary_html`).
-    Every file is written atomically.
+    With ``comparison`` (the comparison.json of a study with further attacks) summary.json
+    also holds :func:`comparison_numbers`. Every file is written atomically.
     """
     summary: dict[str, Any] = {
         "models": {
             name: model_summary(metrics[name], attacks[name], propagations[name], localities[name]) for name in metrics
         },
     }
+    if comparison is not None:
+        summary.update(comparison_numbers(comparison, attacks))
     locality = [row for name in metrics for row in locality_rows(name, localities[name])]
     if models_csv is not None:
         _write_csv([{"model": name, **row} for name, row in summary["models"].items()], models_csv)
@@ -262,4 +316,5 @@ def summary_stage(job: Job) -> dict[str, Any]:
         html_path=job.output("table"),
         dataset=job.cfg["dataset"]["name"],
         provenance_path=job.output("provenance"),
+        comparison=job.inputs.get("comparison"),
     )

@@ -1,7 +1,7 @@
 import re
 
 from onepixel.data.cifar10_layout import cifar10_root_files
-from onepixel.config import FOLDER_DATASETS
+from onepixel.config import FOLDER_DATASETS, MAIN_ATTACK, PIXEL_METHODS, attack_names, with_attack
 from onepixel.data.folder_layout import image_folder_files
 from onepixel.stages import settings
 from onepixel.study import layout as study_layout
@@ -9,6 +9,9 @@ from onepixel.study import layout as study_layout
 DATASET = config["dataset"]["name"]
 MODELS = config["models"]
 SHARDS = config["attack"]["shards"]
+# the study's further attacks (config `attacks`), in config order: rules/attacks.smk
+FURTHER_ATTACKS = list(config["attacks"])
+PIXEL_ATTACKS = [name for name in FURTHER_ATTACKS if with_attack(config, name)["attack"]["method"] in PIXEL_METHODS]
 # Everything the study makes lives under results/<dataset>[-<study>]/ (onepixel.study):
 # its prepared dataset, models, results, figures, report, logs and benchmarks.
 STUDY = study_layout(config)
@@ -20,6 +23,7 @@ STAGE_SCRIPT = "../scripts/stage.py"  # one script runs every rule's stage (onep
 wildcard_constraints:
     model="|".join(re.escape(model) for model in MODELS),
     shard="[0-9]+",
+    attack_name="|".join(re.escape(name) for name in FURTHER_ATTACKS) or "(?!)",
 
 
 def dataset_file(split):
@@ -36,8 +40,22 @@ def each_model(pattern):
     return lambda wildcards: [pattern.format(results=RESULTS, model=model) for model in MODELS]
 
 
-def all_targets():
+def each_attack(folder, pattern):
+    """The files ``{folder}/[<attack>/]<pattern>`` of every attack of the study (main first) and model, in
+    the order of the comparison stage's ``per_attack`` ports (onepixel.workflow.job)."""
     return [
+        f"{RESULTS}/{folder}/" + ("" if name == MAIN_ATTACK else f"{name}/") + pattern.format(model=model)
+        for name in attack_names(config)
+        for model in MODELS
+    ]
+
+
+def all_targets():
+    compared = [f"{RESULTS}/plots/comparison.json"] if FURTHER_ATTACKS else []
+    localities = [f"{RESULTS}/locality/{name}/{model}.nc" for name in PIXEL_ATTACKS for model in MODELS]
+    return [
+        *compared,
+        *localities,
         f"{RESULTS}/summary.json",
         f"{RESULTS}/figures/locality.png",
         f"{RESULTS}/figures/receptive_fields.png",

@@ -93,6 +93,7 @@ rule summary:
         attack=each_model("{results}/attack/{model}.nc"),
         propagation=each_model("{results}/propagation/{model}.nc"),
         locality=each_model("{results}/locality/{model}.nc"),
+        comparison=[f"{RESULTS}/plots/comparison.json"] if FURTHER_ATTACKS else [],
     output:
         summary=f"{RESULTS}/summary.json",  # numbers only: the DVC metrics
         provenance=f"{RESULTS}/provenance.json",

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -52,9 +51,10 @@ from scipy import stats
 
 from onepixel.analysis.ground_truth import CI_LEVEL, GroundTruth, Proportion, compare_success
 from onepixel.attack.results import attack_config, load_attack
-from onepixel.attack.stage import PIXEL_METHODS, attack_method
+from onepixel.attack.stage import attack_method
+from onepixel.config import PIXEL_METHODS
 from onepixel.errors import DataError
-from onepixel.files import atomic_path
+from onepixel.files import atomic_path, write_json
 from onepixel.formats import FORMAT_KEY, check_format
 from onepixel.lineage import attack_lineage, check_same, check_test_set, recorded_lineage, require
 from onepixel.progress import announce
@@ -184,9 +184,7 @@ def pm_statistics(propagation: xr.Dataset, subset: str = "all", level: float = C
             }[stat]
             data[f"{metric}_{stat}"] = ("layer", column, {"long_name": what})
     coords: dict[str, Any] = {
-        str(name): ("layer", coord.values)
-        for name, coord in propagation.coords.items()
-        if coord.dims == ("layer",)
+        str(name): ("layer", coord.values) for name, coord in propagation.coords.items() if coord.dims == ("layer",)
     }
     coords["depth"] = ("layer", (np.arange(n_layers) + 1) / max(1, n_layers), {"long_name": "relative depth (i+1)/L"})
     return xr.Dataset(
@@ -225,7 +223,9 @@ def _row_keys(ds: xr.Dataset) -> list[tuple[int, int]]:
 def _check_same_origin(stage: str, path: str, ds: xr.Dataset, ref_path: str, ref: xr.Dataset) -> None:
     """Refuse ``ds`` when its ``model_sha256`` or ``test_digest`` differs from ``ref``'s (one line naming both)."""
     keys = ("model_sha256", "test_digest")
-    check_same(stage, path, require(ds.attrs, keys, path, "attack"), ref_path, require(ref.attrs, keys, ref_path, "attack"))
+    check_same(
+        stage, path, require(ds.attrs, keys, path, "attack"), ref_path, require(ref.attrs, keys, ref_path, "attack")
+    )
 
 
 def compare_to_sweep(de: xr.Dataset, sweep: xr.Dataset) -> GroundTruth:
@@ -296,7 +296,9 @@ def _read_propagation(path: Path) -> xr.Dataset:
     except DataError:
         raise
     except Exception as exc:  # netCDF4 raises OSError/ValueError/RuntimeError for corrupt files
-        raise DataError(f"{file}: not a readable netCDF file, truncated or corrupt? ({exc.__class__.__name__})") from exc
+        raise DataError(
+            f"{file}: not a readable netCDF file, truncated or corrupt? ({exc.__class__.__name__})"
+        ) from exc
     return out
 
 
@@ -415,7 +417,7 @@ def compare_attacks(
             _check_same_origin("comparison", os.fspath(path), ds, os.fspath(ref_path), ref)
             prop_path = prop_paths[name][model]
             check_same("comparison", prop_path, recorded_lineage(prop_path, "propagation"), path, attack_lineage(ds))
-            if test_ds is not None:
+            if test is not None and test_ds is not None:
                 check_test_set("comparison", test, test_ds, path, str(ds.attrs["test_digest"]))
     methods = {name: attack_method(loaded[name][models[0]]) for name in names}
     sweep = next((name for name in names if methods[name] == "exhaustive"), None)
@@ -453,6 +455,7 @@ def compare_attacks(
                 "images": int(np.unique(attack["sample_id"].values).size),
                 "success": Proportion.of(int(success.sum()), int(success.size)).to_dict(),
                 "queries_mean": _number(queries.mean()) if queries.size else None,
+                "attack_digest": attack_lineage(attack)["attack_digest"],  # what summary.json checks it against
             }
             if test_ds is not None:
                 numbers.update(_sizes(attack, test_ds))
@@ -472,7 +475,20 @@ def compare_attacks(
 # ---------------------------------------------------------------------------
 # tables
 # ---------------------------------------------------------------------------
-CSV_COLUMNS = ("model", "attack", "label", "subset", "layer", "layer_index", "depth", "metric", "mean", "low", "high", "n")
+CSV_COLUMNS = (
+    "model",
+    "attack",
+    "label",
+    "subset",
+    "layer",
+    "layer_index",
+    "depth",
+    "metric",
+    "mean",
+    "low",
+    "high",
+    "n",
+)
 
 
 def comparison_rows(numbers: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -519,14 +535,16 @@ def _share(p: Mapping[str, Any]) -> str:
     """``33.3 % (12.1 – 64.6) · 2/6``: a proportion, its Wilson interval and its counts."""
     low, high = p["ci"]
     ci = "" if low is None else f' <span class="ci">({100 * low:.1f}&nbsp;&ndash;&nbsp;{100 * high:.1f})</span>'
-    return f"{_percent(p['rate'])}{ci} <span class=\"n\">{p['count']}/{p['n']}</span>"
+    return f'{_percent(p["rate"])}{ci} <span class="n">{p["count"]}/{p["n"]}</span>'
 
 
 def _mean(stat: Mapping[str, Any], digits: int = 3) -> str:
     """``0.412 [0.301, 0.523]``: a mean and its interval."""
     if stat["mean"] is None:
         return _DASH
-    ci = "" if stat["low"] is None else f' <span class="ci">[{stat["low"]:.{digits}f}, {stat["high"]:.{digits}f}]</span>'
+    ci = (
+        "" if stat["low"] is None else f' <span class="ci">[{stat["low"]:.{digits}f}, {stat["high"]:.{digits}f}]</span>'
+    )
     return f"{stat['mean']:.{digits}f}{ci}"
 
 
@@ -567,7 +585,7 @@ def comparison_html(numbers: Mapping[str, Any], dataset: str = "") -> str:
     esc = html.escape
 
     def label(name: str) -> str:
-        return f"{esc(attacks[name]['label'])} <span class=\"n\">({esc(name)})</span>"
+        return f'{esc(attacks[name]["label"])} <span class="n">({esc(name)})</span>'
 
     has_sizes = any("linf_mean" in a for entry in numbers["models"].values() for a in entry["attacks"].values())
     head = ["model", "attack", "method", "rows", "success (95&nbsp;% interval)", "mean queries"]
@@ -693,7 +711,8 @@ def _summary_line(numbers: Mapping[str, Any], dataset: str) -> str:
             parts.append(f"{model}: {rates} fooled")
     where = f" {dataset}" if dataset else ""
     return (
-        f"comparison{where}: {n_attacks} attack(s) x {n_models} model(s); " + "; ".join(parts[:3])
+        f"comparison{where}: {n_attacks} attack(s) x {n_models} model(s); "
+        + "; ".join(parts[:3])
         + ("; ..." if len(parts) > 3 else "")
     )
 
@@ -711,20 +730,12 @@ def comparison_stage(job: Job) -> dict[str, Any]:
         The numbers written to comparison.json.
     """
     from onepixel.figures.comparison import average_pm_by_attack_figure, pm_comparison_figure
-    from onepixel.provenance import current_run, git_commit
 
     dataset = str(job.cfg["dataset"]["name"])
     formats = tuple(job.cfg["figures"]["formats"])
     test = job.inputs.get("test")
     numbers = compare_attacks(job.inputs["attack"], job.inputs["propagation"], test=test)
-    run = current_run() or {}
-    numbers = {
-        "dataset": dataset,
-        **numbers,
-        "provenance": {"git_commit": git_commit(), **({"config_digest": run["config_digest"]} if run else {})},
-    }
-    with atomic_path(job.output("out")) as tmp:
-        tmp.write_text(json.dumps(numbers, indent=2, default=str) + "\n")  # attack and layer order kept
+    numbers = write_json({"dataset": dataset, **numbers}, job.output("out"), kind="comparison", sort_keys=False)
     with atomic_path(job.output("table")) as tmp:
         tmp.write_text(comparison_html(numbers, dataset))
     write_rows_csv(comparison_rows(numbers), job.output("csv"))

@@ -33,7 +33,8 @@ import xarray as xr
 from torch import nn
 
 from onepixel.attack.results import load_job_inputs
-from onepixel.attack.stage import PIXEL_METHODS, attack_method
+from onepixel.attack.stage import attack_method
+from onepixel.config import PIXEL_METHODS
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf

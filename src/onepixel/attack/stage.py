@@ -72,8 +72,6 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "fgsm": ("eps",),
     "pgd": ("eps", "alpha", "steps", "random_start"),
 }
-#: methods that change one pixel (locality and the vulnerability maps move that pixel's colour)
-PIXEL_METHODS = ("de", "exhaustive")
 
 
 def stored_config(cfg: dict[str, Any]) -> dict[str, Any]:

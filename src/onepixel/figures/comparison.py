@@ -80,12 +80,11 @@ def pm_comparison_figure(
         first = sorted(next(iter(entry["attacks"].values()))[key].items(), key=lambda item: item[1]["index"])
         ticks = [values["index"] for _, values in first]
         n_images = next(iter(entry["attacks"].values()))["images"]
-        for row, (metric, ylabel) in enumerate(_ROWS):
+        for row, (_, ylabel) in enumerate(_ROWS):
             ax = grid[row, col]
             ax.grid(alpha=0.3)
-            ax.set_ylim(bottom=0)
-            if metric == "spread":
-                ax.set_ylim(0, 1.02)
+            top = ax.get_ylim()[1]
+            ax.set_ylim(-0.03 * top, top)  # from 0, with room for a line at 0 (PGD's spread often is)
             if col == 0:
                 ax.set_ylabel(ylabel.format(threshold=threshold if threshold is not None else "threshold"), fontsize=8)
             ax.tick_params(labelsize=7)
@@ -140,7 +139,7 @@ def average_all(prop: xr.Dataset, i: int) -> np.ndarray:
 
 def _columns(n_layers: int, most: int = MAX_LAYERS) -> list[int]:
     """At most ``most`` evenly spaced layer positions, the first and last included."""
-    return sorted({int(round(v)) for v in np.linspace(0, n_layers - 1, min(n_layers, most))})
+    return sorted({round(float(v)) for v in np.linspace(0, n_layers - 1, min(n_layers, most))})
 
 
 def average_pm_by_attack_figure(
@@ -183,13 +182,15 @@ def average_pm_by_attack_figure(
             for col in columns:
                 i = index.get(layer_names[col])
                 maps[(name, col)] = None if i is None else average_all(prop, i)
-        sizes = {col: (int(first["layer_height"].values[col]), int(first["layer_width"].values[col])) for col in columns}
+        sizes = {
+            col: (int(first["layer_height"].values[col]), int(first["layer_width"].values[col])) for col in columns
+        }
         normalisation = str(first.attrs.get("normalisation", "image"))
     finally:
         for prop in props.values():
             prop.close()
     n_rows, n_cols = len(names), len(columns)
-    fig = Figure(figsize=(1.75 * n_cols + 1.4, 1.75 * n_rows + 2.1), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 1.75 * n_cols + 1.4), 1.75 * n_rows + 2.1), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for j, col in enumerate(columns):
         finite = [m[np.isfinite(m)] for m in (maps[(name, col)] for name in names) if m is not None]

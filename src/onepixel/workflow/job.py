@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from onepixel.config import attack_names, with_attack
 from onepixel.jobs import log_to
 from onepixel.stages import Port, get_stage, run_stage
+
+#: the wildcard of the rules of the study's further attacks (config ``attacks``): the attack's name
+ATTACK_WILDCARD = "attack_name"
 
 
 def _named(namedlist: Any, name: str) -> Any:
@@ -25,22 +29,36 @@ def _port_value(port: Port, snakemake: Any, files: Any) -> Any:
         if len(paths) != len(models):
             raise RuntimeError(f"rule {snakemake.rule}: input {port.name} needs one file per model in config order")
         return dict(zip(models, paths, strict=True))
+    if port.kind == "per_attack":
+        names, models = attack_names(snakemake.config), list(snakemake.config["models"])
+        paths = [] if value is None else list(value)
+        if len(paths) != len(names) * len(models):
+            raise RuntimeError(f"rule {snakemake.rule}: input {port.name} needs one file per attack and model")
+        rows = [paths[i * len(models) : (i + 1) * len(models)] for i in range(len(names))]
+        return {name: dict(zip(models, row, strict=True)) for name, row in zip(names, rows, strict=True)}
     if port.kind == "files":
         return [] if value is None else ([value] if isinstance(value, str) else list(value))
+    if value is not None and not isinstance(value, str):  # an optional file the rule gives as [] or [path]
+        return value[0] if len(value) else None
     return value
 
 
 def run_snakemake_job(snakemake: Any) -> Any:
-    """Run the stage named like the rule, its files taken from the rule by port name.
+    """Run the stage named like the rule (or by its ``params.stage``), its files taken from the rule by port name.
 
+    A rule of one of the study's further attacks (wildcard ``attack_name``) runs its stage with
+    that attack as the config's ``attack`` section (:func:`onepixel.config.with_attack`).
     The job's stdout, stderr and log records go to the rule's log file; a user error
     ends the job with one line ``error: ...`` and exit status 2 (:func:`onepixel.jobs.log_to`).
     """
-    stage = get_stage(snakemake.rule)
+    stage = get_stage(_named(snakemake.params, "stage") or snakemake.rule)
+    given = snakemake.wildcards.keys()
+    config = snakemake.config
+    if ATTACK_WILDCARD in given:
+        config = with_attack(config, snakemake.wildcards[ATTACK_WILDCARD])
     inputs = {port.name: _port_value(port, snakemake, snakemake.input) for port in stage.inputs}
     outputs = {port.name: _port_value(port, snakemake, snakemake.output) for port in stage.outputs}
-    given = snakemake.wildcards.keys()
     wildcards = {w.name: snakemake.wildcards[w.name] for w in stage.wildcards if w.name in given}
     threads = snakemake.threads if stage.device else None
     with log_to(snakemake.log[0], threads, what=stage.command):
-        return run_stage(stage.name, inputs, outputs, config=snakemake.config, wildcards=wildcards, validated=True)
+        return run_stage(stage.name, inputs, outputs, config=config, wildcards=wildcards, validated=True)
