@@ -365,7 +365,7 @@ def test_validate_section_and_defaults():
         validate_section("attack", {"popsize": 3})
     with pytest.raises(ConfigError, match=r"^attack.F: nan is not allowed"):
         validate_section("attack", {"F": float("nan")})
-    with pytest.raises(ConfigError, match=r"^attackz: not a section of the config; sections: attack, capture"):
+    with pytest.raises(ConfigError, match=r"^attackz: not a section of the config; sections: attack, attacks, capture"):
         validate_section("attackz", {})
 
 
