@@ -113,7 +113,7 @@ def test_set_overrides_the_config_and_is_validated(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_generated_cli_gives_the_workflows_results(study, tmp_path):
+def test_the_generated_cli_gives_the_workflows_results(study, tmp_path, capsys):
     """Every stage run from the command line, with the smoke-test study's config, writes the same data as the
     workflow's one script (tests/conftest.py's `dvc repro` of that study)."""
     config = tmp_path / "study.yaml"
@@ -171,6 +171,48 @@ def test_the_generated_cli_gives_the_workflows_results(study, tmp_path):
                 np.testing.assert_array_equal(
                     mine[name].values, workflow[name].values, err_msg=f"{model} {kind} {name}"
                 )
+    # a further attack of config `attacks` is the attack stage with that attack's keys set
+    pgd = ["--set", "attack.method=pgd", "--set", "attack.steps=5"]
+    for model in models:
+        files = ["--checkpoint", out / f"{model}.pt", "--test", data / "test.nc"]
+        cli("attack", *files, "--selection", out / f"{model}-selection.json", "--out", out / f"{model}-pgd.nc", *pgd)
+        cli("capture", *files, "--attack", out / f"{model}-pgd.nc", "--out", out / f"{model}-pgd-cubes")
+        cli("propagation", "--cubes", out / f"{model}-pgd-cubes", "--out", out / f"{model}-pgd-pm.nc")
+        for kind, theirs in (("pgd", "attack"), ("pgd-pm", "propagation")):
+            mine, workflow = (
+                xr.load_dataset(path) for path in (out / f"{model}-{kind}.nc", results / theirs / "pgd" / f"{model}.nc")
+            )
+            for name in mine.variables:
+                np.testing.assert_array_equal(
+                    mine[name].values, workflow[name].values, err_msg=f"{model} {kind} {name}"
+                )
+    runs = {"main": ("attack.nc", "pm.nc"), "pgd": ("pgd.nc", "pgd-pm.nc")}
+    cli(
+        "comparison",
+        "--attack",
+        *[f"{name}/{m}={out / f'{m}-{files[0]}'}" for name, files in runs.items() for m in models],
+        "--propagation",
+        *[f"{name}/{m}={out / f'{m}-{files[1]}'}" for name, files in runs.items() for m in models],
+        "--test",
+        data / "test.nc",
+        "--out",
+        out / "comparison.json",
+        "--table",
+        out / "comparison.html",
+        "--csv",
+        out / "pm_statistics.csv",
+        "--figures",
+        out / "comparison",
+    )
+    compared = json.loads((out / "comparison.json").read_text())
+    workflow_compared = json.loads((results / "plots" / "comparison.json").read_text())
+    assert list(compared["attacks"]) == ["main", "pgd"]
+    for model in models:
+        for name in runs:
+            assert compared["models"][model]["attacks"][name] == workflow_compared["models"][model]["attacks"][name]
+    bad = ["comparison", "--attack", "lenet=x.nc", "--propagation", "main/lenet=y.nc", "--out", "c.json"]
+    assert main([*bad, "--table", "c.html", "--csv", "c.csv", "--figures", "f"]) == 2
+    assert capsys.readouterr().err == "error: --attack: expected ATTACK/MODEL=PATH, got lenet=x.nc\n"
     pairs = {
         kind: [f"{m}={out / f'{m}-{suffix}'}" for m in models]
         for kind, suffix in (
@@ -225,6 +267,8 @@ def test_the_generated_cli_gives_the_workflows_results(study, tmp_path):
         out / "locality.csv",
         "--table",
         out / "metrics.html",
+        "--comparison",
+        out / "comparison.json",
     )
     assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(
         p.name for p in (results / "figures").glob("*.png")
@@ -235,3 +279,6 @@ def test_the_generated_cli_gives_the_workflows_results(study, tmp_path):
         for key, value in theirs["models"][model].items():
             if key not in ("wall_time_s", "candidates_per_s"):
                 assert mine["models"][model][key] == value, (model, key)
+        assert "ground_truth" not in mine  # no sweep among the two attacks compared here
+        for name in runs:
+            assert mine["attacks"][model][name] == theirs["attacks"][model][name]

@@ -14,6 +14,7 @@ from scipy import stats
 
 from onepixel.analysis.comparison import (
     CSV_COLUMNS,
+    METRIC_RANGES,
     METRICS,
     attack_label,
     compare_attacks,
@@ -46,6 +47,10 @@ def test_mean_interval_is_the_student_t_interval_of_the_finite_values():
     mean, low, high, n = mean_interval(values, level=0.9)
     assert high - mean == pytest.approx(stats.t.ppf(0.95, 4) * np.std([1, 2, 3, 4, 10], ddof=1) / math.sqrt(5))
     assert mean_interval(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0, 2.0, 3)  # no spread: a point
+    # clipped to the values' range: a share's interval does not reach below 0
+    shares = np.array([0.0, 0.0, 0.0, 0.1])
+    assert mean_interval(shares, bounds=(0.0, 1.0))[1] == 0.0 < mean_interval(shares)[2]
+    assert mean_interval(shares)[1] < 0
     one = mean_interval(np.array([np.nan, 0.5]))
     assert one[0] == 0.5 and math.isnan(one[1]) and math.isnan(one[2]) and one[3] == 1
     none = mean_interval(np.array([np.nan]))
@@ -97,8 +102,9 @@ def test_pm_statistics_are_numpy_means_and_t_intervals_per_layer(tmp_path):
             half = stats.t.ppf(0.975, n - 1) * sem
             np.testing.assert_array_equal(got[f"{metric}_n"].values, n)
             np.testing.assert_allclose(got[f"{metric}_mean"].values, mean, rtol=1e-12)
-            np.testing.assert_allclose(got[f"{metric}_low"].values, mean - half, rtol=1e-12)
-            np.testing.assert_allclose(got[f"{metric}_high"].values, mean + half, rtol=1e-12)
+            low, high = METRIC_RANGES[metric]
+            np.testing.assert_allclose(got[f"{metric}_low"].values, np.maximum(mean - half, low), rtol=1e-12)
+            np.testing.assert_allclose(got[f"{metric}_high"].values, np.minimum(mean + half, high), rtol=1e-12)
     # an undefined value is left out: layer 1 of peak has one NaN among the 7
     assert int(pm_statistics(prop)["peak_n"].values[1]) == 6
     with pytest.raises(ValueError, match="subset"):
@@ -299,7 +305,9 @@ def test_pm_statistics_of_each_attack_are_the_means_of_its_propagation_file(comp
                         assert got["mean"] == pytest.approx(np.nanmean(values), rel=1e-6, abs=1e-12)
                     if got["n"] >= 2:
                         half = stats.t.ppf(0.975, got["n"] - 1) * np.nanstd(values, ddof=1) / np.sqrt(got["n"])
-                        assert got["high"] == pytest.approx(np.nanmean(values) + half, rel=1e-6, abs=1e-12)
+                        high = min(np.nanmean(values) + half, METRIC_RANGES[metric][1])
+                        assert got["high"] == pytest.approx(high, rel=1e-6, abs=1e-12)
+                        assert got["low"] == pytest.approx(max(np.nanmean(values) - half, 0.0), rel=1e-6, abs=1e-12)
                     else:
                         assert got["low"] is None and got["high"] is None
 

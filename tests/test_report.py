@@ -103,7 +103,7 @@ def test_report_shows_the_configuration_of_the_run(study, report):
     assert config["attack"]["population"] == study.config["attack"]["population"]
     assert config["models"] == study.config["models"]
     assert config["attack"]["seed"] == study.config["attack"]["seed"]
-    assert {"Metrics", "Propagation maps", "Locality"} <= set(report["categories"])
+    assert {"Metrics", "Propagation maps", "Locality", "Attacks compared"} <= set(report["categories"])
 
 
 # --- the report in a real browser -----------------------------------------------------------

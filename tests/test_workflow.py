@@ -151,11 +151,41 @@ def test_end_to_end_on_the_test_config(study):
     ):
         assert (results / "figures" / figure).stat().st_size > 10_000
     assert "lenet" in (results / "figures" / "locality_table.html").read_text()
+    _check_further_attacks(results, summary)
 
     again = _run(["snakemake", "-n"], study.repo)
     assert "Nothing to be done" in again.stdout + again.stderr
     status = _run(["dvc", "--wait-for-lock", "status", "--json", "study@digits"], study.repo)  # shared by workers
     assert json.loads(status.stdout) == {}, status.stdout
+
+
+def _check_further_attacks(results: Path, summary: dict) -> None:
+    """config/test.yaml's further attacks went through the chain on the main attack's images, and the
+    comparison of all of them reached summary.json."""
+    main = xr.open_dataset(results / "attack" / "lenet.nc")
+    for name, method in (("de3", "de"), ("sweep", "exhaustive"), ("fgsm", "fgsm"), ("pgd", "pgd")):
+        with xr.open_dataset(results / "attack" / name / "lenet.nc") as attack:
+            np.testing.assert_array_equal(attack["sample_id"].values, main["sample_id"].values)
+            assert json.loads(attack.attrs["attack_config"]).get("method", "de") == method
+            assert (attack.sizes["pixel"] == 3) == (name == "de3")
+        with xr.open_dataset(results / "propagation" / name / "lenet.nc") as prop:
+            assert prop.sizes["sample"] == 12
+        # locality for the pixel attacks only
+        assert (results / "locality" / name / "lenet.nc").exists() == (method in ("de", "exhaustive"))
+    with xr.open_dataset(results / "attack" / "sweep" / "lenet.nc") as sweep:
+        assert sweep["sweep_fooled"].shape == (12, 8, 8)
+        np.testing.assert_array_equal(sweep["queries"].values, 64 * 2)  # one channel: the colours 0 and 255
+    comparison = json.loads((results / "plots" / "comparison.json").read_text())
+    assert list(comparison["attacks"]) == ["main", "de3", "sweep", "fgsm", "pgd"]
+    for model in ("lenet", "resnet20"):
+        truth = summary["ground_truth"][model]["main"]
+        assert truth["de_only"] == 0.0 or comparison["models"][model]["ground_truth"]["main"]["exact"] is False
+        shares = [truth[key] for key in ("both", "de_only", "sweep_only", "neither")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+        assert summary["attacks"][model]["main"]["success_rate"] == summary["models"][model]["attack_success_rate"]
+    for figure in ("pm_comparison.png", "lenet/average_pm_by_attack.png", "resnet20/average_pm_by_attack.png"):
+        assert (results / "figures" / "comparison" / figure).stat().st_size > 10_000
+    assert "PGD 8/255, 5 steps" in (results / "plots" / "comparison.html").read_text()
 
 
 # ===========================================================================

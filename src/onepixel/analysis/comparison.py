@@ -117,11 +117,22 @@ def attack_label(attack: xr.Dataset) -> str:
 # ---------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------
-def mean_interval(values: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, float, int]:
+#: the range of each PM summary: its intervals are clipped to it (a share cannot be below 0)
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "peak": (0.0, math.inf),
+    "spread": (0.0, 1.0),
+    "mass_distance_rel": (0.0, 1.0),
+}
+
+
+def mean_interval(
+    values: np.ndarray, level: float = CI_LEVEL, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float, float, int]:
     """Mean of the finite ``values`` and its Student-t confidence interval.
 
     ``mean ± t_{(1 + level)/2, n-1} · s / sqrt(n)`` with ``s`` the sample standard deviation
-    (``ddof = 1``) of the ``n`` finite values (NaN and infinities are left out).
+    (``ddof = 1``) of the ``n`` finite values (NaN and infinities are left out), clipped to
+    ``bounds``, the range the values can take.
 
     Returns:
         ``(mean, low, high, n)``; NaN bounds when ``n < 2`` (and a NaN mean when ``n == 0``).
@@ -137,7 +148,7 @@ def mean_interval(values: np.ndarray, level: float = CI_LEVEL) -> tuple[float, f
     if n < 2:
         return mean, math.nan, math.nan, n
     half = float(stats.t.ppf((1 + level) / 2, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half, n
+    return mean, max(mean - half, bounds[0]), min(mean + half, bounds[1]), n
 
 
 def _subset_mask(success: np.ndarray, subset: str) -> np.ndarray:
@@ -160,7 +171,7 @@ def pm_statistics(propagation: xr.Dataset, subset: str = "all", level: float = C
     Returns:
         Dataset over ``layer`` with ``{metric}_mean``, ``{metric}_low``, ``{metric}_high``
         (float64) and ``{metric}_n`` (int64) per metric (:func:`mean_interval` of the layer's
-        values over the subset), the propagation file's layer coordinates (``layer`` names,
+        values over the subset, clipped to :data:`METRIC_RANGES`), the propagation file's layer coordinates (``layer`` names,
         ``layer_index``, sizes, ...) and ``depth``, the relative depth ``(i + 1) / L`` of layer i of
         L; attributes ``subset``, ``level``, ``n_samples`` (rows in the subset).
     """
@@ -172,7 +183,7 @@ def pm_statistics(propagation: xr.Dataset, subset: str = "all", level: float = C
     data: dict[str, Any] = {}
     for metric in METRICS:
         values = propagation[metric].transpose("layer", "sample").values[:, select]
-        rows = [mean_interval(values[i], level) for i in range(n_layers)]
+        rows = [mean_interval(values[i], level, METRIC_RANGES[metric]) for i in range(n_layers)]
         long_name = propagation[metric].attrs.get("long_name", metric)
         for k, stat in enumerate(STATISTICS):
             column = np.array([row[k] for row in rows], dtype=np.int64 if stat == "n" else np.float64)
