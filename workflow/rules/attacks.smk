@@ -7,11 +7,6 @@
 # wildcard). `comparison` puts every attack side by side.
 
 
-def attack_settings(stage):
-    """An input function of params: the settings of ``stage`` under the wildcard's attack."""
-    return lambda wildcards: settings(stage, with_attack(config, wildcards.attack_name))
-
-
 if FURTHER_ATTACKS:
 
     use rule attack as further_attack with:
@@ -114,7 +109,7 @@ if FURTHER_ATTACKS:
             ],
         params:
             settings=stage_settings("comparison"),
-            figures=f"{RESULTS}/figures/comparison",
+            figures=lambda wildcards, output: os.path.dirname(output.figure),
         log:
             f"{LOGS}/comparison.log",
         conda:

@@ -35,6 +35,11 @@ def stage_settings(stage):
     return settings(stage, config)
 
 
+def attack_settings(stage):
+    """The params of the further attacks (rules/attacks.smk), as the settings of ``stage`` under that attack."""
+    return lambda wildcards: settings(stage, with_attack(config, wildcards.attack_name))
+
+
 def each_model(pattern):
     """An input function: ``pattern`` (with {results} and {model}) for every model, in config order."""
     return lambda wildcards: [pattern.format(results=RESULTS, model=model) for model in MODELS]
