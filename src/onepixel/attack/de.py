@@ -38,11 +38,11 @@ import torch
 from torch import nn
 
 from onepixel.attack import rng
-from onepixel.config import validate_section
+from onepixel.attack.base import Attack, like_input
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError, DataError
-from onepixel.scoring import MODEL_OUTPUTS, looks_like_probabilities, output_as_logits
-from onepixel.torch_utils import eval_mode, model_device
+from onepixel.scoring import looks_like_probabilities, output_as_logits
+from onepixel.torch_utils import eval_mode
 
 #: images of the probe forward pass that checks the classes and detects probabilities
 _PROBE = 4
@@ -460,35 +460,6 @@ def _as_uint8(images: object) -> torch.Tensor:
     return torch.round(x * 255).to(torch.uint8)
 
 
-def _check_options(
-    pixels: int,
-    population: int,
-    generations: int,
-    F: float,
-    crossover: float,
-    strategy: str,
-    targeted: bool,
-    seed: int,
-    batch_size: int,
-    output: str,
-) -> None:
-    """One-line :class:`ConfigError` naming the first bad option, by the config schema's ``attack`` section."""
-    options = {
-        "pixels": pixels,
-        "population": population,
-        "generations": generations,
-        "F": F,
-        "crossover": crossover,
-        "strategy": strategy,
-        "targeted": targeted,
-        "seed": seed,
-        "batch_size": batch_size,
-    }
-    validate_section("attack", options, arguments=True)
-    if output not in MODEL_OUTPUTS:
-        raise ConfigError(f"output: {output!r} is unknown; use one of {', '.join(MODEL_OUTPUTS)}")
-
-
 def _labels(key: str, values: object, n: int) -> torch.Tensor:
     """``values`` as a CPU int64 tensor of shape ``(n,)``, else a one-line :class:`DataError`."""
     t = torch.as_tensor(values).long().cpu()
@@ -498,7 +469,7 @@ def _labels(key: str, values: object, n: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------
-class OnePixelAttack:
+class OnePixelAttack(Attack):
     r"""One-pixel (k-pixel) black-box attack by differential evolution.
 
     Su, Vargas & Sakurai, arXiv 1710.08864 (IEEE TEC 2019); used by Vargas & Su,
@@ -605,6 +576,8 @@ class OnePixelAttack:
         True
     """
 
+    options = ("pixels", "population", "generations", "F", "crossover", "strategy", "seed")
+
     def __init__(
         self,
         model: nn.Module,
@@ -620,39 +593,27 @@ class OnePixelAttack:
         device: str | torch.device | None = None,
         output: str = "auto",
     ) -> None:
-        _check_options(pixels, population, generations, F, crossover, strategy, targeted, seed, batch_size, output)
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"model: {type(model).__name__} is not a torch.nn.Module")
-        self.model = model
-        self.pixels = int(pixels)
-        self.population = int(population)
-        self.generations = int(generations)
-        self.F = float(F)
-        self.crossover = float(crossover)
-        self.strategy = strategy
-        self.targeted = targeted
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.output = output
-        #: what the model returned in the last run: "logits" or "probabilities" (None before a run)
-        self.model_output: str | None = None if output == "auto" else output
-        self.device = model_device(model) if device is None else torch.device(device)
-        self.last_stats: dict[str, float] = {}
-        self._num_classes = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"OnePixelAttack(pixels={self.pixels}, population={self.population}, generations={self.generations}, "
-            f"F={self.F}, crossover={self.crossover}, strategy={self.strategy!r}, targeted={self.targeted}, "
-            f"seed={self.seed}, batch_size={self.batch_size}, device={str(self.device)!r}, output={self.output!r})"
+        super().__init__(  # checks every option before storing any
+            model,
+            pixels=pixels,
+            population=population,
+            generations=generations,
+            F=F,
+            crossover=crossover,
+            strategy=strategy,
+            seed=seed,
+            targeted=targeted,
+            batch_size=batch_size,
+            device=device,
+            output=output,
         )
+        self.pixels, self.population, self.generations = int(pixels), int(population), int(generations)
+        self.F, self.crossover, self.strategy, self.seed = float(F), float(crossover), strategy, int(seed)
+        self._num_classes = 0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``."""
-        adv = self.run(images, labels, targets).adversarial
-        if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
-            return (adv.to(images.dtype) / 255).to(images.device)
-        return adv.to(images.device)
+        return like_input(self.run(images, labels, targets).adversarial, images)
 
     # ------------------------------------------------------------------
     def run(

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from onepixel.attack.base import Attack, like_input
 from onepixel.attack.de import AttackResult, _as_uint8, _labels
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError, DataError
-from onepixel.scoring import MODEL_OUTPUTS, Classifier
-from onepixel.torch_utils import eval_mode, model_device
+from onepixel.scoring import Classifier
+from onepixel.torch_utils import eval_mode
 
 COLOR_SETS = ("corners", "grid", "all")
 #: with ``early_stop``, about this many images share a forward pass (each a chunk of its candidates)
@@ -199,7 +200,7 @@ def _cand_ranges(start: torch.Tensor, stop: torch.Tensor) -> tuple[torch.Tensor,
     return slot, torch.arange(int(counts.sum())) - offset[slot] + start[slot]
 
 
-class ExhaustiveAttack:
+class ExhaustiveAttack(Attack):
     r"""One-pixel attack by exhaustive sweep: every position x every colour of a set, k = 1.
 
     The ground truth for the DE attack of Vargas & Su (arXiv 1902.02947; Su, Vargas &
@@ -273,6 +274,8 @@ class ExhaustiveAttack:
         True
     """
 
+    options = ("colors", "levels", "early_stop")
+
     def __init__(
         self,
         model: nn.Module,
@@ -284,41 +287,21 @@ class ExhaustiveAttack:
         device: str | torch.device | None = None,
         output: str = "auto",
     ) -> None:
-        _check_color_options(colors, levels)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size: {batch_size!r} is not allowed; use an integer >= 1")
-        for key, flag in (("early_stop", early_stop), ("targeted", targeted)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"{key}: {flag!r} is not allowed; use true or false")
-        if output not in MODEL_OUTPUTS:
-            raise ConfigError(f"output: {output!r} is unknown; use one of {', '.join(MODEL_OUTPUTS)}")
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"model: {type(model).__name__} is not a torch.nn.Module")
-        self.model = model
-        self.colors = colors
-        self.levels = levels
-        self.batch_size = batch_size
-        self.early_stop = early_stop
-        self.targeted = targeted
-        self.output = output
-        self.device = model_device(model) if device is None else torch.device(device)
-        #: what the model returned in the last run: "logits" or "probabilities" (None before a run)
-        self.model_output: str | None = None if output == "auto" else output
-        self.last_stats: dict[str, float] = {}
-
-    def __repr__(self) -> str:
-        return (
-            f"ExhaustiveAttack(colors={self.colors!r}, levels={self.levels}, batch_size={self.batch_size}, "
-            f"early_stop={self.early_stop}, targeted={self.targeted}, device={str(self.device)!r}, "
-            f"output={self.output!r})"
+        super().__init__(
+            model,
+            colors=colors,
+            levels=levels,
+            early_stop=early_stop,
+            targeted=targeted,
+            batch_size=batch_size,
+            device=device,
+            output=output,
         )
+        self.colors, self.levels, self.early_stop = colors, int(levels), bool(early_stop)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``."""
-        adv = self.run(images, labels, targets).result.adversarial
-        if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
-            return (adv.to(images.dtype) / 255).to(images.device)
-        return adv.to(images.device)
+        return like_input(self.run(images, labels, targets).result.adversarial, images)
 
     # ------------------------------------------------------------------
     def run(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> SweepResult:

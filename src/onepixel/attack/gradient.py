@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from onepixel.attack import rng
+from onepixel.attack.base import Attack
 from onepixel.attack.de import AttackResult, _as_uint8, _labels
 from onepixel.errors import ConfigError, DataError
-from onepixel.scoring import MODEL_OUTPUTS, TINY, Classifier, looks_like_probabilities
-from onepixel.torch_utils import eval_mode, model_device
+from onepixel.scoring import TINY, Classifier, looks_like_probabilities
+from onepixel.torch_utils import eval_mode
 
 #: images of the probe forward pass that checks the classes and detects probabilities
 _PROBE = 4
@@ -118,30 +119,6 @@ def largest_change(clean: torch.Tensor, adversarial: torch.Tensor) -> tuple[torc
     return xs[:, None], ys[:, None], color[:, None, :]
 
 
-def _check_options(
-    eps: float, alpha: float, steps: int, targeted: bool, seed: int, batch_size: int, output: str
-) -> None:
-    """One-line :class:`ConfigError` naming the first bad option."""
-
-    def integer(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    checks = (
-        ("eps", isinstance(eps, int | float) and not isinstance(eps, bool) and 0 < eps <= 1, "a number in (0, 1]"),
-        ("alpha", isinstance(alpha, int | float) and not isinstance(alpha, bool) and alpha > 0, "a number > 0"),
-        ("steps", integer(steps) and steps >= 1, "an integer >= 1"),
-        ("targeted", isinstance(targeted, bool), "true or false"),
-        ("seed", integer(seed) and seed >= 0, "an integer >= 0"),
-        ("batch_size", integer(batch_size) and batch_size >= 1, "an integer >= 1"),
-    )
-    values = {"eps": eps, "alpha": alpha, "steps": steps, "targeted": targeted, "seed": seed, "batch_size": batch_size}
-    for key, ok, wanted in checks:
-        if not ok:
-            raise ConfigError(f"{key}: {values[key]!r} is not allowed; use {wanted}")
-    if output not in MODEL_OUTPUTS:
-        raise ConfigError(f"output: {output!r} is unknown; use one of {', '.join(MODEL_OUTPUTS)}")
-
-
 def _as_float(images: object) -> torch.Tensor:
     """``images`` ``(N, C, H, W)`` as float in [0, 1]: uint8 / 255, floats as given (checked)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -153,7 +130,7 @@ def _as_float(images: object) -> torch.Tensor:
     return images.detach()
 
 
-class _GradientAttack:
+class _GradientAttack(Attack):
     """What FGSM and PGD share: inputs, batches, the loss gradient, the 8-bit result."""
 
     def __init__(
@@ -169,22 +146,20 @@ class _GradientAttack:
         device: str | torch.device | None,
         output: str,
     ) -> None:
-        _check_options(eps, alpha, steps, targeted, seed, batch_size, output)
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"model: {type(model).__name__} is not a torch.nn.Module")
-        self.model = model
-        self.eps = float(eps)
-        self.alpha = float(alpha)
-        self.steps = int(steps)
-        self.random_start = bool(random_start)
-        self.targeted = targeted
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.output = output
-        #: what the model returned in the last run: "logits" or "probabilities" (None before a run)
-        self.model_output: str | None = None if output == "auto" else output
-        self.device = model_device(model) if device is None else torch.device(device)
-        self.last_stats: dict[str, float] = {}
+        super().__init__(  # checks every option before storing any
+            model,
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            random_start=random_start,
+            seed=seed,
+            targeted=targeted,
+            batch_size=batch_size,
+            device=device,
+            output=output,
+        )
+        self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
+        self.random_start, self.seed = bool(random_start), int(seed)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``.
@@ -458,6 +433,8 @@ class FGSM(_GradientAttack):
         (torch.float32, True)
     """
 
+    options = ("eps",)
+
     def __init__(
         self,
         model: nn.Module,
@@ -468,12 +445,6 @@ class FGSM(_GradientAttack):
         output: str = "auto",
     ) -> None:
         super().__init__(model, eps, eps, 1, False, targeted, 0, batch_size, device, output)
-
-    def __repr__(self) -> str:
-        return (
-            f"FGSM(eps={self.eps}, targeted={self.targeted}, batch_size={self.batch_size}, "
-            f"device={str(self.device)!r}, output={self.output!r})"
-        )
 
 
 class PGD(_GradientAttack):
@@ -522,6 +493,8 @@ class PGD(_GradientAttack):
         True
     """
 
+    options = ("eps", "alpha", "steps", "random_start", "seed")
+
     def __init__(
         self,
         model: nn.Module,
@@ -536,13 +509,6 @@ class PGD(_GradientAttack):
         output: str = "auto",
     ) -> None:
         super().__init__(model, eps, alpha, steps, random_start, targeted, seed, batch_size, device, output)
-
-    def __repr__(self) -> str:
-        return (
-            f"PGD(eps={self.eps}, alpha={self.alpha}, steps={self.steps}, random_start={self.random_start}, "
-            f"targeted={self.targeted}, seed={self.seed}, batch_size={self.batch_size}, "
-            f"device={str(self.device)!r}, output={self.output!r})"
-        )
 
 
 for _cls in (FGSM, PGD):
