@@ -98,6 +98,13 @@ def test_the_estimate_arithmetic_of_a_small_study():
     corners = dict(cfg, attack={**cfg["attack"], "method": "exhaustive", "colors": "corners"})
     assert queries_per_row(corners["attack"], rgb) == 8192  # 32 x 32 positions x 8 corners
     assert queries_per_row({**cfg["attack"], "method": "pgd", "steps": 10}, rgb) == 30  # forward + backward
+    # further attacks of the same images add their passes, and the pixel ones their locality analysis
+    further = validate_config(
+        {**cfg, "attacks": {"de3": {"pixels": 3}, "sweep": {"method": "exhaustive"}, "pgd": {"method": "pgd"}}}
+    )
+    with_all = stage_passes(further, digits)
+    assert with_all.attack == passes.attack * 2 + 10 * 8 * 8 * 2 + 10 * 3 * 10  # DE twice, 2 grey corners, PGD
+    assert with_all.locality == 3 * passes.locality and with_all.vulnerability == passes.vulnerability
 
     tflops, ratio = 1e-6, 0.5  # 0.5 MFLOP/s effective: seconds = passes x FLOPs / 5e5
     estimates = estimate_study(cfg, tflops, ratio)

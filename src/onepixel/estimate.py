@@ -17,13 +17,14 @@ Forward passes of each model (:class:`Passes`), all upper bounds:
   (``onepixel.attack.de``); rows are the attacked images (at most ``attack.num_images``,
   and at most ``dataset.max_images`` or the images of a folder data set), times
   ``classes - 1`` targeted. DE stops an image at its first success, so a study with
-  successful attacks runs fewer.
+  successful attacks runs fewer. Other methods: :func:`queries_per_row`; the further
+  attacks of ``attacks`` add theirs.
 - vulnerability maps: ``min(vulnerability.max_attacks, rows) x ceil(H / s) x ceil(W / s)``
   positions, ``s`` = ``vulnerability.stride`` (fewer within a ``vulnerability.window``;
   :func:`map_positions`).
 - locality: for every row (as if every attack succeeded; only successful ones are
   analysed), each ring position up to ``locality.max_distance``, ``locality.random_positions``
-  and one clean image.
+  and one clean image; once per pixel attack of the study.
 
 Wall time = passes x FLOPs / (sustained FLOP/s x ratio), with ``ratio`` the attack
 engine's throughput over the model's plain batched forward pass. Defaults:
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from onepixel.config import PIXEL_METHODS, attack_names, with_attack
 from onepixel.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where a model is built, so the defaults below load without it
@@ -229,14 +231,24 @@ def queries_per_row(attack: Mapping[str, Any], geometry: Geometry) -> int:
     return int(attack["population"]) * (int(attack["generations"]) + 1)
 
 
+def study_attacks(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``attack`` section of each of the study's attacks: the main one, then those of ``attacks``."""
+    return [with_attack(config, name)["attack"] for name in attack_names(config)]
+
+
 def stage_passes(config: Mapping[str, Any], geometry: Geometry) -> Passes:
-    """Forward passes of the attack, vulnerability maps and locality of one model (upper bounds)."""
-    attack, maps, rows = config["attack"], config["vulnerability"], attack_rows(config, geometry)
+    """Forward passes of the attacks, vulnerability maps and locality of one model (upper bounds).
+
+    Every attack of the study counts (the main one and those of ``attacks``), and the locality
+    analysis of each pixel attack; the vulnerability maps are the main attack's.
+    """
+    maps, rows = config["vulnerability"], attack_rows(config, geometry)
+    attacks = study_attacks(config)
     positions = map_positions(geometry.size, int(maps["stride"]), int(maps["window"]))
     return Passes(
-        attack=rows * queries_per_row(attack, geometry),
+        attack=rows * sum(queries_per_row(attack, geometry) for attack in attacks),
         vulnerability=min(int(maps["max_attacks"]), rows) * positions,
-        locality=rows * locality_positions(config["locality"]),
+        locality=rows * locality_positions(config["locality"]) * sum(a["method"] in PIXEL_METHODS for a in attacks),
     )
 
 
@@ -286,8 +298,9 @@ def estimate_lines(config: Mapping[str, Any], estimates: list[ModelEstimate], tf
         *lines,
         f"{total}  ({petaflop:,.1f} PFLOP)",
         f"images {geometry.channels}x{geometry.size}x{geometry.size}, {geometry.classes} classes; "
-        f"{attack_rows(config, geometry):,d} {kind} attack rows per model x {queries_per_row(attack, geometry):,d} "
-        f"forward passes ({attack.get('method', 'de')})",
+        f"{attack_rows(config, geometry):,d} {kind} attack rows per model x "
+        + " + ".join(f"{queries_per_row(a, geometry):,d} ({a.get('method', 'de')})" for a in study_attacks(config))
+        + " forward passes",
         f"assumes {tflops:g} TFLOP/s sustained on one GPU (default {DEFAULT_TFLOPS:g}: about 30 % of an H100 SXM's "
         "67 TFLOP/s dense FP32 peak; the attack runs in FP32 with TF32 off) and an attack/forward throughput ratio "
         f"of {ratio:g} (default {DEFAULT_RATIO:g}: the lowest in benchmarks/RESULTS.md, measured on a CPU)",
