@@ -219,10 +219,20 @@ def test_results_do_not_depend_on_batch_size(early_stop):
     model = small_cnn(3, seed=2)
     images = images_6x6(4, 3, seed=3)
     labels = predict(model, images)
-    runs = [ExhaustiveAttack(model, batch_size=b, early_stop=early_stop).run(images, labels) for b in (1, 7, 10_000)]
+    runs, reported = [], []
+    for b in (1, 7, 10_000):
+        finished: list[int] = []
+        runs.append(
+            ExhaustiveAttack(model, batch_size=b, early_stop=early_stop).run(
+                images, labels, on_finished=finished.append
+            )
+        )
+        reported.append(finished)
     assert 0 < int(runs[0].result.success.sum()) < 4
     for other in runs[1:]:
         assert_sweeps_equal(runs[0], other)
+    assert [sum(counts) for counts in reported] == [4, 4, 4]  # progress: every image finishes once
+    assert len(reported[0]) == 4 and reported[2] == [4]  # one image at a time / all in one pass
 
 
 def test_early_stop_same_success_fewer_queries():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -304,13 +305,21 @@ class ExhaustiveAttack(Attack):
         return like_input(self.run(images, labels, targets).result.adversarial, images)
 
     # ------------------------------------------------------------------
-    def run(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> SweepResult:
+    def run(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        on_finished: Callable[[int], object] | None = None,
+    ) -> SweepResult:
         """Sweep every image; see the class docstring.
 
         Args:
             images: ``(N, C, H, W)`` uint8, or float in [0, 1] (converted with ``round(x * 255)``).
             labels: ``(N,)`` true classes.
             targets: ``(N,)`` target classes; required iff ``targeted``.
+            on_finished: called with the number of images finished, as they finish (progress).
         """
         images, lab, tgt = self._check_inputs(images, labels, targets)
         palette = color_set(self.colors, images.shape[1], self.levels)
@@ -322,7 +331,7 @@ class ExhaustiveAttack(Attack):
                 prob_clean = torch.softmax(clf.logits(images), 1)
                 self.model_output = clf.output
                 self._check_classes(prob_clean.shape[1], lab, tgt)
-                state, forwards = self._sweep(clf, images, lab, tgt, palette)
+                state, forwards = self._sweep(clf, images, lab, tgt, palette, on_finished)
                 sweep = self._finalise(clf, images, lab, tgt, palette, state, prob_clean)
         seconds = time.perf_counter() - start
         total = int(state.queries.sum())
@@ -363,9 +372,16 @@ class ExhaustiveAttack(Attack):
         return min(per_image, max(1, math.ceil(self.batch_size / _EARLY_STOP_IMAGES)))
 
     def _sweep(
-        self, clf: Classifier, images: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None, palette: torch.Tensor
+        self,
+        clf: Classifier,
+        images: torch.Tensor,
+        lab: torch.Tensor,
+        tgt: torch.Tensor | None,
+        palette: torch.Tensor,
+        on_finished: Callable[[int], object] | None = None,
     ) -> tuple[_State, int]:
-        """Every candidate of every image, ``chunk`` per image and pass: the reductions and the images evaluated."""
+        """Every candidate of every image, ``chunk`` per image and pass: the reductions and the images evaluated
+        (``on_finished(count)`` after each pass that finished images)."""
         n, _, h, w = images.shape
         per_image = h * w * palette.shape[0]
         state = _State.empty(n, h * w)
@@ -381,6 +397,8 @@ class ExhaustiveAttack(Attack):
             forwards += cand.numel()
             done = stop
             free = finished.nonzero().squeeze(1)
+            if on_finished is not None and free.numel():
+                on_finished(int(free.numel()))
             new = torch.arange(following, min(n, following + free.numel()))
             following += new.numel()
             rows[free[: new.numel()]] = new

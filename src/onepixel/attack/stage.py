@@ -419,7 +419,7 @@ def attack_stage(job: Job) -> xr.Dataset:
                     images[sample_ids], row_labels, targets, ids=ids, finished=finished, on_finished=on_finished
                 )
             else:  # the other methods keep no search state to resume: a shard reruns whole
-                result = _run_whole(attack, images[sample_ids], row_labels, targets, ids)
+                result = _run_whole(attack, images[sample_ids], row_labels, targets, ids, progress.update)
                 progress.update(len(ids) - progress.n)
         wall = time.perf_counter() - start
     stats = attack.last_stats
@@ -453,10 +453,18 @@ def attack_stage(job: Job) -> xr.Dataset:
     return ds
 
 
-def _run_whole(attack: Any, images: torch.Tensor, labels: torch.Tensor, targets: Any, ids: torch.Tensor) -> Any:
-    """The result of an exhaustive (a :class:`SweepResult`) or gradient attack on every row at once."""
+def _run_whole(
+    attack: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    targets: Any,
+    ids: torch.Tensor,
+    on_finished: Callable[[int], object],
+) -> Any:
+    """The result of an exhaustive (a :class:`SweepResult`, its progress image by image) or gradient attack
+    on every row at once."""
     if isinstance(attack, ExhaustiveAttack):
-        return attack.run(images, labels, targets)
+        return attack.run(images, labels, targets, on_finished=on_finished)
     return attack.run(images, labels, targets, ids=ids)
 
 
