@@ -97,7 +97,7 @@ def pm_comparison_figure(
         list(handles.values()),
         labels,
         loc="outside lower center",
-        ncols=min(5, max(1, len(labels))),
+        ncols=max(1, min(len(labels), int(fig.get_figwidth() // 2.0))),  # about 2 inches per entry: fits the width
         fontsize=8,
         frameon=False,
     )
