@@ -46,6 +46,7 @@ def test_registry() -> None:
         "locality",
         "vulnerability",
         "summary",
+        "comparison",
     }
     assert set(FILES) == set(KINDS)
     # version 2: every result records what it was made from (onepixel.lineage); summary.json holds
@@ -252,7 +253,14 @@ def run(toy, tmp_path_factory) -> dict[str, Path]:
         },
         cfg,
     )
+    run_stage(
+        "comparison",
+        {"attack": {"main": {"lenet": out / "attack.nc"}}, "propagation": {"main": {"lenet": out / "propagation.nc"}}},
+        {"out": out / "comparison.json", "table": out / "c.html", "csv": out / "c.csv", "figures": out / "cmp"},
+        cfg,
+    )
     return {
+        "comparison": out / "comparison.json",
         "dataset": toy / "test.nc",
         "metrics": out / "metrics.json",
         "selection": out / "selection.json",

@@ -30,7 +30,7 @@ FORMAT_VERSION: dict[str, int] = {
     "locality": 2,
     "vulnerability": 2,
     "summary": 2,
-    "comparison": 1,
+    "comparison": 2,
 }
 
 #: The file of each kind, as the workflow names it (for documentation and messages).

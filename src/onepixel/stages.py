@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from onepixel.config import validate_config
+from onepixel.config import validate_config, with_attack
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import unwritable_reason
 from onepixel.provenance import run_context
@@ -432,6 +432,7 @@ def run_stage(
     wildcards: Mapping[str, Any] | None = None,
     log: logging.Logger | None = None,
     validated: bool = False,
+    attack: str | None = None,
 ) -> Any:
     """Run stage ``name`` on the given files: the one way every caller (CLI, workflow, tests) runs a stage.
 
@@ -441,6 +442,9 @@ def run_stage(
         config: a whole config (defaults filled in for missing keys), validated here
             unless ``validated``.
         wildcards: the job's wildcards (e.g. ``model``, ``shard``).
+        attack: one of the study's further attacks (a name of config ``attacks``): the stage
+            runs with it as the config's ``attack`` section (:func:`onepixel.config.with_attack`);
+            its files record the study's config (digest, ``study_config``) all the same.
 
     The stage runs inside :func:`onepixel.provenance.run_context`, so every file it
     writes records the config digest, the stage's seed and the device.
@@ -454,13 +458,13 @@ def run_stage(
     files = _check_ports(stage, inputs, stage.inputs, "input")
     _check_same_models(stage, files)
     job = Job(
-        cfg=cfg,
+        cfg=with_attack(cfg, attack) if attack else cfg,
         inputs=files,
         outputs=_check_ports(stage, outputs, stage.outputs, "output"),
         wildcards=_check_wildcards(stage, wildcards or {}),
         log=log or logging.getLogger(f"onepixel.{stage.name}"),
     )
     _check_writable(stage, job.outputs)
-    seed = config_value(cfg, stage.seed) if stage.seed else None
+    seed = config_value(job.cfg, stage.seed) if stage.seed else None
     with run_context(cfg, seed=seed, device=cfg["device"] if stage.device else None):
         return stage.function()(job)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onepixel.config import attack_names, with_attack
+from onepixel.config import attack_names
 from onepixel.jobs import log_to
 from onepixel.stages import Port, get_stage, run_stage
 
@@ -47,18 +47,18 @@ def run_snakemake_job(snakemake: Any) -> Any:
     """Run the stage named like the rule (or by its ``params.stage``), its files taken from the rule by port name.
 
     A rule of one of the study's further attacks (wildcard ``attack_name``) runs its stage with
-    that attack as the config's ``attack`` section (:func:`onepixel.config.with_attack`).
+    that attack as the config's ``attack`` section (``run_stage(..., attack=name)``).
     The job's stdout, stderr and log records go to the rule's log file; a user error
     ends the job with one line ``error: ...`` and exit status 2 (:func:`onepixel.jobs.log_to`).
     """
     stage = get_stage(_named(snakemake.params, "stage") or snakemake.rule)
     given = snakemake.wildcards.keys()
-    config = snakemake.config
-    if ATTACK_WILDCARD in given:
-        config = with_attack(config, snakemake.wildcards[ATTACK_WILDCARD])
+    attack = snakemake.wildcards[ATTACK_WILDCARD] if ATTACK_WILDCARD in given else None
     inputs = {port.name: _port_value(port, snakemake, snakemake.input) for port in stage.inputs}
     outputs = {port.name: _port_value(port, snakemake, snakemake.output) for port in stage.outputs}
     wildcards = {w.name: snakemake.wildcards[w.name] for w in stage.wildcards if w.name in given}
     threads = snakemake.threads if stage.device else None
     with log_to(snakemake.log[0], threads, what=stage.command):
-        return run_stage(stage.name, inputs, outputs, config=config, wildcards=wildcards, validated=True)
+        return run_stage(
+            stage.name, inputs, outputs, config=snakemake.config, wildcards=wildcards, validated=True, attack=attack
+        )
