@@ -72,6 +72,7 @@ under ``torch.inference_mode``, with the model's parameters where they are.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import operator
@@ -547,6 +548,23 @@ class IncrementalEvaluator:
             self._fall_back(str(exc))
 
     # -- public -----------------------------------------------------------------------------------------------
+    def for_image(self, image: Tensor) -> IncrementalEvaluator:
+        """An evaluator of the same model for another image of the same shape, sharing this one's trace.
+
+        Only the clean activations are recomputed (one pass of the image): the graph, its classification and
+        the self-check are the model's, not the image's. A fallen-back evaluator gives a fallen-back one.
+        """
+        if tuple(image.shape) != tuple(self.image.shape):
+            raise ValueError(f"image must have the shape {tuple(self.image.shape)}; got {tuple(image.shape)}")
+        other = copy.copy(self)
+        image = image.to(self.device)
+        other.image = (image.to(self.dtype) / 255 if image.dtype == torch.uint8 else image.to(self.dtype)).contiguous()
+        other._costs = {}
+        if self.fallback_reason is None:
+            with other._running():
+                other._fill_cache()
+        return other
+
     def logits(self, xs: Tensor, ys: Tensor, colors: Tensor) -> Tensor:
         """The model's outputs ``(B, K)`` on the image with pixels ``(ys[b, i], xs[b, i])`` set to ``colors[b, i]``.
 
@@ -615,16 +633,7 @@ class IncrementalEvaluator:
         for node in nodes:
             if any(n in dependent for n in _node_inputs(node)):
                 dependent.add(node)
-        for node in nodes:  # the clean image through the graph, every output kept
-            args = fx.node.map_arg(node.args, lambda n: self._cache[n])
-            kwargs = fx.node.map_arg(node.kwargs, lambda n: self._cache[n])
-            if node.op == "placeholder":
-                self._cache[node] = self.image[None]
-            elif node.op == "output":
-                self._output = node
-                self._cache[node] = args[0]
-            else:
-                self._cache[node] = self._call(node, args, kwargs)
+        self._fill_cache()
         if not isinstance(self._cache[self._output], Tensor):
             raise _Unsupported("the model does not return one tensor")
         for node in nodes:
@@ -644,6 +653,20 @@ class IncrementalEvaluator:
         self._free_after: list[list[fx.Node]] = [[] for _ in self._steps]
         for n, i in last_use.items():
             self._free_after[i].append(n)
+
+    def _fill_cache(self) -> None:
+        """The clean image through the traced graph, every node's output kept."""
+        self._cache = {}
+        for node in self.gm.graph.nodes:
+            args = fx.node.map_arg(node.args, lambda n: self._cache[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: self._cache[n])
+            if node.op == "placeholder":
+                self._cache[node] = self.image[None]
+            elif node.op == "output":
+                self._output = node
+                self._cache[node] = args[0]
+            else:
+                self._cache[node] = self._call(node, args, kwargs)
 
     def _call(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
         """Run one node on given arguments; in-place operations run on copies (the cache must not change)."""

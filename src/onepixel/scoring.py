@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from torch import nn
 
 from onepixel.errors import ConfigError, DataError
 from onepixel.torch_utils import eval_mode, model_device
+
+if TYPE_CHECKING:
+    from onepixel.engine import PixelVariants
 
 #: what a model returns: ``auto`` decides from the first images (see :func:`looks_like_probabilities`)
 MODEL_OUTPUTS = ("auto", "logits", "probabilities")
@@ -178,9 +182,12 @@ class Classifier:
 
         Call under eval mode and inference mode. Resolves ``output="auto"`` on the first batch.
         """
-        out = self.model(self._input(images))
-        if out.dim() != 2 or out.shape[0] != images.shape[0]:
-            raise DataError(f"model: expected outputs of shape (N, K); got {tuple(out.shape)} for N={images.shape[0]}")
+        return self._read(self.model(self._input(images)), images.shape[0])
+
+    def _read(self, out: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's raw output ``(n, K)`` as logits and finite rows; resolves ``output="auto"``."""
+        if out.dim() != 2 or out.shape[0] != n:
+            raise DataError(f"model: expected outputs of shape (N, K); got {tuple(out.shape)} for N={n}")
         if self._output is None:
             self._output = "probabilities" if looks_like_probabilities(out) else "logits"
         logits = output_as_logits(out, self._output)
@@ -281,6 +288,32 @@ class Classifier:
             got = self._score(images, labels_t, targets_t)
         return Scores(*(t.clone() for t in (got.true_prob, got.pred, got.fooled, got.rejected)))
 
+    def variant_logits(
+        self, variants: PixelVariants, rows: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, colors: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``(B, K)`` float32 on the device of pixel variants (:class:`onepixel.engine.PixelVariants`:
+        image ``rows[b]`` with pixels ``(ys[b], xs[b])`` set to ``colors[b]``), in one call; non-finite rows
+        are counted in :attr:`rejected`."""
+        with eval_mode(self.model), torch.inference_mode():
+            logits, _finite = self._read(variants(rows, xs, ys, colors), rows.shape[0])
+        return logits
+
+    def score_variants(
+        self,
+        variants: PixelVariants,
+        rows: torch.Tensor,
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        colors: torch.Tensor,
+        labels: torch.Tensor | np.ndarray,
+        targets: torch.Tensor | np.ndarray | None = None,
+    ) -> Scores:
+        """:meth:`score_batch` of pixel variants (see :meth:`variant_logits`), evaluated by their engine."""
+        labels_t, targets_t = self._classes(labels, targets, rows.shape[0])
+        with eval_mode(self.model), torch.inference_mode():
+            got = self._scores_of(*self._read(variants(rows, xs, ys, colors), rows.shape[0]), labels_t, targets_t)
+        return Scores(*(t.clone() for t in (got.true_prob, got.pred, got.fooled, got.rejected)))
+
     def _classes(self, labels, targets, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels_t = torch.as_tensor(labels).long()
         targets_t = torch.full((n,), -1, dtype=torch.long) if targets is None else torch.as_tensor(targets).long()
@@ -291,7 +324,10 @@ class Classifier:
 
     def _score(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> Scores:
         """One forward pass; call under eval mode and inference mode. Results on the CPU."""
-        logits, finite = self._forward(images)
+        return self._scores_of(*self._forward(images), labels, targets)
+
+    @staticmethod
+    def _scores_of(logits: torch.Tensor, finite: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> Scores:
         probs = torch.softmax(logits, 1)
         labels, targets = labels.to(probs.device), targets.to(probs.device)
         num = probs.shape[1]

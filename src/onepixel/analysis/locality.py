@@ -35,7 +35,7 @@ from torch import nn
 from onepixel.attack.results import load_job_inputs
 from onepixel.attack.stage import attack_method
 from onepixel.config import PIXEL_METHODS
-from onepixel.data.dataset import apply_pixels
+from onepixel.engine import PixelVariants, choose_engine
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
 from onepixel.memory import budgeted_batch
@@ -177,6 +177,7 @@ def evaluate_shifts(
     device: torch.device | str | None = None,
     output: str = "auto",
     progress: str | None = None,
+    engine: str = "dense",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate every job: image ``sample`` with its attack pattern shifted by ``(dx, dy)``.
 
@@ -191,6 +192,8 @@ def evaluate_shifts(
         batch_size: images per forward pass (one :meth:`Classifier.score_batch` each).
         progress: when given, the evaluations done are shown under this name
             (:class:`onepixel.progress.Progress`, e.g. ``"locality lenet"``).
+        engine: ``dense``, ``incremental`` or ``auto`` (:mod:`onepixel.engine`): how the shifted images
+            are evaluated.
 
     Returns:
         ``fooled`` ``(M,)`` bool (prediction != label when untargeted, == target when
@@ -208,12 +211,14 @@ def evaluate_shifts(
     labels_t, targets_t = (torch.as_tensor(a, device=device) for a in (labels, targets))
     px, py, cols = (torch.as_tensor(a, device=device) for a in (pixel_x, pixel_y, colors))
     jobs_t = torch.as_tensor(jobs, device=device)
+    chosen = choose_engine(engine, clf.model, tuple(images.shape[1:]), px.shape[1], device)
+    variants = PixelVariants(clf.model, images, chosen.engine, device)
     bar = Progress(progress, n_jobs, "evaluations") if progress else None
     with torch.inference_mode():
         for start in range(0, n_jobs, batch_size):
             sample, dx, dy = jobs_t[start : start + batch_size].T
-            batch = apply_pixels(images[sample], px[sample] + dx[:, None], py[sample] + dy[:, None], cols[sample])
-            scores = clf.score_batch(batch, labels_t[sample], targets_t[sample])
+            xs, ys = px[sample] + dx[:, None], py[sample] + dy[:, None]
+            scores = clf.score_variants(variants, sample, xs, ys, cols[sample], labels_t[sample], targets_t[sample])
             stop = start + len(sample)
             fooled[start:stop] = scores.fooled.numpy()
             true_prob[start:stop] = scores.true_prob.numpy()
@@ -292,6 +297,7 @@ def locality_analysis(
     rings: str = "chebyshev",
     output: str = "auto",
     progress: str | None = None,
+    engine: str = "dense",
 ) -> xr.Dataset:
     """Success of each attack's colour moved to ring distance ``1..max_distance``, plus a random baseline.
 
@@ -316,6 +322,8 @@ def locality_analysis(
         output: what a bare ``model`` returns: ``logits``, ``probabilities`` or ``auto``
             (decided on the first batch); ignored for a Classifier.
         progress: when given, the evaluations done are shown under this name (see :func:`evaluate_shifts`).
+        engine: ``dense``, ``incremental`` or ``auto`` (:mod:`onepixel.engine`); the attribute ``engine``
+            records the one that ran.
 
     Probabilities are ``softmax`` of the logits (of ``log p`` for a model returning
     probabilities, so both read the same). An evaluation whose output has a NaN or an
@@ -344,8 +352,9 @@ def locality_analysis(
     jobs, group = _locality_jobs(
         px, py, height, width, max_distance, random_positions, rings, np.random.default_rng(seed)
     )
+    chosen = choose_engine(engine, clf.model, tuple(images.shape[1:]), px.shape[1], clf.device)
     fooled, true_prob, _pred = evaluate_shifts(
-        clf, images, labels_np, targets_np, px, py, cols, jobs, batch_size, progress=progress
+        clf, images, labels_np, targets_np, px, py, cols, jobs, batch_size, progress=progress, engine=chosen.engine
     )
 
     shape = (n, max_distance + 1)
@@ -366,7 +375,9 @@ def locality_analysis(
     rejected = clf.rejected - rejected_before
     if rejected:
         log.warning("locality: %d evaluations rejected (NaN or infinite model output; counted as not fooled)", rejected)
-    ds.attrs.update(model_output=str(clf.output or clf.requested_output), rejected_evaluations=int(rejected))
+    ds.attrs.update(
+        model_output=str(clf.output or clf.requested_output), rejected_evaluations=int(rejected), engine=chosen.engine
+    )
     return ds
 
 
@@ -523,6 +534,7 @@ def locality_stage(job: Job) -> xr.Dataset:
         device=dev,
         rings=cfg["rings"],
         progress=name,
+        engine=job.cfg["engine"],
     )
     ds = ds.assign_coords(sample_id=("sample", sample_id))
     ds.attrs.update(provenance(dev))

@@ -40,6 +40,7 @@ from torch import nn
 from onepixel.attack import rng
 from onepixel.attack.base import Attack, like_input
 from onepixel.data.dataset import apply_pixels
+from onepixel.engine import EngineChoice, PixelVariants, check_engine, choose_engine
 from onepixel.errors import ConfigError, DataError
 from onepixel.scoring import looks_like_probabilities, output_as_logits
 from onepixel.torch_utils import eval_mode
@@ -510,6 +511,11 @@ class OnePixelAttack(Attack):
             used as the logits ``log p`` (0 as log of float32's smallest normal
             number), so fitness, success and the stored softmax probabilities mean
             the same for both kinds. The resolved kind is ``model_output`` after ``run``.
+        engine: how the candidates are evaluated (:mod:`onepixel.engine`): ``"dense"`` (default: the
+            plain forward pass of the candidate images), ``"incremental"`` (only each candidate's changed
+            region of every layer, from the clean image's cached activations; exact to float rounding)
+            or ``"auto"`` (incremental for one pixel on the CPU where the model's cost ratio says it is
+            faster); ``engine_used`` is the one that ran. Results are reproducible for a seed and engine.
 
     Shapes: images ``(N, C, H, W)``, labels ``(N,)``, targets ``(N,)``. Images are
     uint8 in [0, 255] or float in [0, 1] (any float dtype; NaN or values outside
@@ -592,7 +598,9 @@ class OnePixelAttack(Attack):
         batch_size: int = 8192,
         device: str | torch.device | None = None,
         output: str = "auto",
+        engine: str = "dense",
     ) -> None:
+        self.engine = check_engine(engine)
         super().__init__(  # checks every option before storing any
             model,
             pixels=pixels,
@@ -610,6 +618,8 @@ class OnePixelAttack(Attack):
         self.pixels, self.population, self.generations = int(pixels), int(population), int(generations)
         self.F, self.crossover, self.strategy, self.seed = float(F), float(crossover), strategy, int(seed)
         self._num_classes = 0
+        self.engine_used: EngineChoice | None = None
+        self._variants: PixelVariants | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``."""
@@ -656,6 +666,7 @@ class OnePixelAttack(Attack):
                 if n:
                     self._probe(images[:_PROBE].to(dev), lab, tgt)
                 queue = _Queue(images, tgt if tgt is not None else lab, rng.image_keys(self.seed, ids.to(dev)))
+                self.engine_used = choose_engine(self.engine, self.model, tuple(images.shape[1:]), self.pixels, dev)
                 out = self._evolve(queue, finished, on_finished)
                 result = self._finalise(images, lab, tgt, out)
         seconds = time.perf_counter() - start
@@ -735,6 +746,9 @@ class OnePixelAttack(Attack):
         if todo == 0:
             return out
         S = max(1, min(self.batch_size // self.population, todo))  # slots (images in flight)
+        self._variants = None
+        if self.engine_used is not None and self.engine_used.engine == "incremental":
+            self._variants = PixelVariants(self.model, queue.images, "incremental", self.device, cached_images=S + 1)
         slots = _Slots.empty(S, genome, self.batch_size, self.device)
         slots.admit(torch.arange(S, device=self.device), queue)
         while True:
@@ -796,6 +810,8 @@ class OnePixelAttack(Attack):
             done = act[fi]
             genes = _chosen_genes(cand[fi], cf[fi], cs[fi], slots.pop[done], slots.fit[done], hit[fi])
             rows = slots.retire(done, genes, gen[fi], hit[fi], out)
+            if self._variants is not None:
+                self._variants.drop(rows)
             if on_finished is not None:
                 on_finished(
                     FinishedRows(rows.cpu(), genes.cpu(), gen[fi].cpu(), hit[fi].cpu(), out.rejected[rows].cpu())
@@ -841,6 +857,11 @@ class OnePixelAttack(Attack):
         finite = torch.empty(M, dtype=torch.bool, device=genes.device)
         slot_of = act.repeat_interleave(self.population)
         xs, ys, cols = _decode(genes, k, genome.shape)
+        if self._variants is not None:  # the incremental engine: candidates image by image, from cached activations
+            out = output_as_logits(
+                self._variants(slots.img[slot_of], xs, ys, cols / 255), self.model_output or "logits"
+            )
+            return self._score(out, slots.cls[slot_of])
         offsets = ys * w + xs  # (M, k)
         vals = (cols / 255).permute(0, 2, 1)  # (M, C, k), same floats as uint8 / 255
         cap = slots.buf.shape[0]

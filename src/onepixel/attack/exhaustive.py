@@ -37,6 +37,7 @@ from torch import nn
 from onepixel.attack.base import Attack, like_input
 from onepixel.attack.de import AttackResult, _as_uint8, _labels
 from onepixel.data.dataset import apply_pixels
+from onepixel.engine import EngineChoice, PixelVariants, check_engine, choose_engine
 from onepixel.errors import ConfigError, DataError
 from onepixel.scoring import Classifier
 from onepixel.torch_utils import eval_mode
@@ -231,6 +232,9 @@ class ExhaustiveAttack(Attack):
         device: where to run; default the model's device.
         output: ``"logits"``, ``"probabilities"`` or ``"auto"`` (decided on the clean
             images), as for :class:`~onepixel.scoring.Classifier`.
+        engine: how the candidates are evaluated (:mod:`onepixel.engine`): ``"dense"`` (default: the
+            plain forward pass), ``"incremental"`` (only each candidate's changed region of every layer)
+            or ``"auto"``; ``engine_used`` is the one that ran.
 
     Cost: ``H * W * S`` queries per image (``S`` colours): 8,192 at 32x32 RGB with
     ``corners``, 16,384 on 8x8 digits with ``all``, 64 * 64 = 4,096 at 8x8 RGB with
@@ -287,7 +291,9 @@ class ExhaustiveAttack(Attack):
         targeted: bool = False,
         device: str | torch.device | None = None,
         output: str = "auto",
+        engine: str = "dense",
     ) -> None:
+        self.engine = check_engine(engine)
         super().__init__(
             model,
             colors=colors,
@@ -299,6 +305,7 @@ class ExhaustiveAttack(Attack):
             output=output,
         )
         self.colors, self.levels, self.early_stop = colors, int(levels), bool(early_stop)
+        self.engine_used: EngineChoice | None = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``."""
@@ -331,6 +338,7 @@ class ExhaustiveAttack(Attack):
                 prob_clean = torch.softmax(clf.logits(images), 1)
                 self.model_output = clf.output
                 self._check_classes(prob_clean.shape[1], lab, tgt)
+                self.engine_used = choose_engine(self.engine, self.model, tuple(images.shape[1:]), 1, self.device)
                 state, forwards = self._sweep(clf, images, lab, tgt, palette, on_finished)
                 sweep = self._finalise(clf, images, lab, tgt, palette, state, prob_clean)
         seconds = time.perf_counter() - start
@@ -387,16 +395,19 @@ class ExhaustiveAttack(Attack):
         state = _State.empty(n, h * w)
         chunk = self._chunk(per_image)
         slots = max(1, self.batch_size // chunk)
+        engine = self.engine_used.engine if self.engine_used is not None else "dense"
+        variants = PixelVariants(self.model, images, engine, self.device, cached_images=slots + 1)
         rows = torch.arange(min(slots, n))  # image row of each slot in flight
         done = torch.zeros(rows.numel(), dtype=torch.long)  # candidates of each slot's image already evaluated
         following, forwards = rows.numel(), 0
         while rows.numel():
             stop = torch.clamp(done + chunk, max=per_image)
             slot, cand = _cand_ranges(done, stop)
-            finished = self._evaluate(clf, images, lab, tgt, palette, rows, slot, cand, state) | (stop == per_image)
+            finished = self._evaluate(clf, variants, lab, tgt, palette, rows, slot, cand, state) | (stop == per_image)
             forwards += cand.numel()
             done = stop
             free = finished.nonzero().squeeze(1)
+            variants.drop(rows[free])
             if on_finished is not None and free.numel():
                 on_finished(int(free.numel()))
             new = torch.arange(following, min(n, following + free.numel()))
@@ -411,7 +422,7 @@ class ExhaustiveAttack(Attack):
     def _evaluate(
         self,
         clf: Classifier,
-        images: torch.Tensor,
+        variants: PixelVariants,
         lab: torch.Tensor,
         tgt: torch.Tensor | None,
         palette: torch.Tensor,
@@ -422,16 +433,11 @@ class ExhaustiveAttack(Attack):
     ) -> torch.Tensor:
         """One forward pass of candidates ``cand`` of slots ``slot`` (slot ``s`` holds image ``rows[s]``);
         folds them into ``state``. Returns ``(slots,)`` bool: the image stopped early."""
-        _, _, h, w = images.shape
+        _, _, h, w = variants.images.shape
         S = palette.shape[0]
         pos, col = cand // S, cand % S
-        dev = self.device
-        base = images[rows].to(dev)[slot.to(dev)]
-        batch = apply_pixels(
-            base, (pos % w)[:, None].to(dev), (pos // w)[:, None].to(dev), palette[col][:, None].to(dev)
-        )
-        logits = clf.logits(batch)
         row = rows[slot]
+        logits = clf.variant_logits(variants, row, (pos % w)[:, None], (pos // w)[:, None], palette[col][:, None]).cpu()
         finite = torch.isfinite(logits).all(1)
         logp = torch.log_softmax(logits, 1)
         pred = logits.argmax(1)

@@ -37,6 +37,7 @@ from onepixel.attack.results import (
     save_attack,
 )
 from onepixel.config import runs_user_code, section_defaults, validate_section
+from onepixel.engine import check_engine, choose_engine
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import atomic_path, file_sha256, one_line, read_json, write_json
 from onepixel.lineage import check_model_input, check_same, dataset_digest, selection_digest, short
@@ -113,19 +114,32 @@ def _check_shard(shard: int, shards: int) -> None:
 ATTACK_CLASSES: dict[str, type] = {"de": OnePixelAttack, "exhaustive": ExhaustiveAttack, "fgsm": FGSM, "pgd": PGD}
 #: methods whose results depend on attack.seed (the others are deterministic without one)
 SEEDED_METHODS = ("de", "pgd")
+#: methods that evaluate pixel candidates, with the config's engine (the gradient attacks run the plain model)
+ENGINE_METHODS = ("de", "exhaustive")
 
 
-def make_attack(model: nn.Module, cfg: dict[str, Any], device: str | torch.device | None = None) -> Any:
+def _engine_of(attack: Any, model: nn.Module, image_shape: tuple[int, ...], device: torch.device) -> str:
+    """The engine the attack will run (``dense`` for the gradient attacks), resolved before it runs."""
+    engine = getattr(attack, "engine", "dense")
+    return choose_engine(engine, model, tuple(image_shape), int(getattr(attack, "pixels", 1)), device).engine
+
+
+def make_attack(
+    model: nn.Module, cfg: dict[str, Any], device: str | torch.device | None = None, engine: str = "dense"
+) -> Any:
     """The attack of a (completed) ``attack`` config section: its ``method``'s class of :data:`ATTACK_CLASSES`.
 
     :class:`OnePixelAttack` (de), :class:`~onepixel.attack.exhaustive.ExhaustiveAttack`,
     :class:`~onepixel.attack.gradient.FGSM` or :class:`~onepixel.attack.gradient.PGD`,
-    with the config's values of the method's keys (:data:`METHOD_KEYS`).
+    with the config's values of the method's keys (:data:`METHOD_KEYS`); the pixel attacks
+    (:data:`ENGINE_METHODS`) evaluate their candidates with ``engine`` (:mod:`onepixel.engine`).
     """
     method = cfg.get("method", "de")
     options = {key: cfg[key] for key in METHOD_KEYS[method]}
     if method in SEEDED_METHODS:
         options["seed"] = cfg["seed"]
+    if method in ENGINE_METHODS:
+        options["engine"] = check_engine(engine)
     return ATTACK_CLASSES[method](
         model, **options, targeted=cfg["targeted"], batch_size=cfg["batch_size"], device=device
     )
@@ -381,7 +395,7 @@ def attack_stage(job: Job) -> xr.Dataset:
             allow_code=runs_user_code(job.cfg),
         )
         cfg, dev, images = inputs.cfg, inputs.device, inputs.images
-        attack = make_attack(inputs.model, cfg, dev)
+        attack = make_attack(inputs.model, cfg, dev, engine=job.cfg["engine"])
         if selection_path is not None:
             chosen = read_selection(selection_path, cfg, checkpoint_path, inputs.test_digest, test_path)
             if len(chosen) and int(chosen.max()) >= images.shape[0]:
@@ -403,7 +417,8 @@ def attack_stage(job: Job) -> xr.Dataset:
         sample_ids = torch.from_numpy(chosen)[row_index]
         ids = sample_ids * inputs.num_classes + row_targets if cfg["targeted"] else sample_ids
         start = time.perf_counter()
-        partial = _PartialFile(out_path, _partial_key(checkpoint_path, test_path, cfg, dev), ids.numpy())
+        engine = _engine_of(attack, inputs.model, images.shape[1:], dev)
+        partial = _PartialFile(out_path, _partial_key(checkpoint_path, test_path, cfg, dev, engine), ids.numpy())
         finished = partial.load()
         name = f"attack {Path(checkpoint_path).stem}" + (f" shard {shard}/{shards}" if shards > 1 else "")
         unit = "image-target pairs" if cfg["targeted"] else "images"
@@ -436,6 +451,7 @@ def attack_stage(job: Job) -> xr.Dataset:
         "candidates_per_s": float(rate),
         "num_images": len(chosen),
         "rejected_candidates": int(attack.last_stats.get("rejected", 0)),
+        "engine": engine,
         "shards": int(shards),
         **({"shard": int(shard)} if shards > 1 else {}),
     }
@@ -506,10 +522,14 @@ def partial_path(out_path: str | os.PathLike[str]) -> Path:
     return out.with_name(f"{out.stem if out.suffix == '.nc' else out.name}.partial.nc")
 
 
-def _partial_key(checkpoint_path: Path, test_path: Path, cfg: dict[str, Any], dev: torch.device) -> dict[str, str]:
-    """What the rows of an attack depend on besides the selection: model, test set, attack config, device, versions."""
+def _partial_key(
+    checkpoint_path: Path, test_path: Path, cfg: dict[str, Any], dev: torch.device, engine: str
+) -> dict[str, str]:
+    """What the rows of an attack depend on besides the selection: model, test set, attack config, device,
+    engine, versions."""
     info = provenance(dev)
     return {
+        "engine": engine,
         "model_sha256": file_sha256(checkpoint_path),
         "test_sha256": file_sha256(test_path),
         "attack_config": json.dumps(stored_config(cfg), sort_keys=True),
