@@ -27,12 +27,13 @@ class Stop(Exception):
     """Raised from the per-image callback: the attack ends mid-shard."""
 
 
-def attack(toy, out, cfg):
+def attack(toy, out, cfg, engine=None):
+    """The attack stage on ``toy`` with attack section ``cfg`` (and config ``engine`` when given, else its default)."""
     return run_stage(
         "attack",
         {"checkpoint": toy / "lenet.pt", "test": toy / "test.nc"},
         {"out": out},
-        {"attack": cfg, "device": "cpu"},
+        {"attack": cfg, "device": "cpu", **({"engine": engine} if engine is not None else {})},
         {"shard": 0},
     )
 

@@ -137,15 +137,11 @@ class PixelVariants:
 
     def __call__(self, rows: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, colors: torch.Tensor) -> torch.Tensor:
         if self.engine == "dense":
+            # images and colours each to [0, 1] first, so that uint8 and float ones mix (uint8 with uint8: the
+            # same floats as dividing the built uint8 images by 255)
+            clean = _as_float(self.images[rows.to(self.images.device)].to(self.device))
             return self.model(
-                _as_float(
-                    apply_pixels(
-                        self.images[rows.to(self.images.device)].to(self.device),
-                        xs.to(self.device),
-                        ys.to(self.device),
-                        colors.to(self.device),
-                    )
-                )
+                apply_pixels(clean, xs.to(self.device), ys.to(self.device), _as_float(colors.to(self.device), clean))
             )
         rows = rows.to("cpu").long()
         if rows.numel() == 0:
@@ -186,5 +182,8 @@ class PixelVariants:
             self._evaluators.pop(int(row), None)
 
 
-def _as_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255 if images.dtype == torch.uint8 else images
+def _as_float(images: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 values divided by 255 (in the dtype of ``like``, else float32); float values as they are."""
+    if images.dtype != torch.uint8:
+        return images
+    return images.to(like.dtype if like is not None else torch.float32) / 255

@@ -509,7 +509,7 @@ PARTIAL_EVERY_S = 120.0
 #: the format of the partial file, a transient file read only by :func:`attack_stage`
 PARTIAL_FORMAT = "onepixel-attack-partial/1"
 #: what a partial file must have been made with to be resumed (its attributes)
-_PARTIAL_KEY = ("model_sha256", "test_sha256", "attack_config", "device", "onepixel_version", "torch_version")
+_PARTIAL_KEY = ("engine", "model_sha256", "test_sha256", "attack_config", "device", "onepixel_version", "torch_version")
 
 
 def partial_path(out_path: str | os.PathLike[str]) -> Path:
