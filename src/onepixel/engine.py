@@ -10,19 +10,31 @@ config's ``engine``:
   recomputes only each candidate's changed region of every layer from the clean
   image's cached activations (exact to float rounding; a model it cannot trace
   is evaluated densely, with one warning naming why);
-* ``auto`` (the default): ``incremental`` where it is expected to be faster, by a
-  cost model that needs no timing (so the choice, and with it the results, are
-  the same on every run of the same config): one changed pixel per candidate
-  (``k = 1``), a CPU device, a model the evaluator traces, and a ratio of the
-  plain forward's multiply-accumulates over the incremental path's of at least
-  :data:`AUTO_MIN_CEILING` (:func:`onepixel.incremental.incremental_speedup_ceiling`).
-  On this project's models the measured speed-up is 0.6 to 1.1 times that ratio
-  (``benchmarks/incremental.py``): 32x32 LeNet, AllConv, NiN, ResNet-20 and VGG16
-  qualify (ratios 1.6 to 7.7), the 8x8 digits do not (about 1.1: nearly every
-  layer's change covers its whole map). ``k > 1`` (a DE attack with several
-  pixels at random positions) is dense: the changed region spans most of the
-  image. On a GPU ``auto`` stays dense until the GPU measurements
-  (``benchmarks/gpu.py``) say otherwise.
+* ``auto`` (the default): ``incremental`` where a cost model expects it to be
+  faster, ``dense`` otherwise. The model counts, without timing anything (so the
+  choice, and with it the results, are the same on every run of the same
+  config): one changed pixel per candidate (``k = 1``), a CPU device, a model the
+  evaluator traces, and an expected speed-up of at least
+  :data:`AUTO_MIN_SPEEDUP` at the stage's ``candidates`` per image and call:
+
+      speed-up = B * full / (B * incremental + steps * OVERHEAD_MACS_PER_STEP)
+
+  with ``B`` the candidates of one image per call (DE: the population; the
+  sweep, the vulnerability maps: up to :data:`INCREMENTAL_CHUNK`; locality: its
+  rings' positions), ``full`` and ``incremental`` the convolution and linear
+  multiply-accumulates of one candidate each way
+  (:func:`onepixel.incremental.incremental_cost`) and ``steps`` the nodes the
+  incremental path walks per call, each costing about what
+  :data:`OVERHEAD_MACS_PER_STEP` multiply-accumulates cost (gathers, pastes
+  and the framework's dispatch of small tensors; calibrated with
+  ``benchmarks/engines.py`` on a 2-core CPU). So LeNet's DE at population 40
+  (0.65 M MACs per image, 17 steps) stays dense while its sweep goes
+  incremental, ResNet-20, AllConv and NiN at 32x32 go incremental for every
+  stage, and the 8x8 digits stay dense (nearly every layer's change covers its
+  whole map: ratio about 1.1). ``k > 1`` (a DE attack with several pixels at
+  random positions) is dense: the changed region spans most of the image. On a
+  GPU ``auto`` stays dense until the GPU measurements (``benchmarks/gpu.py``)
+  say otherwise.
 
 Results for a given seed and engine are reproducible run to run; the two
 engines' outputs differ by float rounding (relative 1e-6 in float32), so a
@@ -33,6 +45,7 @@ Every file the stages write records the engine that ran (``engine``).
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,16 +54,28 @@ from torch import nn
 
 from onepixel.data.dataset import apply_pixels
 from onepixel.errors import ConfigError
-from onepixel.incremental import IncrementalEvaluator, incremental_speedup_ceiling
+from onepixel.incremental import IncrementalCost, IncrementalEvaluator, incremental_cost
 
-__all__ = ["AUTO_MIN_CEILING", "ENGINES", "EngineChoice", "PixelVariants", "check_engine", "choose_engine"]
+__all__ = [
+    "AUTO_MIN_SPEEDUP",
+    "ENGINES",
+    "OVERHEAD_MACS_PER_STEP",
+    "EngineChoice",
+    "PixelVariants",
+    "check_engine",
+    "choose_engine",
+    "expected_speedup",
+]
 
 log = logging.getLogger(__name__)
 
 #: the values of the config key ``engine``
 ENGINES = ("dense", "incremental", "auto")
-#: ``auto`` picks the incremental evaluator at this multiply-accumulate ratio or more
-AUTO_MIN_CEILING = 1.5
+#: ``auto`` picks the incremental evaluator where the cost model expects at least this speed-up
+AUTO_MIN_SPEEDUP = 1.25
+#: the fixed cost of one node of the incremental path per call, in multiply-accumulates of the plain forward
+#: (about 135 us per node on a 2-core CPU running convolutions at 10-20 GMAC/s; benchmarks/engines.py)
+OVERHEAD_MACS_PER_STEP = 2.0e6
 #: candidates of one image per incremental call: a constant, so that results do not depend on batch sizes
 INCREMENTAL_CHUNK = 1024
 
@@ -71,12 +96,19 @@ def check_engine(engine: object, key: str = "engine") -> str:
 
 
 def choose_engine(
-    engine: str, model: nn.Module, image_shape: tuple[int, ...], pixels: int, device: torch.device | str
+    engine: str,
+    model: nn.Module,
+    image_shape: tuple[int, ...],
+    pixels: int,
+    device: torch.device | str,
+    *,
+    candidates: int = INCREMENTAL_CHUNK,
 ) -> EngineChoice:
-    """The engine for ``model`` on images of ``image_shape`` ``(C, H, W)`` with ``pixels`` changed pixels.
+    """The engine for ``model`` on images of ``image_shape`` ``(C, H, W)`` with ``pixels`` changed pixels,
+    evaluated ``candidates`` of one image per call.
 
     ``dense`` and ``incremental`` are taken as asked; ``auto`` follows the cost model of the module
-    docstring. Deterministic: no timing is involved.
+    docstring (:func:`expected_speedup`). Deterministic: no timing is involved.
     """
     check_engine(engine)
     if engine != "auto":
@@ -85,10 +117,23 @@ def choose_engine(
         return EngineChoice("dense", f"auto: {pixels} pixels per candidate (incremental only for k = 1)")
     if torch.device(device).type != "cpu":
         return EngineChoice("dense", f"auto: device {torch.device(device).type} (incremental only on the CPU)")
-    shape = tuple(int(v) for v in image_shape)
-    ceiling = incremental_speedup_ceiling(model, shape, positions=64)
-    verdict = "incremental" if ceiling >= AUTO_MIN_CEILING else "dense"
-    return EngineChoice(verdict, f"auto: multiply-accumulate ratio {ceiling:.2f} (incremental from {AUTO_MIN_CEILING})")
+    cost = incremental_cost(model, tuple(int(v) for v in image_shape), positions=64)
+    if cost.fallback_reason is not None:
+        return EngineChoice("dense", f"auto: the incremental evaluator cannot run the model ({cost.fallback_reason})")
+    speedup = expected_speedup(cost, candidates)
+    verdict = "incremental" if speedup >= AUTO_MIN_SPEEDUP else "dense"
+    return EngineChoice(
+        verdict,
+        f"auto: expected speed-up {speedup:.2f} at {candidates} candidates per image and call "
+        f"(multiply-accumulate ratio {cost.ceiling:.2f}, {cost.steps} nodes; incremental from {AUTO_MIN_SPEEDUP})",
+    )
+
+
+def expected_speedup(cost: IncrementalCost, candidates: int) -> float:
+    """The cost model's speed-up of the incremental path over the dense one at ``candidates`` per call."""
+    batch = max(1, int(candidates))
+    incremental = batch * cost.incremental_macs + cost.steps * OVERHEAD_MACS_PER_STEP
+    return batch * cost.full_macs / incremental if incremental > 0 else math.inf
 
 
 class PixelVariants:

@@ -89,7 +89,7 @@ from torch import fx, nn
 from onepixel.data.dataset import apply_pixels
 from onepixel.torch_utils import eval_mode, model_device, model_dtype
 
-__all__ = ["IncrementalEvaluator", "LayerCost", "incremental_speedup_ceiling"]
+__all__ = ["IncrementalCost", "IncrementalEvaluator", "LayerCost", "incremental_cost", "incremental_speedup_ceiling"]
 
 log = logging.getLogger(__name__)
 
@@ -1185,6 +1185,51 @@ class _Regions:
         return _Regions(y0, y1, x0, x1, self.dense | large)
 
 
+@dataclass(frozen=True)
+class IncrementalCost:
+    """What evaluating one-pixel candidates of a model costs, by counting (no timing).
+
+    Attributes:
+        full_macs: convolution and linear multiply-accumulates of the plain forward, per candidate.
+        incremental_macs: those of the incremental path, per candidate, averaged over pixel positions.
+        steps: the input-dependent nodes the incremental path walks on every call (0 after a fallback).
+        fallback_reason: why the model is evaluated with the plain forward (None: incremental).
+    """
+
+    full_macs: float
+    incremental_macs: float
+    steps: int
+    fallback_reason: str | None
+
+    @property
+    def ceiling(self) -> float:
+        """``full_macs / incremental_macs``: the most the incremental path can gain (1.0 after a fallback)."""
+        if self.fallback_reason is not None:
+            return 1.0
+        return self.full_macs / self.incremental_macs if self.incremental_macs > 0 else math.inf
+
+
+def incremental_cost(
+    model: nn.Module,
+    image_shape: Sequence[int],
+    *,
+    dense_fraction: float = 0.5,
+    positions: int = 1024,
+) -> IncrementalCost:
+    """The :class:`IncrementalCost` of ``model`` on images of ``image_shape`` ``(C, H, W)``: each pixel
+    position alone, on a regular grid of about ``positions`` of them."""
+    c, h, w = (int(v) for v in image_shape)
+    image = torch.full((c, h, w), 0.5)
+    evaluator = IncrementalEvaluator(model, image, dense_fraction=dense_fraction)
+    if evaluator.fallback_reason is not None:
+        return IncrementalCost(1.0, 1.0, 0, evaluator.fallback_reason)
+    step = max(1, int(math.sqrt(h * w / positions)))
+    grid_y, grid_x = torch.meshgrid(torch.arange(0, h, step), torch.arange(0, w, step), indexing="ij")
+    with torch.inference_mode():
+        full, incremental = evaluator.macs(grid_x.reshape(-1, 1), grid_y.reshape(-1, 1))
+    return IncrementalCost(float(full), float(incremental.mean()), len(evaluator._steps), None)
+
+
 def incremental_speedup_ceiling(
     model: nn.Module,
     image_shape: Sequence[int],
@@ -1199,14 +1244,4 @@ def incremental_speedup_ceiling(
     Memory traffic, the windows' gathers and the framework's overhead are not counted: measured ratios
     are lower (``benchmarks/incremental.py`` prints both).
     """
-    c, h, w = (int(v) for v in image_shape)
-    image = torch.full((c, h, w), 0.5)
-    evaluator = IncrementalEvaluator(model, image, dense_fraction=dense_fraction)
-    if evaluator.fallback_reason is not None:
-        return 1.0
-    step = max(1, int(math.sqrt(h * w / positions)))
-    grid_y, grid_x = torch.meshgrid(torch.arange(0, h, step), torch.arange(0, w, step), indexing="ij")
-    with torch.inference_mode():
-        full, incremental = evaluator.macs(grid_x.reshape(-1, 1), grid_y.reshape(-1, 1))
-    mean = float(incremental.mean())
-    return full / mean if mean > 0 else math.inf
+    return incremental_cost(model, image_shape, dense_fraction=dense_fraction, positions=positions).ceiling

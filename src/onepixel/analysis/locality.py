@@ -21,6 +21,7 @@ attacked pixel:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -35,7 +36,7 @@ from torch import nn
 from onepixel.attack.results import load_job_inputs
 from onepixel.attack.stage import attack_method
 from onepixel.config import PIXEL_METHODS
-from onepixel.engine import PixelVariants, choose_engine
+from onepixel.engine import EngineChoice, PixelVariants, choose_engine
 from onepixel.errors import ConfigError
 from onepixel.files import atomic_path, write_netcdf
 from onepixel.memory import budgeted_batch
@@ -164,6 +165,16 @@ def attack_arrays(
     return px, py, cols, labels_np, targets_np
 
 
+def shift_engine(
+    engine: str, clf: Classifier, image_shape: tuple[int, ...], pixels: int, jobs: np.ndarray, batch_size: int
+) -> EngineChoice:
+    """The engine of :func:`evaluate_shifts` for ``jobs`` (``auto`` resolved at the evaluations of one image per
+    batch: the jobs of an image are consecutive)."""
+    images = max(1, len(np.unique(jobs[:, 0]))) if len(jobs) else 1
+    per_image = max(1, min(batch_size, math.ceil(len(jobs) / images)))
+    return choose_engine(engine, clf.model, image_shape, pixels, clf.device, candidates=per_image)
+
+
 def evaluate_shifts(
     model: nn.Module | Classifier,
     images: torch.Tensor,
@@ -211,7 +222,7 @@ def evaluate_shifts(
     labels_t, targets_t = (torch.as_tensor(a, device=device) for a in (labels, targets))
     px, py, cols = (torch.as_tensor(a, device=device) for a in (pixel_x, pixel_y, colors))
     jobs_t = torch.as_tensor(jobs, device=device)
-    chosen = choose_engine(engine, clf.model, tuple(images.shape[1:]), px.shape[1], device)
+    chosen = shift_engine(engine, clf, tuple(images.shape[1:]), px.shape[1], jobs, batch_size)
     variants = PixelVariants(clf.model, images, chosen.engine, device)
     bar = Progress(progress, n_jobs, "evaluations") if progress else None
     with torch.inference_mode():
@@ -352,7 +363,7 @@ def locality_analysis(
     jobs, group = _locality_jobs(
         px, py, height, width, max_distance, random_positions, rings, np.random.default_rng(seed)
     )
-    chosen = choose_engine(engine, clf.model, tuple(images.shape[1:]), px.shape[1], clf.device)
+    chosen = shift_engine(engine, clf, tuple(images.shape[1:]), px.shape[1], jobs, batch_size)
     fooled, true_prob, _pred = evaluate_shifts(
         clf, images, labels_np, targets_np, px, py, cols, jobs, batch_size, progress=progress, engine=chosen.engine
     )

@@ -621,6 +621,11 @@ class OnePixelAttack(Attack):
         self.engine_used: EngineChoice | None = None
         self._variants: PixelVariants | None = None
 
+    def choose_engine(self, image_shape: tuple[int, ...]) -> EngineChoice:
+        """The engine :meth:`run` uses on images of ``image_shape`` ``(C, H, W)`` (``auto`` resolved: one image's
+        population per call)."""
+        return choose_engine(self.engine, self.model, image_shape, self.pixels, self.device, candidates=self.population)
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``."""
         return like_input(self.run(images, labels, targets).adversarial, images)
@@ -666,7 +671,7 @@ class OnePixelAttack(Attack):
                 if n:
                     self._probe(images[:_PROBE].to(dev), lab, tgt)
                 queue = _Queue(images, tgt if tgt is not None else lab, rng.image_keys(self.seed, ids.to(dev)))
-                self.engine_used = choose_engine(self.engine, self.model, tuple(images.shape[1:]), self.pixels, dev)
+                self.engine_used = self.choose_engine(tuple(images.shape[1:]))
                 out = self._evolve(queue, finished, on_finished)
                 result = self._finalise(images, lab, tgt, out)
         seconds = time.perf_counter() - start

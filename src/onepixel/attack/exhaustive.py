@@ -37,7 +37,7 @@ from torch import nn
 from onepixel.attack.base import Attack, like_input
 from onepixel.attack.de import AttackResult, _as_uint8, _labels
 from onepixel.data.dataset import apply_pixels
-from onepixel.engine import EngineChoice, PixelVariants, check_engine, choose_engine
+from onepixel.engine import INCREMENTAL_CHUNK, EngineChoice, PixelVariants, check_engine, choose_engine
 from onepixel.errors import ConfigError, DataError
 from onepixel.scoring import Classifier
 from onepixel.torch_utils import eval_mode
@@ -307,6 +307,14 @@ class ExhaustiveAttack(Attack):
         self.colors, self.levels, self.early_stop = colors, int(levels), bool(early_stop)
         self.engine_used: EngineChoice | None = None
 
+    def choose_engine(self, image_shape: tuple[int, ...]) -> EngineChoice:
+        """The engine :meth:`run` uses on images of ``image_shape`` ``(C, H, W)`` (``auto`` resolved: one image's
+        candidates per call, at most :data:`~onepixel.engine.INCREMENTAL_CHUNK`)."""
+        c, h, w = (int(v) for v in image_shape)
+        per_image = h * w * color_set(self.colors, c, self.levels).shape[0]
+        candidates = min(self._chunk(per_image), INCREMENTAL_CHUNK)
+        return choose_engine(self.engine, self.model, image_shape, 1, self.device, candidates=candidates)
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """torchattacks-style: the adversarial images, in the dtype and on the device of ``images``."""
         return like_input(self.run(images, labels, targets).result.adversarial, images)
@@ -338,7 +346,7 @@ class ExhaustiveAttack(Attack):
                 prob_clean = torch.softmax(clf.logits(images), 1)
                 self.model_output = clf.output
                 self._check_classes(prob_clean.shape[1], lab, tgt)
-                self.engine_used = choose_engine(self.engine, self.model, tuple(images.shape[1:]), 1, self.device)
+                self.engine_used = self.choose_engine(tuple(images.shape[1:]))
                 state, forwards = self._sweep(clf, images, lab, tgt, palette, on_finished)
                 sweep = self._finalise(clf, images, lab, tgt, palette, state, prob_clean)
         seconds = time.perf_counter() - start

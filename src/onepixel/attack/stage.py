@@ -37,7 +37,7 @@ from onepixel.attack.results import (
     save_attack,
 )
 from onepixel.config import runs_user_code, section_defaults, validate_section
-from onepixel.engine import check_engine, choose_engine
+from onepixel.engine import check_engine
 from onepixel.errors import ConfigError, DataError
 from onepixel.files import atomic_path, file_sha256, one_line, read_json, write_json
 from onepixel.lineage import check_model_input, check_same, dataset_digest, selection_digest, short
@@ -118,10 +118,11 @@ SEEDED_METHODS = ("de", "pgd")
 ENGINE_METHODS = ("de", "exhaustive")
 
 
-def _engine_of(attack: Any, model: nn.Module, image_shape: tuple[int, ...], device: torch.device) -> str:
+def _engine_of(attack: Any, image_shape: tuple[int, ...]) -> str:
     """The engine the attack will run (``dense`` for the gradient attacks), resolved before it runs."""
-    engine = getattr(attack, "engine", "dense")
-    return choose_engine(engine, model, tuple(image_shape), int(getattr(attack, "pixels", 1)), device).engine
+    if not hasattr(attack, "choose_engine"):
+        return "dense"
+    return str(attack.choose_engine(tuple(int(v) for v in image_shape)).engine)
 
 
 def make_attack(
@@ -417,7 +418,7 @@ def attack_stage(job: Job) -> xr.Dataset:
         sample_ids = torch.from_numpy(chosen)[row_index]
         ids = sample_ids * inputs.num_classes + row_targets if cfg["targeted"] else sample_ids
         start = time.perf_counter()
-        engine = _engine_of(attack, inputs.model, images.shape[1:], dev)
+        engine = _engine_of(attack, images.shape[1:])
         partial = _PartialFile(out_path, _partial_key(checkpoint_path, test_path, cfg, dev, engine), ids.numpy())
         finished = partial.load()
         name = f"attack {Path(checkpoint_path).stem}" + (f" shard {shard}/{shards}" if shards > 1 else "")
