@@ -127,3 +127,41 @@ def test_batch_memory_stays_within_its_budget(capsys):
     rows = [line.split() for line in out.splitlines() if line.strip()[:2] in ("16", "64")]
     assert [int(row[1]) for row in rows] == [20, 80]
     assert 0 < worst <= 1.0
+
+
+def _markdown_rows(out: str, first_cell: str) -> list[list[str]]:
+    """The cells of the Markdown table rows of ``out`` whose first cell is ``first_cell``."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in out.splitlines()]
+    return [row for row in rows if row and row[0] == first_cell]
+
+
+def test_incremental_benchmark_runs(capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import incremental
+    finally:
+        sys.path.remove(str(BENCH))
+    incremental.main(["--models", "lenet:32", "resnet20:16", "--batch", "64", "--rounds", "1"])
+    out = capsys.readouterr().out
+    for name in ("lenet", "resnet20"):
+        (row,) = _markdown_rows(out, name)
+        plain, fast, ratio, error = float(row[3]), float(row[4]), float(row[5]), float(row[8])
+        assert plain > 0 and fast > 0 and ratio == pytest.approx(fast / plain, rel=0.02, abs=0.01)
+        assert error < 1e-5  # the two ways agree to float32 rounding
+
+
+def test_engines_benchmark_runs(capsys):
+    """The stages' engines side by side: every workload's results agree, and auto's pick is printed."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import engines
+    finally:
+        sys.path.remove(str(BENCH))
+    engines.main(["--quick"])
+    out = capsys.readouterr().out
+    rows = _markdown_rows(out, "lenet")
+    assert [row[1] for row in rows] == ["DE 10x2", "sweep, 8 colours", "vulnerability maps"]
+    for row in rows:
+        dense, fast, ratio = float(row[3]), float(row[4]), float(row[5])
+        assert dense > 0 and fast > 0 and ratio == pytest.approx(fast / dense, rel=0.02, abs=0.01)
+        assert row[6].split()[0] in ("dense", "incremental") and row[7] == "yes"
