@@ -154,7 +154,8 @@ class OutOfTime(Exception):
 FULL: dict[str, dict[str, Any]] = {
     "determinism": {"model": "resnet20", "size": 32, "images": 32, "population": 400, "generations": 20,
                     "batch_size": 8192, "other_batch_size": 1000},
-    "incremental": {"cases": [("resnet20", 32, 8192, 32768), ("resnet18", 224, 256, 1024)], "rounds": 3},
+    "incremental": {"cases": [("resnet20", 32, 8192, 32768), ("resnet18", 224, 256, 1024)], "rounds": 3,
+                    "de": ("resnet20", 32, 64, 400, 2)},
     "capture": {"model": "resnet20", "images": 1000, "batch_size": 250, "rounds": 2, "codecs": ["zstd", "none"]},
     "compare_tools": {"images": 20, "population": 400, "generations": 100, "epochs": 8, "batch_size": 8192,
                       "plain_images": 24000},
@@ -167,7 +168,7 @@ FULL: dict[str, dict[str, Any]] = {
 TINY: dict[str, dict[str, Any]] = {
     "determinism": {"model": "lenet", "size": 8, "images": 4, "population": 10, "generations": 2,
                     "batch_size": 64, "other_batch_size": 20},
-    "incremental": {"cases": [("lenet", 8, 64, 128)], "rounds": 1},
+    "incremental": {"cases": [("lenet", 8, 64, 128)], "rounds": 1, "de": ("lenet", 8, 2, 10, 1)},
     "capture": {"model": "lenet", "images": 8, "batch_size": 4, "rounds": 1, "codecs": ["zstd", "none"]},
     "compare_tools": {"images": 4, "population": 10, "generations": 2, "epochs": 1, "batch_size": 64,
                       "plain_images": 600},
@@ -313,7 +314,7 @@ def section_determinism(ctx: Context, rec: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 2. incremental evaluator (onepixel.incremental, being written elsewhere)
+# 2. incremental evaluator (onepixel.incremental) and the engines of the DE attack (onepixel.engine)
 # ---------------------------------------------------------------------------
 def _incremental_module() -> Any:
     if importlib.util.find_spec("onepixel.incremental") is None:
@@ -409,6 +410,37 @@ def section_incremental(ctx: Context, rec: dict[str, Any]) -> None:
         _free_memory(ctx.device)
     if not any("speedup" in row for row in rec["rows"]):
         raise OutOfTime("no case measured within the section budget")
+    if ctx.left() > 5:
+        rec["de"] = _de_engines(ctx, *ctx.sizes["de"])
+        ctx.save()
+
+
+def _de_engines(ctx: Context, name: str, size: int, images: int, population: int, generations: int) -> dict[str, Any]:
+    """The DE attack with engine dense, then incremental, on the same images: candidates/s, the same results?
+    (what ``engine: auto`` should pick on this device; it stays dense off the CPU until measured)."""
+    from onepixel.attack.de import OnePixelAttack
+
+    model = _build_case_model(name, size, ctx.device)
+    gen = torch.Generator().manual_seed(3)
+    batch = torch.randint(0, 256, (images, 3, size, size), generator=gen, dtype=torch.uint8)
+    with torch.inference_mode():
+        labels = model(batch.to(ctx.device).float() / 255).argmax(1).cpu()  # no attack stops at its first query
+    out: dict[str, Any] = {"model": name, "size": size, "images": images, "population": population,
+                           "generations": generations}  # fmt: skip
+    results = {}
+    for engine in ("dense", "incremental"):
+        attack = OnePixelAttack(model, population=population, generations=generations, seed=0, engine=engine)
+        ctx.sync()
+        start = time.perf_counter()
+        results[engine] = attack.run(batch, labels)
+        ctx.sync()
+        out[f"{engine} cand/s"] = float(results[engine].queries.sum()) / (time.perf_counter() - start)
+    out["speedup"] = out["incremental cand/s"] / out["dense cand/s"]
+    out["same results"] = all(
+        torch.equal(getattr(results["dense"], k), getattr(results["incremental"], k))
+        for k in ("success", "pixel_x", "pixel_y", "color")
+    )
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -793,9 +825,13 @@ def headline(name: str, rec: dict[str, Any]) -> str:
                 f"batch_size {rec['other_batch_size']['batch_size']}: {_cell(rec['other_batch_size']['identical'])}"
             )
         if name == "incremental":
-            return "; ".join(
-                f"{r['model']} {r['size']}px: {_cell(r['speedup'])}x dense" for r in rec["rows"] if "speedup" in r
-            )
+            cases = [f"{r['model']} {r['size']}px: {_cell(r['speedup'])}x dense" for r in rec["rows"] if "speedup" in r]
+            de = rec.get("de")
+            if de:
+                cases.append(
+                    f"DE {de['model']}: {_cell(de['speedup'])}x dense, same results {_cell(de['same results'])}"
+                )
+            return "; ".join(cases)
         if name == "capture":
             return "; ".join(f"{r['codec']}: (capture + PM) / forward {_cell(r['ratio'])}" for r in rec["rows"])
         if name == "compare_tools":

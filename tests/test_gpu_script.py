@@ -78,6 +78,8 @@ def _check_ok(name: str, rec: dict) -> None:
             for key in ("dense cand/s", "incremental cand/s", "speedup"):
                 assert _positive(row[key]), (key, row)
             assert math.isfinite(row["max abs logit diff"])
+        de = rec["de"]  # the DE attack through both engines: same results
+        assert _positive(de["dense cand/s"]) and _positive(de["incremental cand/s"]) and de["same results"] is True
     elif name == "capture":
         assert [row["codec"] for row in rec["rows"]] == ["zstd", "none"]
         assert _positive(rec["forward_s"])
