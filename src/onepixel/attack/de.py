@@ -514,8 +514,9 @@ class OnePixelAttack(Attack):
         engine: how the candidates are evaluated (:mod:`onepixel.engine`): ``"dense"`` (default: the
             plain forward pass of the candidate images), ``"incremental"`` (only each candidate's changed
             region of every layer, from the clean image's cached activations; exact to float rounding)
-            or ``"auto"`` (incremental for one pixel on the CPU where the model's cost ratio says it is
-            faster); ``engine_used`` is the one that ran. Results are reproducible for a seed and engine.
+            or ``"auto"`` (incremental for one pixel on the CPU where the cost model of :mod:`onepixel.engine`
+            expects it to be faster at ``population`` candidates per image and call); ``engine_used`` is the
+            one that ran. Results are reproducible for a seed and engine.
 
     Shapes: images ``(N, C, H, W)``, labels ``(N,)``, targets ``(N,)``. Images are
     uint8 in [0, 255] or float in [0, 1] (any float dtype; NaN or values outside
